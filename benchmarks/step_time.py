@@ -1,0 +1,109 @@
+"""Training-step time and peak memory on MiniLM: full fine-tuning, head only, PEFT LoRA and lorakit LoRA.
+
+    .venv/bin/python benchmarks/step_time.py                # 4 rounds, train mode (dropout on), lora_dropout 0.1
+    .venv/bin/python benchmarks/step_time.py --eval-mode    # dropout off everywhere
+    .venv/bin/python benchmarks/step_time.py --rounds 6 --steps 6 --configs full lorakit-qv peft-qv
+
+One step = forward + backward + AdamW on a batch of 32 x 128 tokens. Every configuration runs in its own process
+(several models in one process distort each other's timings), the configurations alternate round by round, and
+the medians over rounds are compared: single runs on this machine vary by +-30%. Peak memory is the process's
+maximum resident set size (model, optimizer state and activations).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = ["full", "head", "peft-qv", "peft-all", "lorakit-qv", "lorakit-all"]
+
+
+def build(config: str, lora_dropout: float):
+    import torch
+    import transformers as tf
+
+    from lorakit.models import resolve_model_path
+
+    model = tf.AutoModelForSequenceClassification.from_pretrained(resolve_model_path("minilm"), num_labels=2)
+    targets = ["query", "value"] if config.endswith("-qv") else "all-linear"
+    if config == "head":
+        model.requires_grad_(False)
+        model.classifier.requires_grad_(True)
+    elif config.startswith("peft"):
+        import peft
+
+        cfg = peft.LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=lora_dropout, target_modules=targets)
+        model = peft.get_peft_model(model, cfg)
+    elif config.startswith("lorakit"):
+        from lorakit import LoraConfig, add_lora
+
+        add_lora(model, LoraConfig(r=8, alpha=16, dropout=lora_dropout, target_modules=targets))
+    torch.manual_seed(0)
+    return model
+
+
+def worker(config: str, steps: int, eval_mode: bool, lora_dropout: float) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    model = build(config, lora_dropout)
+    model.eval() if eval_mode else model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (32, 128), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (32,), generator=g)}
+    times = []
+    for i in range(steps + 1):  # the first step warms up allocators and kernels
+        start = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:
+            times.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"config": config, "median_s": statistics.median(times), "peak_mb": peak_mb, "trainable": sum(p.numel() for p in params)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
+    ap.add_argument("--eval-mode", action="store_true", help="dropout off (model.eval()) instead of train mode")
+    ap.add_argument("--lora-dropout", type=float, default=0.1)
+    ap.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps, args.eval_mode, args.lora_dropout)))
+        return
+    results: dict[str, list[dict]] = {c: [] for c in args.configs}
+    for r in range(args.rounds):
+        for config in args.configs:
+            cmd = [sys.executable, __file__, "--worker", config, "--steps", str(args.steps), "--lora-dropout", str(args.lora_dropout)]
+            cmd += ["--eval-mode"] if args.eval_mode else []
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[config].append(res)
+            print(f"round {r + 1}: {config:12s} {res['median_s']:.3f} s/step  peak {res['peak_mb']:.0f} MB", file=sys.stderr)
+    med = {c: statistics.median(x["median_s"] for x in v) for c, v in results.items()}
+    mem = {c: statistics.median(x["peak_mb"] for x in v) for c, v in results.items()}
+    mode = "eval mode (dropout off)" if args.eval_mode else f"train mode (dropout on, lora_dropout={args.lora_dropout})"
+    print(f"\nMiniLM-L6, batch 32 x 128, r=8, {mode}, {args.rounds} rounds x {args.steps} steps, medians\n")
+    print("| configuration | trainable | s/step | vs full | vs PEFT (same targets) | peak MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for c in args.configs:
+        full = f"{med[c] / med['full']:.2f}x" if "full" in med else "-"
+        peer = c.replace("lorakit", "peft")
+        vs_peft = f"{med[c] / med[peer]:.2f}x" if c.startswith("lorakit") and peer in med else "-"
+        print(f"| {c} | {results[c][0]['trainable']:,} | {med[c]:.3f} | {full} | {vs_peft} | {mem[c]:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Adapter files in PEFT's on-disk format, both ways.
+
+    save_adapter(model, "out/adapter")      # adapter_config.json + adapter_model.safetensors
+    model = load_adapter(fresh_model, "out/adapter")   # injects per the saved config, loads the weights
+    # and the ecosystem reads it:  peft.PeftModel.from_pretrained(fresh_model, "out/adapter")
+
+Keys are PEFT's: "base_model.model.<module path>.lora_A.weight", "....lora_embedding_A", the modules_to_save under
+their own paths ("base_model.model.classifier.weight"), trained biases of adapted layers as "<path>.base_layer.bias".
+lorakit names its parameters exactly so, which makes the mapping the identity plus the prefix.
+Loading reads safetensors only (never pickle). Writes are atomic: a temporary directory, then a rename.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import LoraConfig
+from .inject import TASK_HEADS, add_lora, lora_layers
+from .lora import LoRALinear
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "base_model.model."
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+# PEFT config fields and how they map to ours.
+_FIELD_MAP = {
+    "r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "target_modules": "target_modules",
+    "exclude_modules": "exclude_modules",
+    "layers_to_transform": "layers_to_transform",
+    "rank_pattern": "rank_pattern",
+    "alpha_pattern": "alpha_pattern",
+    "bias": "bias",
+    "use_rslora": "use_rslora",
+    "modules_to_save": "modules_to_save",
+}
+# Metadata, or settings lorakit derives itself.
+_IGNORED = {
+    "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping",
+    "fan_in_fan_out", "init_lora_weights", "layers_pattern", "megatron_core",
+}
+# PEFT features lorakit does not implement: accepted only at their "off" value.
+_MUST_BE_OFF = {
+    "use_dora", "lora_bias", "layer_replication", "target_parameters", "trainable_token_indices", "use_qalora",
+    "loftq_config", "eva_config", "corda_config", "megatron_config", "alora_invocation_tokens", "arrow_config",
+    "kasa_config", "lora_ga_config", "monteclora_config", "velora_config", "use_bdlora", "qalora_group_size",
+    "ensure_weight_tying",
+}
+_OFF_VALUES = (None, False, {}, [], 16)  # 16: PEFT's qalora_group_size default, unused unless use_qalora
+
+
+def _task_type(model: nn.Module) -> str | None:
+    name = type(model).__name__
+    for suffix, task in (
+        ("ForSequenceClassification", "SEQ_CLS"),
+        ("ForQuestionAnswering", "QUESTION_ANS"),
+        ("ForTokenClassification", "TOKEN_CLS"),
+        ("ForCausalLM", "CAUSAL_LM"),
+        ("LMHeadModel", "CAUSAL_LM"),
+        ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
+    ):
+        if name.endswith(suffix):
+            return task
+    return None
+
+
+def _base_name(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", None) or None if config is not None else None
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors an adapter holds, under PEFT's key names (without the "base_model.model." prefix)."""
+    config: LoraConfig = model.lorakit_config
+    lora_paths = {p for p, _ in lora_layers(model)}
+    state = {}
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        keep = any(part.startswith("lora_") for part in parts)
+        keep = keep or any(name.startswith(m + ".") or f".{m}." in name for m in config.modules_to_save)
+        keep = keep or (config.bias == "all" and name.endswith("bias"))
+        if config.bias == "lora_only" and name.endswith(".base_layer.bias"):
+            keep = keep or name[: -len(".base_layer.bias")] in lora_paths
+        if keep:
+            state[name] = param
+    for path, layer in lora_layers(model):  # a LoRA-adapted task head keeps its (frozen, random) base with it
+        if path.split(".")[0] in TASK_HEADS and _task_type(model) in ("SEQ_CLS", "QUESTION_ANS", "TOKEN_CLS"):
+            for name, tensor in layer.base_layer.named_parameters():
+                state[f"{path}.base_layer.{name}"] = tensor
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def peft_config_dict(model: nn.Module) -> dict:
+    """adapter_config.json as PEFT writes it (the fields PEFT needs to rebuild the same model)."""
+    config: LoraConfig = model.lorakit_config
+    fan_in_fan_out = any(isinstance(m, LoRALinear) and m.fan_in_fan_out for _, m in lora_layers(model))
+    targets = config.target_modules
+    return {
+        "peft_type": "LORA",
+        "task_type": _task_type(model),
+        "base_model_name_or_path": _base_name(model),
+        "r": config.r,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": list(targets) if not isinstance(targets, str) else targets,
+        "exclude_modules": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": dict(config.rank_pattern),
+        "alpha_pattern": dict(config.alpha_pattern),
+        "bias": config.bias,
+        "use_rslora": config.use_rslora,
+        "use_dora": False,
+        "fan_in_fan_out": fan_in_fan_out,
+        "init_lora_weights": True if config.init == "kaiming" else "gaussian",
+        "modules_to_save": list(config.modules_to_save) or None,
+        "inference_mode": True,
+        "revision": None,
+    }
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write `path/adapter_config.json` and `path/adapter_model.safetensors` atomically. Returns the path."""
+    if not hasattr(model, "lorakit_config") or not lora_layers(model):
+        raise ValueError("save_adapter: this model has no LoRA layers (call add_lora or load_adapter first)")
+    if any(layer.merged for _, layer in lora_layers(model)):
+        raise ValueError("save_adapter: LoRA is merged into the base weights; call unmerge_lora(model) before saving")
+    state = {PREFIX + k: v for k, v in adapter_state_dict(model).items()}
+    if not any(".lora_" in k for k in state):
+        raise ValueError("save_adapter: refusing to write an adapter without LoRA weights")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(peft_config_dict(model), indent=2, sort_keys=True))
+        if path.exists():  # replace: move the old one aside first so a crash never leaves neither
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def config_from_peft(data: dict) -> LoraConfig:
+    """Our LoraConfig from a PEFT adapter_config.json dict. Unknown fields: one warning; unsupported ones: an error."""
+    if data.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"adapter_config.json has peft_type={data['peft_type']!r}; lorakit reads LORA adapters only")
+    unsupported = {k: data[k] for k in _MUST_BE_OFF if k in data and data[k] not in _OFF_VALUES}
+    if unsupported:
+        raise ValueError(f"this adapter uses PEFT features lorakit does not implement: {unsupported}")
+    unknown = sorted(set(data) - set(_FIELD_MAP) - _IGNORED - _MUST_BE_OFF)
+    if unknown:
+        logger.warning("adapter_config.json: ignoring fields lorakit does not know: %s", ", ".join(unknown))
+    kwargs = {ours: data[theirs] for theirs, ours in _FIELD_MAP.items() if data.get(theirs) is not None}
+    kwargs["init"] = "kaiming" if data.get("init_lora_weights", True) is True else "gaussian"
+    if "modules_to_save" not in kwargs:
+        kwargs["modules_to_save"] = ()
+    return LoraConfig(**kwargs)
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Inject LoRA into `model` per `path/adapter_config.json` and load `path/adapter_model.safetensors`."""
+    path = Path(path)
+    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not config_file.is_file() or not weights_file.is_file():
+        present = sorted(p.name for p in path.iterdir()) if path.is_dir() else "no such directory"
+        raise FileNotFoundError(f"{path} is not an adapter directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME} (found: {present})")
+    data = json.loads(config_file.read_text())
+    config = config_from_peft(data)
+    source = data.get("base_model_name_or_path")
+    # PEFT lists both "classifier" and "score" for every SEQ_CLS model: keep the heads this model has.
+    present = [name for name in config.modules_to_save if _has_module(model, name)]
+    config = dataclasses.replace(config, modules_to_save=tuple(present))
+    add_lora(model, config)
+    state = load_file(str(weights_file))  # safetensors: no pickle
+    params = dict(model.named_parameters())
+    expected = set(adapter_state_dict(model))
+    loaded = set()
+    with torch.no_grad():
+        for key, tensor in state.items():
+            name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+            name = name.replace(".modules_to_save.default.", ".")
+            if name not in params:
+                raise ValueError(
+                    f"adapter key {key} names no parameter of this model (adapter trained on {source!r}); "
+                    "is it the right base model?"
+                )
+            target = params[name]
+            if target.shape != tensor.shape:
+                raise ValueError(
+                    f"adapter tensor {name} has shape {tuple(tensor.shape)} but the model's is {tuple(target.shape)}: "
+                    f"the adapter was trained on {source!r}, a different base model"
+                )
+            target.copy_(tensor.to(target.dtype))
+            loaded.add(name)
+    missing = sorted(k for k in expected - loaded if ".lora_" in k)
+    if missing:
+        raise ValueError(f"adapter at {path} lacks {len(missing)} LoRA tensors, e.g. {missing[:3]}")
+    return model
+
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    return any(p == name or p.endswith("." + name) for p, _ in model.named_modules())

@@ -1,0 +1,129 @@
+"""Configuration: frozen dataclasses that validate themselves and round-trip to JSON.
+
+    cfg = LoraConfig(r=8, alpha=16, target_modules=["query", "value"])
+    LoraConfig.from_json(cfg.to_json()) == cfg   # True
+
+Every field has a one-line comment; bad values fail here, at creation, with the value named.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+INITS = ("gaussian", "kaiming")
+BIASES = ("none", "all", "lora_only")
+ADAPTER_DTYPES = ("float32", "int8")
+QUANT_KINDS = ("nf4", "fp4", "int8")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+# Output heads of transformers models: never adapted by "all-linear", never quantized by default.
+HEAD_NAMES = ("classifier", "pre_classifier", "qa_outputs", "score", "lm_head")
+
+
+def _tupled(value):
+    """Lists become tuples so the dataclass stays hashable and frozen all the way down."""
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+class _JsonMixin:
+    """to_dict / to_json / from_dict / from_json for a frozen dataclass of plain values."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; accepted fields: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class LoraConfig(_JsonMixin):
+    """Where and how to inject LoRA: h = W0·x + (alpha/r)·B·A·dropout(x)  (Hu et al. 2021, eq. 3)."""
+
+    r: int = 8  # rank of the update B·A
+    alpha: float = 16.0  # scaling numerator: the update is multiplied by alpha / r (or alpha / sqrt(r))
+    dropout: float = 0.0  # dropout on the LoRA branch's input, in [0, 1)
+    # which modules: a list of names (exact or ".suffix"), one regex string (full match), "all-linear",
+    # or the architecture toggles "query", "key", "value", "projection", "mlp", "head" (resolved per model)
+    target_modules: tuple[str, ...] | str = ("query", "value")
+    exclude_modules: tuple[str, ...] | str | None = None  # same syntax; matches are never adapted
+    layers_to_transform: tuple[int, ...] | None = None  # only these transformer block indices
+    rank_pattern: dict[str, int] = field(default_factory=dict)  # regex on module path -> r
+    alpha_pattern: dict[str, float] = field(default_factory=dict)  # regex on module path -> alpha
+    bias: str = "none"  # "none" | "all" (every bias trains) | "lora_only" (biases of adapted layers train)
+    use_rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)
+    init: str = "gaussian"  # A ~ N(0, 1/r) ("gaussian") or PEFT's kaiming-uniform ("kaiming"); B = 0
+    # modules trained and saved in full; None = the task head of classification / QA models
+    modules_to_save: tuple[str, ...] | None = None
+    adapter_dtype: str = "float32"  # "int8" stores A and B as int8 with per-row scales (QLoRA issue)
+
+    def __post_init__(self):
+        for name in ("target_modules", "exclude_modules", "layers_to_transform", "modules_to_save"):
+            object.__setattr__(self, name, _tupled(getattr(self, name)))
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"LoraConfig: r must be a positive integer, got r={self.r!r}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ValueError(f"LoraConfig: alpha must be > 0, got alpha={self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoraConfig: dropout must be in [0, 1), got dropout={self.dropout!r}")
+        if self.init not in INITS:
+            raise ValueError(f"LoraConfig: init={self.init!r} is not supported; accepted: {list(INITS)}")
+        if self.bias not in BIASES:
+            raise ValueError(f"LoraConfig: bias={self.bias!r} is not supported; accepted: {list(BIASES)}")
+        if self.adapter_dtype not in ADAPTER_DTYPES:
+            raise ValueError(
+                f"LoraConfig: adapter_dtype={self.adapter_dtype!r} is not supported; accepted: {list(ADAPTER_DTYPES)}"
+            )
+        if not self.target_modules:
+            raise ValueError("LoraConfig: target_modules is empty; give module names, a regex or 'all-linear'")
+        for pattern, r in self.rank_pattern.items():
+            if not isinstance(r, int) or r <= 0:
+                raise ValueError(f"LoraConfig: rank_pattern[{pattern!r}] must be a positive integer, got {r!r}")
+        for pattern, a in self.alpha_pattern.items():
+            if not isinstance(a, (int, float)) or a <= 0:
+                raise ValueError(f"LoraConfig: alpha_pattern[{pattern!r}] must be > 0, got {a!r}")
+
+    def __hash__(self):  # dict fields are not hashable; the JSON text is
+        return hash(self.to_json())
+
+
+@dataclass(frozen=True)
+class QuantConfig(_JsonMixin):
+    """How the frozen base weights are stored (QLoRA, Dettmers et al. 2023)."""
+
+    kind: str = "nf4"  # "nf4" | "fp4" (4-bit, block-wise absmax) | "int8" (absmax per output row or per block)
+    double_quant: bool = True  # quantize the per-block absmax constants again to 8 bits (blocks of 256)
+    block_size: int = 64  # elements sharing one absmax constant (4-bit kinds; int8 when int8_blockwise)
+    compute_dtype: str = "float32"  # dtype the weight is dequantized to inside forward
+    skip_modules: tuple[str, ...] = HEAD_NAMES  # module names (exact or .suffix) kept in full precision
+    int8_blockwise: bool = False  # int8 only: block-wise absmax instead of one absmax per output row
+
+    def __post_init__(self):
+        object.__setattr__(self, "skip_modules", _tupled(self.skip_modules))
+        if self.kind not in QUANT_KINDS:
+            raise ValueError(f"QuantConfig: kind={self.kind!r} is not supported; accepted: {list(QUANT_KINDS)}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"QuantConfig: compute_dtype={self.compute_dtype!r} is not supported; accepted: {list(COMPUTE_DTYPES)}"
+            )
+        accepted = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+        if self.block_size not in accepted:
+            raise ValueError(f"QuantConfig: block_size={self.block_size!r} is not supported; accepted: {list(accepted)}")

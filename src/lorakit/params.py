@@ -1,0 +1,59 @@
+"""Counting parameters: total, trainable, and the per-tensor listing the seeds printed.
+
+    report = parameter_report(model)
+    print(report)                  # table of trainable tensors, then the totals
+    report.trainable, report.total, report.percent
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    name: str  # parameter path, e.g. "bert.encoder.layer.0.attention.self.query.lora_A.weight"
+    shape: tuple[int, ...]
+    count: int
+    trainable: bool
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    total: int  # every parameter, counted once even when shared (tied embeddings)
+    trainable: int  # those with requires_grad
+    rows: tuple[ParamRow, ...]
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+    def table(self, only_trainable: bool = True) -> str:
+        rows = [r for r in self.rows if r.trainable or not only_trainable]
+        width = max([len(r.name) for r in rows] + [9])
+        lines = [f"{'parameter':<{width}}  {'shape':>14}  {'count':>10}  trainable", "-" * (width + 40)]
+        for r in rows:
+            shape = "x".join(str(d) for d in r.shape)
+            lines.append(f"{r.name:<{width}}  {shape:>14}  {r.count:>10,}  {'yes' if r.trainable else 'no'}")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        return f"trainable params: {self.trainable:,} || all params: {self.total:,} || trainable%: {self.percent:.4f}"
+
+    def __str__(self) -> str:
+        return self.table() + "\n" + self.summary()
+
+
+def parameter_report(model: nn.Module) -> ParameterReport:
+    """Totals and one row per parameter tensor (quantized codes are buffers, so they are not counted)."""
+    rows = []
+    seen = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        rows.append(ParamRow(name, tuple(param.shape), param.numel(), param.requires_grad))
+    total = sum(r.count for r in rows)
+    trainable = sum(r.count for r in rows if r.trainable)
+    return ParameterReport(total, trainable, tuple(rows))
