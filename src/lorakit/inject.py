@@ -94,7 +94,7 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
                 param.requires_grad_(True)
     elif config.bias == "lora_only":
         for _, layer in lora_layers(model):
-            if getattr(layer.base_layer, "bias", None) is not None and not isinstance(layer.base_layer, QuantLinear):
+            if isinstance(layer, LoRALinear) and layer.base_layer.bias is not None:
                 layer.base_layer.bias.requires_grad_(True)
     for _, layer in lora_layers(model):  # every lora_* tensor trains, including those inside modules_to_save
         for name, param in layer.named_parameters():

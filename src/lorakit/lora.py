@@ -74,9 +74,10 @@ class LoRALinear(nn.Module):
         self.scaling = lora_scaling(r, alpha, use_rslora)
         self.merged = False  # W0 currently holds W0 + scaling·B·A
         self.disabled = False  # compute the base layer alone
-        reference = base_layer.weight if not isinstance(base_layer, QuantLinear) else base_layer.bias
-        device = reference.device if reference is not None else None
-        dtype = _adapter_dtype(base_layer.weight.dtype) if not isinstance(base_layer, QuantLinear) else torch.float32
+        if isinstance(base_layer, QuantLinear):  # packed codes: adapters in fp32 on the codes' device
+            device, dtype = base_layer.qweight.device, torch.float32
+        else:
+            device, dtype = base_layer.weight.device, _adapter_dtype(base_layer.weight.dtype)
         # Stored as nn.Linear so state-dict keys are PEFT's: "<path>.lora_A.weight", "<path>.lora_B.weight".
         self.lora_A = nn.Linear(in_features, r, bias=False, device=device, dtype=dtype)  # A: (r, in)
         self.lora_B = nn.Linear(r, out_features, bias=False, device=device, dtype=dtype)  # B: (out, r)
