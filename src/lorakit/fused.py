@@ -66,6 +66,8 @@ class LoRALinearFunction(torch.autograd.Function):
         # skinny one) about 8x slower than the same product in this order.
         grad_b = (xa.t() @ g).mul_(s).t() if ctx.needs_input_grad[4] else None
         grad_a = grad_x = grad_w = grad_bias = None
+        # float * uint8 converts the mask on every use: convert it once here for the two uses below
+        keep = keep.to(x2.dtype) if keep is not None else None  # (N, in) 0./1.
         if ctx.needs_input_grad[3]:
             x_in = x2 * keep if keep is not None else x2
             grad_a = (grad_xa.t() @ x_in).mul_(inv_q)  # (r, in)
