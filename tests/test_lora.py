@@ -167,3 +167,17 @@ def test_embedding_layer():
 def test_wrap_rejects_other_layers():
     with pytest.raises(TypeError, match="Conv2d"):
         LoRALinear(nn.Conv2d(3, 3, 3), r=2, alpha=2)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_fused_saves_no_copy_of_input(p):
+    """Backward keeps x itself (shared with sibling layers), a 1-byte mask when p > 0, and x·A^T: no float copy of x."""
+    layer = _layer(nn.Linear(64, 48), dropout=p).train()
+    x = torch.randn(4, 50, 64, requires_grad=True)  # more elements than the weight
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer(x)
+    big_float = [t for t in saved if t.is_floating_point() and t.numel() >= x.numel()]
+    assert len(big_float) == 1 and big_float[0].data_ptr() == x.data_ptr()
+    masks = [t for t in saved if not t.is_floating_point()]
+    assert (len(masks) == 1 and masks[0].element_size() == 1) if p > 0 else not masks
