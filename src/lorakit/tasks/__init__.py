@@ -19,18 +19,35 @@ Files, one concept each:
     preprocess.py  tokenize (no padding), sequence_lengths
     batching.py    PaddingCollator (dynamic padding), LengthGroupedBatchSampler
     metrics.py     compute_metrics and the metric functions
+    squad.py       SQuAD v1.1 / v2.0 (kind "question_answering"): reading, train / eval window features
+    qa_eval.py     QA logits -> answer spans (run_qa.py post-processing), evaluate_qa, answer_question
+    qa_metrics.py  the official SQuAD exact match and F1 (v1.1 and v2.0 with HasAns_ / NoAns_)
+    instruct.py    instruction tuning (kind "causal_lm"): Alpaca / chat records, prompt formatting, masked labels
+    lm_eval.py     held-out loss / perplexity / token accuracy and greedy generations of a causal LM
 
-A new task family (extractive QA, causal-LM instruction tuning) adds its own TaskSpec `kind`, reader,
-tokenize step and metrics in a new file here and registers its specs in loading.TASKS.
+A new task family adds its own TaskSpec `kind`, readers (TaskSpec.read_local / read_file / read_hub), tokenize
+step and metrics in a new file here and registers its specs in loading.TASKS.
 """
-from .base import LABEL, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR, TaskData, TaskError, TaskSpec
+from .base import (
+    CAUSAL_LM,
+    LABEL,
+    QUESTION_ANSWERING,
+    SEQUENCE_CLASSIFICATION,
+    TEXT,
+    TEXT_PAIR,
+    TaskData,
+    TaskError,
+    TaskSpec,
+)
 from .batching import LengthGroupedBatchSampler, PaddingCollator
 from .loading import TASKS, get_task, load_splits, task_names
 from .metrics import compute_metrics, predictions_from_logits
 from .preprocess import sequence_lengths, tokenize
 
 __all__ = [
+    "CAUSAL_LM",
     "LABEL",
+    "QUESTION_ANSWERING",
     "SEQUENCE_CLASSIFICATION",
     "TASKS",
     "TEXT",

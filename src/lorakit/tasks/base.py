@@ -7,6 +7,9 @@ rows with the same normalized columns, so the training loop never sees a dataset
     text_pair   the second text of sentence-pair tasks (absent for single-text tasks)
     label       int class id in [0, num_labels), or float for regression (num_labels == 1)
 
+(That is the sequence-classification row; extractive QA and instruction tasks, other `kind`s, have their own
+normalized columns, documented in squad.py and instruct.py.)
+
 A `TaskSpec` holds the static facts about a task (labels, metrics, hub location); `TaskData` is what
 `load_splits` returns: the spec (resolved from the data for the generic `csv` task), the train split and the
 evaluation splits by name.
@@ -27,6 +30,8 @@ LABEL = "label"
 
 # The Hugging Face model head a task trains; the loop picks the AutoModel class from it.
 SEQUENCE_CLASSIFICATION = "sequence_classification"
+QUESTION_ANSWERING = "question_answering"  # extractive QA (SQuAD), rows as in squad.py
+CAUSAL_LM = "causal_lm"  # instruction tuning of a causal LM, rows as in instruct.py
 
 
 class TaskError(ValueError):
@@ -50,9 +55,17 @@ class TaskSpec:
     hub_path: tuple[str, str | None] | None  # datasets.load_dataset(path, name); None: no hub source
     hub_splits: tuple[str, ...] = ("train", "validation")  # labelled hub splits; all but "train" are eval splits
     local_layout: str = ""  # the files expected under data_dir, quoted in error messages
-    kind: str = SEQUENCE_CLASSIFICATION  # model head; later tasks add e.g. "question_answering", "causal_lm"
+    kind: str = SEQUENCE_CLASSIFICATION  # model head: SEQUENCE_CLASSIFICATION, QUESTION_ANSWERING or CAUSAL_LM
     # read_local(spec, data_dir) -> normalized splits by name ("train", "validation", ..., "test"); None: hub only
     read_local: Callable[[TaskSpec, Path], dict[str, Dataset]] | None = field(default=None, compare=False, repr=False)
+    # Tasks whose rows are not (text, text_pair, label) supply their own readers:
+    # read_file(spec, path, text_columns, label_column) -> normalized rows of one user file (train_file/eval_file)
+    read_file: Callable[[TaskSpec, Path, tuple[str, ...] | None, str | None], Dataset] | None = field(
+        default=None, compare=False, repr=False)
+    # read_hub(spec, dataset_dict) -> normalized splits of what datasets.load_dataset(*hub_path) returned
+    read_hub: Callable[[TaskSpec, Any], dict[str, Dataset]] | None = field(default=None, compare=False, repr=False)
+    # rows sharing a value of this column stay on one side of every seeded carve (SQuAD: "title", the article)
+    group_column: str | None = None
 
     def __post_init__(self):
         if self.main_metric not in self.metric_names:
@@ -127,21 +140,34 @@ def make_dataset(texts: list[str], pairs: list[str] | None, labels: list, where:
     return Dataset.from_dict(columns)
 
 
-def split_off(dataset: Dataset, fraction: float, seed: int, what: str) -> tuple[Dataset, Dataset]:
+def split_off(dataset: Dataset, fraction: float, seed: int, what: str,
+              group_column: str | None = None) -> tuple[Dataset, Dataset]:
     """Seeded disjoint split: returns (rest, carved) with `carved` holding round(fraction * n) rows (at least 1).
 
+    group_column: carve whole groups instead of rows (round(fraction * number of groups) of them, at least 1),
+    so that no value of the column is in both parts (SQuAD articles). Without it every row is its own group.
     Rows keep their original relative order inside each part.
     """
     if not 0.0 < fraction < 1.0:
         raise TaskError(f"{what}: split fraction must be in (0, 1), got {fraction!r}")
     n = len(dataset)
-    if n < 2:
-        raise TaskError(f"{what}: cannot split {n} row(s) into two non-empty parts; give more data")
-    n_carved = min(max(1, round(fraction * n)), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    carved = np.sort(order[:n_carved])
-    rest = np.sort(order[n_carved:])
-    return dataset.select(rest), dataset.select(carved)
+    if group_column is None:
+        if n < 2:
+            raise TaskError(f"{what}: cannot split {n} row(s) into two non-empty parts; give more data")
+        group_of_row = np.arange(n)  # group id of each row
+    else:
+        if group_column not in dataset.column_names:
+            raise TaskError(f"{what}: no column {group_column!r} to split by; columns are {dataset.column_names}")
+        values = dataset.select_columns([group_column]).to_dict()[group_column]  # one read, not row by row
+        _, group_of_row = np.unique(np.asarray(values, dtype=object), return_inverse=True)
+        if group_of_row.size == 0 or group_of_row.max() < 1:
+            raise TaskError(f"{what}: cannot split the rows of a single {group_column!r} into two parts "
+                            "with no shared value; give more data")
+    n_groups = int(group_of_row.max()) + 1
+    n_carved = min(max(1, round(fraction * n_groups)), n_groups - 1)
+    order = np.random.default_rng(seed).permutation(n_groups)
+    in_carved = np.isin(group_of_row, order[:n_carved])  # (n,) bool; for rows-as-groups: the first n_carved drawn
+    return dataset.select(np.flatnonzero(~in_carved)), dataset.select(np.flatnonzero(in_carved))
 
 
 def subsample(dataset: Dataset, max_rows: int | None, seed: int) -> Dataset:

@@ -8,9 +8,11 @@ Sources, in order of precedence:
 Missing splits are carved, seeded and disjoint, from what exists:
     no validation split (IMDB, MRPC's original files, a csv task without eval_file):
         `eval_split_fraction` (default 0.1) of train becomes "validation"; train keeps the rest.
-    no train split (QNLI here ships dev.tsv only; SQuAD dev later):
+    no train split (QNLI here ships dev.tsv only; so does shared/data/squad_v1.1):
         only on request: `split_from_eval=F` (CLI --split-from-eval F) moves a fraction F of the first
         evaluation split into train; the rest stays the evaluation split. Without it, a TaskError says so.
+Tasks with a TaskSpec.group_column carve whole groups (SQuAD: a fraction F of the articles), so no article is
+in both parts.
 """
 from __future__ import annotations
 
@@ -18,23 +20,37 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .base import LABEL, TEXT, TEXT_PAIR, TaskData, TaskError, TaskSpec, split_off, subsample
+from .base import LABEL, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR, TaskData, TaskError, TaskSpec, split_off, subsample
 from .files import FILE_TASK, infer_label_spec, file_task_mapper, read_table, spec_label_mapper, table_to_dataset
 from .glue import GLUE_TASKS
 from .imdb import IMDB
+from .instruct import INSTRUCT_TASKS
+from .squad import SQUAD_TASKS
 
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (*GLUE_TASKS, IMDB, FILE_TASK)}
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec for spec in (*GLUE_TASKS, IMDB, FILE_TASK, *SQUAD_TASKS, *INSTRUCT_TASKS)
+}
 
 
 def task_names() -> list[str]:
     return sorted(TASKS)
 
 
+def _accepted_by_kind() -> str:
+    """Task names grouped by kind: "cola, csv, ...; causal lm: alpaca, ...; question answering: squad, ..."."""
+    groups: dict[str, list[str]] = {}
+    for name in task_names():
+        groups.setdefault(TASKS[name].kind, []).append(name)
+    parts = [", ".join(groups.pop(SEQUENCE_CLASSIFICATION, []))]
+    parts += [f"{kind.replace('_', ' ')}: {', '.join(names)}" for kind, names in groups.items()]
+    return "; ".join(part for part in parts if part)
+
+
 def get_task(name: str) -> TaskSpec:
     """The spec of a registered task, or TaskError listing the accepted names."""
     key = name.strip().lower().replace("-", "")  # "SST-2" -> "sst2", "STS-B" -> "stsb"
     if key not in TASKS:
-        raise TaskError(f"unknown task {name!r}; accepted tasks: {', '.join(task_names())}")
+        raise TaskError(f"unknown task {name!r}; accepted tasks: {_accepted_by_kind()}")
     return TASKS[key]
 
 
@@ -59,6 +75,8 @@ def load_splits(
     data_dir: folder of local files in one of the task's original layouts; None (and no files) = the hub.
     train_file, eval_file: .csv/.tsv/.jsonl files, read with text_columns / label_column (default: the task's
         hub column names; for "csv": ("text",) and "label"). Labels: class names or ids of the task.
+        squad / squad_v2 read official SQuAD JSON; instruction tasks read JSON / JSONL records, with
+        text_columns = (instruction column[, input column]) and label_column = the response column.
     regression: csv task only: True = float target, False = classes, None = infer (see files.py).
     eval_split_fraction: share of train carved into "validation" where no validation split exists.
     split_from_eval: share of the evaluation split carved into train where no train split exists.
@@ -86,6 +104,8 @@ def load_splits(
     elif data_dir is not None:
         splits = spec.read_local(spec, Path(data_dir))
         source = str(data_dir)
+    elif spec.hub_path is None:
+        raise TaskError(f"task {spec.name} has no hub source; pass data_dir or train_file: {spec.local_layout}")
     else:
         splits = _read_hub(spec)
         source = "the hub"
@@ -100,13 +120,15 @@ def load_splits(
                 f"e.g. 0.5) to carve a seeded train split out of {eval_names[0]!r}"
             )
         splits[eval_names[0]], splits["train"] = split_off(
-            splits[eval_names[0]], split_from_eval, seed, f"carving train from {spec.name} {eval_names[0]}")
+            splits[eval_names[0]], split_from_eval, seed, f"carving train from {spec.name} {eval_names[0]}",
+            spec.group_column)
     elif split_from_eval is not None:
         raise TaskError(
             f"task {spec.name} has a train split in {source}; split_from_eval is only for tasks without one")
     if not eval_names:
         splits["train"], splits["validation"] = split_off(
-            splits["train"], eval_split_fraction, seed, f"carving validation from {spec.name} train")
+            splits["train"], eval_split_fraction, seed, f"carving validation from {spec.name} train",
+            spec.group_column)
         eval_names = ["validation"]
     if include_test:
         if "test" not in splits:
@@ -120,6 +142,12 @@ def load_splits(
 
 def _read_files(spec: TaskSpec, train_file, eval_file, text_columns, label_column, regression):
     """Splits from user files; the csv task learns its label set (and so its spec) from train_file."""
+    if spec.read_file is not None:  # QA / instruction tasks: their own file formats and columns
+        if regression is not None:
+            raise TaskError(f"regression is only an option of the csv task; task {spec.name} is fixed by its spec")
+        paths = {"train": train_file, "validation": eval_file}
+        return spec, {name: spec.read_file(spec, Path(path), text_columns, label_column)
+                      for name, path in paths.items() if path is not None}
     if spec is FILE_TASK:
         if train_file is None:
             raise TaskError("task csv needs train_file (the label set is read from it); pass --train-file PATH")
@@ -155,6 +183,8 @@ def _read_hub(spec: TaskSpec) -> dict[str, Dataset]:
             f"could not load {path}{'/' + name if name else ''} from the Hugging Face hub "
             f"({type(error).__name__}: {detail[:200]}); pass data_dir with local files: {spec.local_layout}"
         ) from error
+    if spec.read_hub is not None:
+        return spec.read_hub(spec, dataset_dict)
     targets = (TEXT, TEXT_PAIR)[: len(spec.text_columns)]
     rename = {**dict(zip(spec.text_columns, targets)), spec.label_column: LABEL}
     return {split: dataset_dict[split].select_columns(list(rename)).rename_columns(rename) for split in spec.hub_splits}

@@ -1,0 +1,89 @@
+"""Scoring an instruction-tuned causal LM: held-out loss / perplexity / token accuracy, and greedy generations.
+
+    loader = DataLoader(features, batch_size=8, collate_fn=PaddingCollator.from_tokenizer(tokenizer))
+    evaluate_causal_lm(model, loader)      # {"token_accuracy": 0.41, "loss": 2.31, "perplexity": 10.1, "tokens": ...}
+    generate_samples(model, tokenizer, ["Name three colors."], max_new_tokens=64)   # ["Red, green and blue."]
+
+Loss is the mean negative log-likelihood per labelled (response) token over the whole split, not the mean of
+batch means, so it does not depend on batching; perplexity = exp(loss). token_accuracy is the share of labelled
+tokens that are the model's argmax prediction. Generations are greedy (deterministic), one prompt at a time (no
+padding, so a prompt's output does not depend on the others), formatted as in training (instruct.py).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+import transformers as tf
+
+from .base import TaskError
+from .batching import LABEL_PAD_ID
+from .instruct import INPUT, INSTRUCTION, MESSAGES, OUTPUT, prompt_ids, wants_chat_template
+
+
+@torch.no_grad()
+def evaluate_causal_lm(model, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Response-token loss, perplexity and next-token accuracy of `model` over batches with "labels".
+
+    Keys: token_accuracy, loss, perplexity, tokens (the number of scored tokens).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, total_tokens, correct = 0.0, 0, 0
+    for batch in loader:
+        batch = {name: tensor.to(device) for name, tensor in batch.items()}
+        labels = batch.pop("labels")  # (B, T), -100 on prompt and padding tokens
+        logits = model(**batch).logits.float()  # (B, T, V)
+        # logits at position t predict token t + 1: pair logits[:, :-1] with labels[:, 1:]
+        shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
+        scored = shifted_labels != LABEL_PAD_ID  # (B, T - 1)
+        total_loss += F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1),
+                                      ignore_index=LABEL_PAD_ID, reduction="sum").item()
+        total_tokens += int(scored.sum())
+        correct += int(((shifted_logits.argmax(dim=-1) == shifted_labels) & scored).sum())
+    model.train(was_training)
+    if total_tokens == 0:
+        raise TaskError("no labelled token to score: the evaluation batches hold no response tokens")
+    loss = total_loss / total_tokens
+    return {"token_accuracy": correct / total_tokens, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "tokens": float(total_tokens)}
+
+
+def _stop_ids(model, tokenizer) -> list[int]:
+    """EOS of the tokenizer plus the model's own stop tokens (some chat models end a turn with another token)."""
+    configured = model.generation_config.eos_token_id
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    return list(dict.fromkeys([tokenizer.eos_token_id, *configured]))
+
+
+@torch.no_grad()
+def generate_samples(model, tokenizer, prompts: Sequence[str | Mapping], max_new_tokens: int = 128,
+                     chat_template: bool | None = None) -> list[str]:
+    """Greedy completions of `prompts`, decoded without special tokens and stripped.
+
+    A prompt is an instruction (str) or a normalized row (Alpaca fields or "messages"); a row's last assistant
+    turn is what gets generated (its reference text is ignored; a conversation ending with a user turn gets a
+    reply to it). chat_template: as in tokenize_instruct.
+    """
+    if max_new_tokens <= 0:
+        raise TaskError(f"max_new_tokens must be positive, got {max_new_tokens!r}")
+    use_template = wants_chat_template(tokenizer, chat_template)
+    stop = _stop_ids(model, tokenizer)
+    config = tf.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop,
+                                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for prompt in prompts:
+        row = {INSTRUCTION: prompt, INPUT: "", OUTPUT: ""} if isinstance(prompt, str) else dict(prompt)
+        if row.get(MESSAGES) is not None and row[MESSAGES][-1]["role"] != "assistant":
+            row[MESSAGES] = [*row[MESSAGES], {"role": "assistant", "content": ""}]  # the turn to generate
+        ids = torch.tensor([prompt_ids(row, tokenizer, use_template)], device=device)  # (1, L)
+        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        outputs.append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    model.train(was_training)
+    return outputs
