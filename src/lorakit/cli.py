@@ -1,24 +1,44 @@
 """The `lorakit` command line.
 
-    lorakit params --model minilm --lora-query --lora-value --lora-r 8
+    lorakit train   --model minilm --task sst2 --data-dir ../shared/data/sst2 --method lora --epochs 1
+    lorakit eval    --adapter runs/sst2-lora                 # base model, task and data from the run
+    lorakit merge   --adapter runs/sst2-lora --output runs/sst2-merged
+    lorakit eval    --model runs/sst2-merged
+    lorakit predict --adapter runs/sst2-lora "a gripping film" "flat and lifeless"
+    lorakit params  --model minilm --lora-query --lora-value --lora-r 8
     lorakit demo
 
+Every command but demo takes `--config file.yaml`: keys are the long flag names (`lr: 1.0e-3`, `lora_r: 16`,
+`target_modules: all-linear`); flags given on the command line override it. A run's own config.yaml is such a
+file. eval / merge / predict start from the settings recorded with the trained model, then the file, then flags.
+Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1.
 Run `lorakit <command> --help` for every flag.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+from pathlib import Path
+
+import yaml
 
 from .config import LoraConfig
+from .train_config import DEFAULT_LR, METHODS, PRECISIONS, REPORTERS, TrainConfig
 
 TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
+D = TrainConfig()  # defaults, quoted in --help
+RAW = argparse.RawDescriptionHelpFormatter
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+TARGET_KEYS = ("target_modules", "target_regex", *(f"lora_{t}" for t in TOGGLES))
 
 
-def add_lora_flags(parser: argparse.ArgumentParser) -> None:
+def add_lora_flags(parser: argparse.ArgumentParser, default_alpha: float = 16.0) -> None:
     g = parser.add_argument_group("LoRA")
     g.add_argument("--lora-r", type=int, default=8, help="rank r of the update B·A (default: 8)")
-    g.add_argument("--lora-alpha", type=float, default=16.0, help="alpha; the update is scaled by alpha/r (default: 16)")
+    g.add_argument("--lora-alpha", type=float, default=default_alpha,
+                   help=f"alpha; the update is scaled by alpha/r (default: {default_alpha:g})")
     g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA branch input (default: 0)")
     for t in TOGGLES:
         g.add_argument(f"--lora-{t}", action="store_true", help=f"adapt the {t} layers (resolved per architecture)")
@@ -40,6 +60,188 @@ def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:
                       use_rslora=args.use_rslora, init=args.lora_init)
 
 
+# --- settings: recorded config < --config file < flags -------------------------------------------------------
+
+def _given(args: argparse.Namespace) -> dict:
+    """The flags given on the command line (every option of train/eval/merge/predict defaults to None)."""
+    return {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "func", "config")}
+
+
+def _read_config_file(args: argparse.Namespace) -> dict:
+    """--config YAML as {setting: value}; keys are long flag names ('-' or '_'), checked against known ones."""
+    if args.config is None:
+        return {}
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"--config {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must be a mapping of settings (lr: 1.0e-3, ...), got {type(data).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    known = set(TRAIN_FIELDS) | set(TARGET_KEYS) | set(vars(args))
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"--config {path}: unknown setting(s) {unknown}; settings are the long flag names of "
+                         f"`lorakit {args.command} --help` (e.g. lr, batch_size, lora_r)")
+    return data
+
+
+def _targets(values: dict) -> tuple[str, ...] | str | None:
+    """target_modules from --target-regex, --target-modules or the toggles, in that order; None if none given."""
+    if values.get("target_regex"):
+        return values["target_regex"]
+    modules = values.get("target_modules")
+    if modules:
+        if isinstance(modules, str):
+            return modules  # "all-linear" or a regex (a run's config.yaml)
+        return "all-linear" if list(modules) == ["all-linear"] else tuple(modules)
+    return tuple(t for t in TOGGLES if values.get(f"lora_{t}")) or None
+
+
+def _train_values(values: dict) -> dict:
+    """The TrainConfig fields among `values`, with the LoRA target flags folded into target_modules."""
+    out = {k: v for k, v in values.items() if k in TRAIN_FIELDS and k != "target_modules"}
+    targets = _targets(values)
+    if targets is not None:
+        out["target_modules"] = targets
+    return out
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig.from_dict({**_train_values(_read_config_file(args)), **_train_values(_given(args))})
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainingDiverged, train
+
+    cfg = train_config_from_args(args)
+    try:
+        metrics = train(cfg)
+    except TrainingDiverged as err:
+        print(f"lorakit train: error: {err}", file=sys.stderr)
+        return 1
+    main = metrics["eval"][next(iter(metrics["eval"]))][metrics["main_metric"]]
+    print(f"lorakit train: best {metrics['main_metric']} {main:.4f} at step {metrics['best_step']}; "
+          f"{metrics['train_examples_per_s']:.1f} examples/s; artifact {metrics['artifact']}; "
+          f"metrics in {Path(cfg.output) / 'metrics.json'}")
+    return 0
+
+
+def _inference_setup(args: argparse.Namespace):
+    """(cfg, spec, data or None, model, tokenizer) for eval / merge / predict: the recorded run settings, then
+    the --config file, then flags."""
+    import transformers
+
+    from .methods import find_artifact, load_artifact, load_base, read_record
+    from .tasks import get_task, load_splits
+
+    from_file, flags = _read_config_file(args), _given(args)
+    for values in (from_file, flags):
+        values.pop("output", None)  # eval / merge --output names their own result, not the run directory
+    adapter = flags.get("adapter") or from_file.get("adapter")
+    model_name = flags.get("model") or from_file.get("model")
+    if adapter is not None and not Path(adapter).is_dir():
+        raise FileNotFoundError(f"--adapter {adapter}: no such directory; give a `lorakit train` output directory "
+                                "or an adapter directory")
+    source = adapter or model_name
+    if source is None:
+        raise ValueError("give --adapter DIR (a `lorakit train` output) or --model (a merged model directory or "
+                         "hub id)")
+    local = Path(source).is_dir()
+    record = read_record(find_artifact(source)) if local else {}
+    values = {**record.get("config", {}), **_train_values(from_file), **_train_values(flags)}
+    values.update(resume=None, init_adapter=None)
+    cfg = TrainConfig.from_dict(values)
+    data = None
+    if args.command == "eval" or cfg.task == "csv":  # the csv task's labels are read from its train file
+        data = load_splits(cfg.task, data_dir=cfg.data_dir, train_file=cfg.train_file, eval_file=cfg.eval_file,
+                           text_columns=cfg.text_columns, label_column=cfg.label_column,
+                           split_from_eval=cfg.split_from_eval, max_train_samples=cfg.max_train_samples,
+                           max_eval_samples=cfg.max_eval_samples, seed=cfg.seed)
+    spec = data.spec if data is not None else get_task(cfg.task)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # no "newly initialized head" notes: the adapter loads the head
+    try:
+        if local:
+            model, tokenizer, _ = load_artifact(source, spec, base_model=model_name if adapter else None)
+        else:
+            model, tokenizer = load_base(source, spec)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return cfg, spec, data, model.eval(), tokenizer
+
+
+def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
+    """The Evaluator for cfg's device, precision, batch size and max length; moves the model to the device."""
+    from .kinds import Evaluator, kind_of
+    from .tasks import PaddingCollator
+    from .train_config import resolve_device, resolve_precision
+
+    device = resolve_device(cfg.device)
+    collator = PaddingCollator.from_tokenizer(tokenizer, pad_to_max_length=cfg.pad_to_max_length,
+                                              max_length=cfg.max_length)
+    model.to(device)
+    return Evaluator(spec, kind_of(spec), tokenizer, collator, cfg.eval_batch_size, cfg.max_length, device,
+                     resolve_precision(cfg.precision, device))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    cfg, spec, data, model, tokenizer = _inference_setup(args)
+    evaluate = _evaluator(cfg, spec, tokenizer, model)
+    splits = {name: (rows, evaluate.kind.eval_features(rows, tokenizer, cfg.max_length))
+              for name, rows in data.eval.items()}
+    results = evaluate(model, splits)
+    for split, metrics in results.items():
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"{spec.name} {split} ({len(data.eval[split])} examples): {shown}")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"task": spec.name, "eval": results}, indent=2) + "\n")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .checkpoint import atomic_dir
+    from .methods import RECORD, merged_model, read_record
+
+    if not args.output:
+        raise ValueError("lorakit merge needs --output DIR for the merged model")
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()) and read_record(output).get("method") != "merged":
+        raise ValueError(f"--output {output} exists and is not a merged model directory; choose a new directory")
+    cfg, spec, _, model, tokenizer = _inference_setup(args)
+    merged = merged_model(model)
+    with atomic_dir(args.output) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        record = {"method": "merged", "base_model": cfg.model, "task": spec.name, "quantization": None,
+                  "config": cfg.to_dict()}
+        (tmp / RECORD).write_text(json.dumps(record, indent=2))
+    print(f"lorakit merge: wrote a plain transformers model to {args.output} "
+          "(AutoModelForSequenceClassification.from_pretrained reads it)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    texts = list(args.texts or [])
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--file {path}: no such file")
+        texts += [line for line in path.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise ValueError("nothing to classify: give texts as arguments or --file FILE (one text a line)")
+    cfg, spec, _, model, tokenizer = _inference_setup(args)
+    evaluate = _evaluator(cfg, spec, tokenizer, model)
+    for line, text in zip(evaluate.kind.predict(evaluate, model, texts), texts):
+        print(f"{line}\t{text}")
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     from .inject import add_lora
     from .models import load_classifier
@@ -59,26 +261,187 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
-def build_parser() -> argparse.ArgumentParser:
+# --- the parser ---------------------------------------------------------------------------------------------
+
+def _config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML of settings (long flag names as keys); flags override it")
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--task", help=f"task name: sst2, cola, mrpc, stsb, qnli, rte, mnli, qqp, imdb, ... or csv "
+                                  f"(default: {D.task})")
+    g.add_argument("--data-dir", metavar="DIR", help="the task's original files (e.g. ../shared/data/sst2); "
+                                                     "default: the Hugging Face hub")
+    g.add_argument("--train-file", metavar="FILE", help=".csv/.tsv/.jsonl training file (task csv, or any task)")
+    g.add_argument("--eval-file", metavar="FILE", help=".csv/.tsv/.jsonl evaluation file")
+    g.add_argument("--text-column", "--text-columns", dest="text_columns", action="append", metavar="NAME",
+                   help="text column of the files; give it twice for sentence pairs (default: text)")
+    g.add_argument("--label-column", metavar="NAME", help="label column of the files (default: label)")
+    g.add_argument("--split-from-eval", type=float, metavar="F",
+                   help="carve a share F of the evaluation split into train (tasks without a train split)")
+    g.add_argument("--max-train-samples", type=int, metavar="N", help="seeded random subset of the train split")
+    g.add_argument("--max-eval-samples", type=int, metavar="N", help="seeded random subset of each eval split")
+    g.add_argument("--max-length", type=int, metavar="T", help=f"tokens per example (default: {D.max_length})")
+    g.add_argument("--pad-to-max-length", action="store_true", default=None,
+                   help="pad every batch to --max-length (throughput baseline; default: pad to the batch's longest)")
+
+
+def _runtime_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", help=f"auto | cpu | cuda | cuda:N | mps (default: {D.device})")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="auto = bf16 autocast on a CUDA GPU that supports it, else fp32 (default: auto)")
+    g.add_argument("--seed", type=int, help=f"seed of data order, subsets, initialisation, dropout (default: {D.seed})")
+    g.add_argument("--eval-batch-size", type=int, metavar="N", help=f"(default: {D.eval_batch_size})")
+
+
+def _source_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", metavar="DIR", help="a `lorakit train` output directory, or its adapter/ (or "
+                                                    "weights/, model/) directory")
+    p.add_argument("--model", help="the base model for --adapter (default: the one it was trained on), or, "
+                                   "without --adapter, a merged model directory / hub id")
+
+
+def _train_parser(sub) -> None:
+    lrs = ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items())
+    p = sub.add_parser("train", help="fine-tune a model on a task", formatter_class=RAW, description=(
+        "Fine-tune a model on a task and write an output directory with the trained adapter (or weights), "
+        "metrics.json, config.yaml, log.jsonl (one JSON line per step) and versions.json.\n\n"
+        "examples:\n"
+        "  lorakit train --model minilm --task sst2 --data-dir ../shared/data/sst2 --epochs 1\n"
+        "  lorakit train --task csv --train-file train.csv --text-column review --label-column stars\n"
+        "  lorakit train --config run.yaml --lr 5e-4          # flags override the file\n"
+        "  lorakit train --output runs/x --resume auto         # continue an interrupted run"))
+    _config_flag(p)
+    p.add_argument("--model", help=f"hub id, local directory, or 'minilm' (default: {D.model})")
+    _data_flags(p)
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=METHODS, help=(
+        "what trains: lora (LoRA + the task head), qlora (lora over a 4/8-bit base), lora+head (LoRA + the layers "
+        "below the head, e.g. BERT's pooler, in full), head (the classifier only), last-layers (the head and the "
+        f"layer below it), full (default: {D.method}). LoRA adapts every linear layer below the head unless the "
+        "--lora-<toggle> flags, --target-modules or --target-regex say otherwise"))
+    g.add_argument("--init-adapter", metavar="DIR", help="start from a saved adapter (e.g. LoRA first, then "
+                                                         "--method head trains the head on top of it); its LoRA "
+                                                         "settings replace the --lora-* flags")
+    add_lora_flags(p, default_alpha=D.lora_alpha)
+    p.set_defaults(lora_r=None, lora_alpha=None, lora_dropout=None, lora_init=None, use_rslora=None,
+                   **{f"lora_{t}": None for t in TOGGLES})
+    q = p.add_argument_group("QLoRA (--method qlora)")
+    q.add_argument("--quant-kind", choices=("nf4", "fp4", "int8"), help=f"(default: {D.quant_kind})")
+    q.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=None,
+                   help="keep the absmax constants in fp32 (default: quantize them too)")
+    q.add_argument("--quant-compute-dtype", choices=("float32", "bfloat16", "float16"),
+                   help=f"dtype the base weights are dequantized to (default: {D.quant_compute_dtype})")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, help=f"(default: {D.epochs})")
+    o.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps; overrides --epochs")
+    o.add_argument("--lr", type=float, help=f"peak learning rate (default per method: {lrs})")
+    o.add_argument("--loraplus-ratio", type=float, metavar="R",
+                   help="LoRA+: the B matrices learn at lr x R (e.g. 16; default: off)")
+    o.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on matrices (default: {D.weight_decay})")
+    o.add_argument("--batch-size", type=int, metavar="N", help=f"examples per micro-batch (default: {D.batch_size})")
+    o.add_argument("--grad-accum", type=int, metavar="K",
+                   help=f"micro-batches per optimizer step (default: {D.grad_accum})")
+    o.add_argument("--warmup-ratio", type=float, help=f"share of steps in linear warmup (default: {D.warmup_ratio})")
+    o.add_argument("--warmup-steps", type=int, metavar="N", help="warmup steps; overrides --warmup-ratio")
+    o.add_argument("--max-grad-norm", type=float, help=f"gradient clipping, 0 = off (default: {D.max_grad_norm})")
+    o.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute activations in backward: less memory, ~30%% slower")
+    o.add_argument("--no-group-by-length", dest="group_by_length", action="store_false", default=None,
+                   help="plain shuffled batches (default: batches of similar lengths)")
+    e = p.add_argument_group("evaluation, checkpoints, output")
+    e.add_argument("--eval-steps", type=int, metavar="N", help="also evaluate every N steps (default: epoch ends only)")
+    e.add_argument("--save-steps", type=int, metavar="N",
+                   help="checkpoint every N steps (default: at every evaluation)")
+    e.add_argument("--save-total-limit", type=int, metavar="N",
+                   help=f"step checkpoints kept (default: {D.save_total_limit})")
+    e.add_argument("--early-stopping-patience", type=int, metavar="N",
+                   help="stop after N evaluations without improvement (default: off)")
+    e.add_argument("--output", metavar="DIR", help="output directory (default: runs/<task>-<method>)")
+    e.add_argument("--resume", metavar="CHECKPOINT", help="a checkpoint directory (<output>/checkpoints/step-*), or "
+                                                          "'auto': the newest one under --output")
+    e.add_argument("--report-to", nargs="+", choices=REPORTERS,
+                   help="also log to wandb / tensorboard (JSON Lines always)")
+    _runtime_flags(p)
+    p.set_defaults(func=cmd_train)
+
+
+def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser:
+    """params_defaults: values of a --config file for `lorakit params`, whose flags have ordinary defaults."""
     parser = argparse.ArgumentParser(prog="lorakit", description="LoRA and QLoRA fine-tuning, written from scratch.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+
+    p = sub.add_parser("eval", help="evaluate a trained adapter or a (merged) model", formatter_class=RAW,
+                       description="Evaluate on the task's evaluation splits. Task, data and max length default to "
+                                   "the recorded run's settings.\n\nexamples:\n"
+                                   "  lorakit eval --adapter runs/sst2-lora\n"
+                                   "  lorakit eval --model runs/sst2-merged --max-eval-samples 200")
+    _config_flag(p)
+    _source_flags(p)
+    _data_flags(p)
+    _runtime_flags(p)
+    p.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("merge", help="fold an adapter into its base model and save a plain transformers model",
+                       formatter_class=RAW,
+                       description="Write a plain transformers model directory (weights, config, tokenizer) with the "
+                                   "adapter folded in; quantized (QLoRA) bases are dequantized.\n\nexample:\n"
+                                   "  lorakit merge --adapter runs/sst2-lora --output runs/sst2-merged")
+    _config_flag(p)
+    _source_flags(p)
+    p.add_argument("--task", help="the task (default: the recorded one)")
+    p.add_argument("--output", metavar="DIR", help="directory for the merged model (required)")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("predict", help="classify texts given as arguments or in a file", formatter_class=RAW,
+                       description="Print one line per text: label, probability (or score), text.\n\nexamples:\n"
+                                   "  lorakit predict --adapter runs/sst2-lora \"a gripping film\" \"flat and dull\"\n"
+                                   "  lorakit predict --adapter runs/mrpc-lora --file pairs.txt  # TAB-separated")
+    _config_flag(p)
+    _source_flags(p)
+    p.add_argument("texts", nargs="*", help="texts to classify (sentence pairs: 'first<TAB>second')")
+    p.add_argument("--file", metavar="FILE", help="one text a line")
+    p.add_argument("--task", help="the task (default: the recorded one)")
+    p.add_argument("--max-length", type=int, metavar="T", help="tokens per text (default: the recorded one)")
+    _runtime_flags(p)
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("params", help="the per-module trainable-parameter table for a model and LoRA settings")
+    _config_flag(p)
     p.add_argument("--model", default="minilm", help="hub id, local directory, or 'minilm' (default)")
     p.add_argument("--num-labels", type=int, default=2, help="outputs of the classification head (default: 2)")
     p.add_argument("--all", action="store_true", help="list frozen parameters too")
     add_lora_flags(p)
-    p.set_defaults(func=cmd_params)
+    p.set_defaults(func=cmd_params, **(params_defaults or {}))
     d = sub.add_parser("demo", help="the main job (see `make demo`)")
     d.set_defaults(func=cmd_demo)
     return parser
 
 
+def _params_defaults(args: argparse.Namespace) -> dict:
+    """`lorakit params --config FILE`: the file's values for params' own flags (the rest of a run config is ignored)."""
+    values = {k: v for k, v in _read_config_file(args).items() if k in vars(args)}
+    modules = values.get("target_modules")
+    if isinstance(modules, str):  # a run config's "all-linear", or a regex
+        values["target_modules"] = [modules] if modules == "all-linear" else None
+        if modules != "all-linear":
+            values["target_regex"] = modules
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "params" and args.config:  # train, eval, merge, predict merge their files themselves
+            args = build_parser(_params_defaults(args)).parse_args(argv)
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"lorakit {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split("\n"))  # one line, however the message was built
+        print(f"lorakit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,233 @@
+"""Fine-tuning methods: which parameters train, and how a trained model is saved and loaded again.
+
+    model, tokenizer = load_base("minilm", spec)           # the base model with the task kind's head
+    setup_method(model, cfg)                                # freeze / inject / quantize per cfg.method
+    save_artifact(model, tokenizer, cfg, spec, "runs/x")    # -> runs/x/adapter | weights | model
+    model, tokenizer, record = load_artifact("runs/x", spec)   # the same model back, ready to evaluate
+
+Methods (TrainConfig.method):
+    head         the task head only (BERT, DistilBERT: classifier; RoBERTa: classifier.out_proj)
+    last-layers  the layers just below the head, and the head (BERT: pooler + classifier; DistilBERT:
+                 pre_classifier + classifier; RoBERTa: classifier.dense + classifier.out_proj)
+    full         every parameter
+    lora         LoRA adapters; the task head trains in full (PEFT's modules_to_save for sequence classification)
+    qlora        lora over a base quantized by quantize_model (TrainConfig.quant_*)
+    lora+head    LoRA adapters, and the last-layers modules trained in full
+With init_adapter, a saved adapter is loaded first and the method decides what trains on top of it: lora / qlora /
+lora+head continue the adapter, head / last-layers freeze it, full merges it into the weights.
+
+Artifacts, one sub-directory of the run's output, each with lorakit.json (method, base model, quantization, run
+config):
+    adapter/   PEFT format (save_adapter) whenever the model has LoRA layers; PeftModel.from_pretrained reads it
+    weights/   head, last-layers: trainable.safetensors, the trained tensors to load over the base model
+    model/     full: a plain transformers model directory with its tokenizer (from_pretrained reads it)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import transformers as tf
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .adapter import CONFIG_NAME, load_adapter, save_adapter
+from .checkpoint import TRAINABLE, atomic_dir, trainable_state
+from .config import QuantConfig
+from .inject import add_lora, lora_layers, merge_and_unload
+from .kinds import kind_of
+from .lora import LORA_LAYERS
+from .models import resolve_model_path
+from .quant_linear import QuantLinear, quantize_model
+from .tasks import TaskSpec
+from .train_config import TrainConfig
+
+RECORD = "lorakit.json"
+HEADS = ("classifier", "score", "qa_outputs")  # output layers of transformers' task models
+BELOW_HEAD = ("pooler", "pre_classifier")  # the layer feeding the head, where the architecture has one
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def load_base(name: str, spec: TaskSpec, new_head: bool = False) -> tuple[nn.Module, tf.PreTrainedTokenizerBase]:
+    """The model `name` (hub id, directory or alias) with the head `spec` needs, and its tokenizer.
+
+    new_head: a saved head of another shape (a model fine-tuned for other labels) is replaced by a fresh one
+    (training); otherwise that is an error (evaluation must not score a random head).
+    """
+    kind = kind_of(spec)
+    path = resolve_model_path(name)
+    try:
+        model = kind.auto_model.from_pretrained(path, ignore_mismatched_sizes=new_head, **kind.model_kwargs(spec))
+    except RuntimeError as err:
+        if "mismatched" not in str(err):
+            raise
+        raise ValueError(f"model {name!r} has a task head of another shape than task {spec.name} needs "
+                         f"({spec.num_labels} outputs); evaluate it on the task it was trained for") from None
+    except OSError as err:
+        raise ValueError(f"cannot load model {name!r} ({_first_line(err)}); give a hub id, a local model "
+                         "directory with config.json, or 'minilm'") from None
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        raise ValueError(f"model {name!r} has no {spec.kind} head in transformers, which task {spec.name} needs; "
+                         "choose a model that has one (BERT, DistilBERT, RoBERTa, GPT-2, Llama, ... or 'minilm')"
+                         ) from None
+    local = Path(path)
+    if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        # transformers 5 would build an empty-vocabulary tokenizer here, silently
+        raise ValueError(f"model directory {name} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                         "save them there with tokenizer.save_pretrained(directory)")
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise ValueError(f"cannot load the tokenizer of model {name!r} ({_first_line(err)}); a model directory "
+                         "needs its tokenizer files too (tokenizer.save_pretrained(directory))") from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # GPT-2, Llama: pad with end-of-text
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def head_modules(model: nn.Module, method: str) -> tuple[str, ...]:
+    """Module paths that train in full for `head` and `last-layers` (see the module docstring)."""
+    names = {name for name, _ in model.named_modules()}
+    heads = [h for h in HEADS if h in names]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no task head ({', '.join(HEADS)}); "
+                         "--method head / last-layers need a model with one")
+    if method == "head":  # RoBERTa-style heads are dense -> tanh -> out_proj: the classifier proper is out_proj
+        return tuple(f"{h}.out_proj" if f"{h}.out_proj" in names else h for h in heads)
+    below = [name for name in sorted(names) if name.rsplit(".", 1)[-1] in BELOW_HEAD]
+    return (*below, *heads)
+
+
+def train_in_full(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Unfreeze whole modules; on a LoRA model also list them in modules_to_save so save_adapter keeps them."""
+    modules = dict(model.named_modules())
+    for name in names:
+        if any(isinstance(m, LORA_LAYERS) for m in modules[name].modules()):
+            raise ValueError(f"{name} holds LoRA layers (from --init-adapter), so it cannot also train in full; "
+                             "train the adapter with --method lora, or use an adapter without LoRA on the head")
+        modules[name].requires_grad_(True)
+    if lora_layers(model):
+        config = model.lorakit_config
+        to_save = tuple(dict.fromkeys((*config.modules_to_save, *names)))
+        model.lorakit_config = dataclasses.replace(config, modules_to_save=to_save)
+
+
+def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """Freeze, quantize or inject LoRA in place so exactly the parameters of cfg.method train."""
+    if cfg.method == "qlora":
+        quantize_model(model, cfg.quant_config())
+    if cfg.init_adapter:
+        load_adapter(model, cfg.init_adapter)  # its LoRA weights and modules_to_save train
+    if cfg.method == "full":
+        if lora_layers(model):
+            merge_and_unload(model)
+        model.requires_grad_(True)
+    elif cfg.uses_lora:
+        extra = head_modules(model, "last-layers") if cfg.method == "lora+head" else ()
+        if lora_layers(model):
+            train_in_full(model, extra)
+        else:  # modules_to_save None = the task head (PEFT's default)
+            add_lora(model, cfg.lora_config(modules_to_save=extra or None))
+    else:
+        model.requires_grad_(False)
+        train_in_full(model, head_modules(model, cfg.method))
+    return model
+
+
+def save_artifact(model: nn.Module, tokenizer, cfg: TrainConfig, spec: TaskSpec, output: str | Path) -> Path:
+    """Write what reloads the trained model (module docstring) under `output`, atomically. Returns its path."""
+    record = {"method": cfg.method, "base_model": cfg.model, "task": spec.name,
+              "quantization": cfg.quant_config().to_dict() if cfg.method == "qlora" else None,
+              "config": cfg.to_dict()}
+    if lora_layers(model):
+        path = Path(output) / "adapter"
+        with atomic_dir(path) as tmp:
+            save_adapter(model, tmp)
+            (tmp / RECORD).write_text(json.dumps(record, indent=2))
+    elif cfg.method == "full":
+        path = Path(output) / "model"
+        with atomic_dir(path) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / RECORD).write_text(json.dumps(record, indent=2))
+    else:
+        path = Path(output) / "weights"
+        with atomic_dir(path) as tmp:
+            save_file(trainable_state(model), str(tmp / TRAINABLE))
+            (tmp / RECORD).write_text(json.dumps(record, indent=2))
+    return path
+
+
+def find_artifact(path: str | Path) -> Path:
+    """`path` itself if it holds a trained model, else its adapter/, weights/ or model/ sub-directory."""
+    path = Path(path)
+    for candidate in (path, path / "adapter", path / "weights", path / "model"):
+        if any((candidate / f).is_file() for f in (CONFIG_NAME, TRAINABLE, "config.json")):
+            return candidate
+    raise FileNotFoundError(f"{path} holds no trained model: expected a `lorakit train` output directory, or a "
+                            f"directory with {CONFIG_NAME} (adapter), {TRAINABLE} (head weights) or config.json "
+                            "(model)")
+
+
+def read_record(path: str | Path) -> dict:
+    """lorakit.json of an artifact (empty for directories lorakit did not write, e.g. a hub model)."""
+    file = Path(path) / RECORD
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = None):
+    """(model, tokenizer, record) from an artifact directory or a plain model directory.
+
+    base_model overrides the base recorded in the artifact (adapter and weights artifacts only).
+    """
+    art = find_artifact(path)
+    record = read_record(art)
+    if (art / CONFIG_NAME).is_file():
+        recorded = record.get("base_model") or json.loads((art / CONFIG_NAME).read_text())["base_model_name_or_path"]
+        base = base_model or recorded
+        model, tokenizer = load_base(base, spec)
+        if record.get("quantization"):
+            quantize_model(model, QuantConfig.from_dict(record["quantization"]))
+        load_adapter(model, art)
+    elif (art / TRAINABLE).is_file():
+        model, tokenizer = load_base(base_model or record["base_model"], spec)
+        tensors = load_file(str(art / TRAINABLE))
+        missing = sorted(set(tensors) - set(model.state_dict()))
+        if missing:
+            raise ValueError(f"{art / TRAINABLE} holds tensors this base model lacks ({missing[:3]}); "
+                             f"is {base_model or record['base_model']!r} the model it was trained on?")
+        model.load_state_dict(tensors, strict=False)
+    else:
+        model, tokenizer = load_base(str(art), spec)
+    return model.requires_grad_(False), tokenizer, record
+
+
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Replace every QuantLinear by an nn.Linear holding its dequantized weight (for a plain saved model)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantLinear):
+            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            dense.weight.data = module.dequantize()  # (out, in) fp32
+            if module.bias is not None:
+                dense.bias.data = module.bias.detach().float().clone()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, dense.requires_grad_(False))
+    return model
+
+
+def merged_model(model: nn.Module) -> nn.Module:
+    """A plain transformers model: LoRA folded into the weights, quantized layers dequantized."""
+    if lora_layers(model):
+        merge_and_unload(model)
+    return dequantize_model(model)

@@ -1,0 +1,368 @@
+"""The training loop: plain PyTorch, top to bottom.
+
+    from lorakit.train import train
+    from lorakit.train_config import TrainConfig
+    metrics = train(TrainConfig(task="sst2", data_dir="../shared/data/sst2", method="lora", epochs=1))
+
+`train` does, in order:
+  1. seeds, device, precision; the data (load_splits, tokenized by the task kind), batched by length and padded
+     per batch (PaddingCollator; --pad-to-max-length pads to max_length instead);
+  2. the model for the method (methods.setup_method), gradient checkpointing, and `wrap_model`: the one place
+     the model is wrapped for the device (and, later, for DDP);
+  3. AdamW with LoRA+ parameter groups, linear warmup then linear decay;
+  4. the loop over optimizer steps: each step accumulates grad_accum micro-batches, their losses weighted by
+     rows (the gradient equals that of one big batch), then clips and steps. One JSON line per step; evaluation
+     every eval_steps and at each epoch end; the best weights by the task's main metric kept in
+     checkpoints/best; early stopping; a resumable step checkpoint at every evaluation (or every save_steps);
+     a NaN or infinite loss stops the run with TrainingDiverged, the last step checkpoint untouched;
+  5. the best weights are loaded back and saved as the artifact (adapter/, weights/ or model/);
+     metrics.json, config.yaml, versions.json and log.jsonl complete the output directory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import shutil
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, load_checkpoint, load_trainable,
+                         versions)
+from .kinds import Evaluator, kind_of
+from .methods import load_base, save_artifact, setup_method
+from .params import parameter_report
+from .tasks import LengthGroupedBatchSampler, PaddingCollator, TaskSpec, load_splits, sequence_lengths
+from .train_config import TrainConfig, autocast, resolve_device, resolve_precision, to_device
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite. The message names the last good checkpoint."""
+
+
+def set_seed(seed: int) -> None:
+    """Python, NumPy and torch (CPU and every CUDA device). Data order has its own seeded generator."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss of one micro-batch, a scalar averaged over its examples (transformers heads compute it)."""
+    return model(**batch).loss
+
+
+def accumulate_gradients(model: nn.Module, micro_batches, rows: int, device: torch.device, precision: str) -> float:
+    """Forward and backward over one step's micro-batches; returns the mean loss over their `rows` examples.
+
+    Each micro-batch's mean loss is weighted by its share of the rows, so the summed gradient is that of one batch
+    of all rows. A non-finite micro-batch loss is returned at once, before its backward.
+    """
+    total = 0.0
+    for batch in micro_batches:  # dicts of (B, T) tensors; B rows each
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            loss = training_loss(model, batch)
+        value = loss.item()
+        if not math.isfinite(value):
+            return value
+        share = len(batch["labels"]) / rows
+        (loss * share).backward()
+        total += value * share
+    return total
+
+
+def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """The single place the model is placed and wrapped (a DistributedDataParallel wrapper goes here)."""
+    return model.to(device)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in backward instead of storing them.
+
+    The embeddings are frozen, so their output does not require grad; under reentrant checkpointing no gradient
+    would then reach the LoRA weights inside the checkpointed blocks. enable_input_require_grads makes the
+    embedding output require grad, which keeps LoRA training under either checkpoint variant.
+    """
+    # transformers 5 renamed gradient_checkpointing_enable; the old name warns
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    model.enable_input_require_grads()
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters. LoRA+: the B matrices learn at lr * loraplus_ratio.
+
+    Weight decay applies to matrices only (never to biases and LayerNorm weights).
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_b = bool(cfg.loraplus_ratio) and (".lora_B." in name or name.endswith("lora_embedding_B"))
+        groups.setdefault((is_b, param.ndim >= 2), []).append(param)
+    if not groups:
+        raise ValueError(f"method {cfg.method} left no trainable parameter in this model")
+    param_groups = [
+        {"params": params, "name": ("lora_B" if is_b else "main") + ("" if decay else "_no_decay"),
+         "lr": cfg.lr * (cfg.loraplus_ratio if is_b else 1.0), "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (is_b, decay), params in sorted(groups.items())
+    ]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+
+
+def linear_schedule(warmup: int, total: int):
+    """The lr factor of 0-based step s: (s+1)/(warmup+1) rising, then (total-s)/(total-warmup) falling.
+
+    No step has lr 0: the first warmup step already learns, and the last step still does.
+    """
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def optimizer_step(model: nn.Module, micro_batches, rows: int, optimizer, scheduler, cfg: TrainConfig,
+                   device: torch.device, precision: str) -> tuple[float, float]:
+    """One optimizer step over a group of micro-batches: (mean loss, gradient norm before clipping).
+
+    A NaN or infinite loss or gradient norm is returned without stepping (the weights stay as they were).
+    """
+    loss = accumulate_gradients(model, micro_batches, rows, device, precision)
+    if not math.isfinite(loss):
+        return loss, math.nan
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf))
+    if math.isfinite(grad_norm):
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm
+
+
+def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = None) -> dict:
+    """Run one fine-tuning job (module docstring). Returns metrics.json's content.
+
+    on_evaluate(state) is called after every evaluation (state.last_metric, best_metric, step); an exception it
+    raises ends the run (a hyperparameter search prunes a trial so).
+    """
+    check_reporters(cfg.report_to)
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+
+    data = load_splits(cfg.task, data_dir=cfg.data_dir, train_file=cfg.train_file, eval_file=cfg.eval_file,
+                       text_columns=cfg.text_columns, label_column=cfg.label_column,
+                       split_from_eval=cfg.split_from_eval, max_train_samples=cfg.max_train_samples,
+                       max_eval_samples=cfg.max_eval_samples, seed=cfg.seed)
+    spec, kind = data.spec, kind_of(data.spec)
+    model, tokenizer = load_base(cfg.model, spec, new_head=True)
+    setup_method(model, cfg)
+    report = parameter_report(model)
+    train_set = kind.train_features(data.train, tokenizer, cfg.max_length)
+    eval_sets = {name: (rows, kind.eval_features(rows, tokenizer, cfg.max_length)) for name, rows in data.eval.items()}
+    collator = PaddingCollator.from_tokenizer(tokenizer, pad_to_max_length=cfg.pad_to_max_length,
+                                              max_length=cfg.max_length)
+    sampler = LengthGroupedBatchSampler(sequence_lengths(train_set), cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                        group_by_length=cfg.group_by_length)
+    steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
+
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model = wrap_model(model, device)
+    model.train()
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total_steps))
+    evaluate = Evaluator(spec, kind, tokenizer, collator, cfg.eval_batch_size, cfg.max_length, device, precision)
+
+    output = Path(cfg.output)
+    resume_from = _resume_path(cfg)
+    state = TrainState()
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        _adopt_best(resume_from, output)
+        _note_changed_settings(resume_from, cfg)
+    elif list((output / CHECKPOINTS).glob("step-*")):
+        raise ValueError(f"--output {output} holds checkpoints of an earlier run; continue it with --resume auto, "
+                         "or choose another --output (or delete that one)")
+    out = RunDir(output, resume_step=state.step if resume_from is not None else None)
+    out.write_text("config.yaml", cfg.to_yaml())
+    out.write_json("versions.json", versions())
+    _print_settings(cfg, device, precision, len(train_set), {k: len(rows) for k, (rows, _) in eval_sets.items()},
+                    total_steps, warmup, report.summary(), resume_from, state.step)
+    progress = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+                    disable=not out.main, mininterval=0.2 if sys.stderr.isatty() else 30)  # log files: sparse
+    stop_reason = None
+    try:
+        out.open_reporters(cfg.report_to, cfg.to_dict())
+        while state.step < total_steps and stop_reason is None:
+            sampler.set_epoch(state.epoch)
+            batches = sampler.batches()[state.step_in_epoch * cfg.grad_accum:]  # resume mid-epoch: skip what ran
+            # its own generator: creating a DataLoader iterator draws a seed, which must not shift the global RNG
+            micro_batches = iter(DataLoader(train_set, batch_sampler=batches, collate_fn=collator,
+                                            pin_memory=device.type == "cuda", generator=torch.Generator()))
+            for start in range(0, len(batches), cfg.grad_accum):
+                group = batches[start:start + cfg.grad_accum]  # index lists of this step's micro-batches
+                rows = sum(len(b) for b in group)
+                lr = optimizer.param_groups[0]["lr"]
+                began = time.perf_counter()
+                loss, grad_norm = optimizer_step(model, (next(micro_batches) for _ in group), rows, optimizer,
+                                                 scheduler, cfg, device, precision)
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    out.log({"step": state.step + 1, "event": "diverged", "loss": str(loss),
+                             "grad_norm": str(grad_norm)})
+                    raise TrainingDiverged(_divergence_message(loss, grad_norm, state.step + 1, out, cfg))
+                seconds = time.perf_counter() - began
+                state.step += 1
+                state.step_in_epoch += 1
+                state.examples_seen += rows
+                state.train_seconds += seconds
+                epoch_end = state.step_in_epoch == steps_per_epoch
+                out.log({"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / steps_per_epoch, 4),
+                         "loss": loss, "lr": lr, "grad_norm": grad_norm, "examples_per_s": rows / seconds,
+                         "elapsed_s": round(state.train_seconds, 3)})
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                     ex_s=f"{state.examples_seen / state.train_seconds:.0f}", refresh=False)
+                if epoch_end:
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                last = state.step >= total_steps
+                evaluate_now = epoch_end or last or (cfg.eval_steps and state.step % cfg.eval_steps == 0)
+                if evaluate_now:
+                    stop_reason = _evaluate_and_track(model, evaluate, eval_sets, spec, state, out, cfg, progress)
+                    if on_evaluate is not None:
+                        on_evaluate(state)
+                if (evaluate_now and not cfg.save_steps) or (cfg.save_steps and state.step % cfg.save_steps == 0) \
+                        or epoch_end or last:
+                    out.save_checkpoint(model, optimizer, scheduler, state, cfg.to_dict(), cfg.save_total_limit)
+                if last or stop_reason:
+                    break
+        progress.close()
+        if stop_reason:
+            print(f"lorakit train: {stop_reason}", file=sys.stderr)
+
+        best = output / CHECKPOINTS / BEST
+        if not (best / "state.json").is_file():  # resumed at the very end of a run whose best lives elsewhere
+            _evaluate_and_track(model, evaluate, eval_sets, spec, state, out, cfg, progress)
+        load_trainable(model, best)
+        artifact = save_artifact(model, tokenizer, cfg, spec, output)
+        metrics = _final_metrics(cfg, spec, state, best, report, device, precision, total_steps, steps_per_epoch,
+                                 artifact, stop_reason)
+        out.write_json("metrics.json", metrics)
+        return metrics
+    finally:
+        progress.close()
+        out.close()
+
+
+def _evaluate_and_track(model, evaluate: Evaluator, eval_sets, spec: TaskSpec, state: TrainState, out: RunDir,
+                        cfg: TrainConfig, progress) -> str | None:
+    """Evaluate, keep the best weights, count patience. Returns a reason to stop early, or None."""
+    began = time.perf_counter()
+    results = evaluate(model, eval_sets)
+    seconds = time.perf_counter() - began
+    main_split = next(iter(results))
+    value = results[main_split][spec.main_metric]
+    state.last_metric = value
+    improved = state.best_metric is None or value > state.best_metric
+    if improved:
+        state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+        out.save_best(model, state, results)
+    else:
+        state.evals_without_improvement += 1
+    out.log({"step": state.step, "epoch": state.epoch, "eval": results, "eval_seconds": round(seconds, 3)})
+    shown = ", ".join(f"{split} {spec.main_metric} {r[spec.main_metric]:.4f} loss {r['loss']:.4f}"
+                      for split, r in results.items())
+    progress.write(f"step {state.step}: {shown}{'  (best)' if improved else ''}")
+    if cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
+        return (f"early stopping at step {state.step}: no better {spec.main_metric} in "
+                f"{state.evals_without_improvement} evaluations "
+                f"(best {state.best_metric:.4f} at step {state.best_step})")
+    return None
+
+
+def _resume_path(cfg: TrainConfig) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume != "auto":
+        return Path(cfg.resume)
+    found = sorted((Path(cfg.output) / CHECKPOINTS).glob("step-*"))
+    return found[-1] if found else None  # "auto" with nothing to resume starts fresh
+
+
+def _adopt_best(checkpoint: Path, output: Path) -> None:
+    """Resuming into another output directory: bring the best weights so far along."""
+    source, target = checkpoint.parent / BEST, output / CHECKPOINTS / BEST
+    if source.is_dir() and source.resolve() != target.resolve() and not target.exists():
+        shutil.copytree(source, target)
+
+
+def _note_changed_settings(checkpoint: Path, cfg: TrainConfig) -> None:
+    """Resuming with other settings is allowed (e.g. more epochs, a lower lr after a divergence); say which."""
+    saved = json.loads((checkpoint / "state.json").read_text())["config"]
+    changed = [k for k, v in cfg.to_dict().items() if k not in ("output", "resume") and saved.get(k) != v]
+    if changed:
+        print(f"lorakit train: note: resuming with settings that differ from the checkpoint's: {', '.join(changed)}")
+
+
+def _divergence_message(loss: float, grad_norm: float, step: int, out: RunDir, cfg: TrainConfig) -> str:
+    what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+    kept = out.checkpoints()
+    where = (f"the last good checkpoint is {kept[-1]}; continue from it with --resume {kept[-1]} and a lower --lr"
+             if kept else "no checkpoint was written before it; rerun with a lower --lr")
+    return f"training stopped at step {step}: the {what} (lr {cfg.lr:g}); {where}"
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "process max resident set size"
+
+
+def _final_metrics(cfg, spec, state, best, report, device, precision, total_steps, steps_per_epoch, artifact,
+                   stop_reason) -> dict:
+    best_state = json.loads((best / "state.json").read_text())
+    peak, peak_kind = _peak_memory_mb(device)
+    return {
+        "task": spec.name, "method": cfg.method, "model": cfg.model,
+        "eval": best_state["metrics"], "main_metric": spec.main_metric,
+        "best_metric": state.best_metric, "best_step": state.best_step,
+        "steps": state.step, "planned_steps": total_steps, "epochs": round(state.step / steps_per_epoch, 4),
+        "stopped_early": stop_reason,
+        "trainable_params": report.trainable, "total_params": report.total,
+        "trainable_percent": round(report.percent, 4),
+        "train_seconds": round(state.train_seconds, 3), "examples_seen": state.examples_seen,
+        "train_examples_per_s": round(state.examples_seen / max(state.train_seconds, 1e-9), 2),
+        "peak_memory_mb": round(peak, 1), "peak_memory_kind": peak_kind,
+        "device": str(device), "precision": precision, "artifact": str(artifact), "versions": versions(),
+    }
+
+
+def _print_settings(cfg, device, precision, n_train, n_eval, total_steps, warmup, params, resume_from, step) -> None:
+    pairs = [f"{k}={v}" for k, v in cfg.to_dict().items() if v not in (None, (), [])]
+    print("lorakit train: resolved settings")
+    print(textwrap.fill("  ".join(pairs), width=110, initial_indent="  ", subsequent_indent="  "))
+    print(f"  device={device} precision={precision} train_examples={n_train} eval_examples={n_eval} "
+          f"steps={total_steps} warmup_steps={warmup}")
+    print(f"  {params}")
+    if resume_from is not None:
+        print(f"  resuming from {resume_from} at step {step}")

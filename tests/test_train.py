@@ -1,0 +1,403 @@
+"""The training loop on a tiny random BERT (seconds each): reproducibility, exact resumption, gradient checkpointing,
+LoRA+, the schedule, NaN handling, dynamic padding, early stopping, and which parameters each method trains."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from safetensors.torch import load_file
+
+from lorakit import train as train_module
+from lorakit.checkpoint import atomic_dir, load_checkpoint
+from lorakit.methods import load_artifact, setup_method
+from lorakit.quant_linear import QuantLinear
+from lorakit.tasks import get_task
+from lorakit.train import (TrainingDiverged, accumulate_gradients, build_optimizer, enable_gradient_checkpointing,
+                           linear_schedule, train)
+from lorakit.train_config import DEFAULT_LR, TrainConfig, resolve_device, resolve_precision
+
+WORDS = [f"w{i}" for i in range(94)]
+
+
+def tiny_classifier(kind: str = "bert", dropout: float = 0.1) -> torch.nn.Module:
+    """Seeded 2-label tiny models (conftest's tiny_model has 3 labels)."""
+    torch.manual_seed(0)
+    if kind == "bert":
+        cfg = tf.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=37, max_position_embeddings=64, num_labels=2,
+                            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        return tf.BertForSequenceClassification(cfg)
+    if kind == "distilbert":
+        cfg = tf.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                                  max_position_embeddings=64, num_labels=2)
+        return tf.DistilBertForSequenceClassification(cfg)
+    cfg = tf.RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=37, max_position_embeddings=70, num_labels=2)
+    return tf.RobertaForSequenceClassification(cfg)
+
+
+def make_tiny_run_inputs(root: Path) -> Path:
+    """root/model (tiny BERT + WordPiece tokenizer), root/train.csv (96 rows), root/dev.csv (32 rows).
+
+    Label: "pos" when most words have an index below 47, so the task is learnable.
+    """
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tf.BertTokenizer(str(model_dir / "vocab.txt")).save_pretrained(model_dir)
+    tiny_classifier().save_pretrained(model_dir)
+    rng = random.Random(0)
+    for name, n in (("train.csv", 96), ("dev.csv", 32)):
+        lines = ["text,label"]
+        for _ in range(n):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 20))]
+            positive = 2 * sum(int(w[1:]) < 47 for w in words) > len(words)
+            lines.append(f"{' '.join(words)},{'pos' if positive else 'neg'}")
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_inputs(tmp_path_factory) -> Path:
+    return make_tiny_run_inputs(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a shared 2-core machine makes OpenMP waits very costly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(inputs: Path, output: Path, **changes) -> TrainConfig:
+    settings = dict(model=str(inputs / "model"), task="csv", train_file=str(inputs / "train.csv"),
+                    eval_file=str(inputs / "dev.csv"), batch_size=8, max_steps=4, eval_steps=2, seed=0,
+                    lora_dropout=0.1, output=str(output), max_length=32)
+    return TrainConfig(**{**settings, **changes})
+
+
+def step_losses(output: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if "loss" in r and "eval" not in r and "event" not in r}
+
+
+def test_seeded_run_repeats_and_resume_reproduces_the_curve(tiny_inputs, tmp_path):
+    first = train(tiny_config(tiny_inputs, tmp_path / "a"))
+    train(tiny_config(tiny_inputs, tmp_path / "b"))
+    curve = step_losses(tmp_path / "a")
+    assert list(curve) == [1, 2, 3, 4]
+    assert curve == step_losses(tmp_path / "b")  # the golden curve: bit-identical
+    assert abs(curve[1] - math.log(2)) < 0.05  # a fresh 2-way head starts near ln 2
+    assert all(0.5 < v < 0.9 for v in curve.values())
+
+    resumed = tiny_config(tiny_inputs, tmp_path / "c", resume=str(tmp_path / "a/checkpoints/step-000002"))
+    train(resumed)
+    assert step_losses(tmp_path / "c") == {3: curve[3], 4: curve[4]}
+    final_a = load_file(str(tmp_path / "a/checkpoints/step-000004/trainable.safetensors"))
+    final_c = load_file(str(tmp_path / "c/checkpoints/step-000004/trainable.safetensors"))
+    assert all(torch.equal(final_a[k], final_c[k]) for k in final_a)
+    assert first["steps"] == 4 and first["trainable_params"] < first["total_params"]
+    output = tmp_path / "a"
+    for name in ("metrics.json", "config.yaml", "log.jsonl", "versions.json", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors", "adapter/lorakit.json"):
+        assert (output / name).is_file(), name
+    assert TrainConfig.from_yaml((output / "config.yaml").read_text()) == tiny_config(tiny_inputs, output)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert {"eval", "trainable_params", "total_params", "train_seconds", "peak_memory_mb",
+            "train_examples_per_s", "versions"} <= set(metrics)
+    assert {"torch", "transformers"} <= set(json.loads((output / "versions.json").read_text()))
+
+
+def test_resume_auto_in_the_same_directory_rewrites_the_log_tail(tiny_inputs, tmp_path):
+    cfg = tiny_config(tiny_inputs, tmp_path / "a", save_total_limit=1)
+    train(cfg)
+    curve = step_losses(tmp_path / "a")
+    with pytest.raises(ValueError, match="--resume auto"):  # a fresh run must not mix with an old one
+        train(cfg)
+    train(cfg.__class__.from_dict({**cfg.to_dict(), "resume": "auto"}))  # resumes at step 4: nothing left to do
+    assert step_losses(tmp_path / "a") == curve
+
+
+def test_gradient_checkpointing_still_trains_lora_b():
+    from lorakit import LoraConfig, add_lora
+
+    batch = {"input_ids": torch.randint(5, 99, (4, 12)), "labels": torch.tensor([0, 1, 1, 0])}
+    grads = []
+    for checkpointing in (False, True):
+        model = add_lora(tiny_classifier(), LoraConfig(r=4, target_modules="all-linear"))
+        with torch.no_grad():  # B = 0 gives A no gradient; a non-zero B makes both matter
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.1)
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
+        torch.manual_seed(1)  # same dropout masks in both runs
+        model(**batch).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if "lora_" in n})
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+        torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+        changed = [n for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p, before[n])]
+        assert len(changed) == len(before) == 13  # 2 layers x 6 linears + the pooler
+    plain, checkpointed = grads
+    assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
+    assert model.is_activation_checkpointing
+
+
+def test_loraplus_puts_b_in_its_own_group():
+    from lorakit import LoraConfig, add_lora
+
+    model = add_lora(tiny_classifier(), LoraConfig(r=4, target_modules=["query", "value"]))
+    cfg = TrainConfig(lr=1e-3, loraplus_ratio=16, weight_decay=0.01)
+    groups = {g["name"]: g for g in build_optimizer(model, cfg).param_groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert groups["lora_B"]["lr"] == pytest.approx(1.6e-2)
+    assert sorted(names[id(p)] for p in groups["lora_B"]["params"]) == sorted(
+        n for n in names.values() if ".lora_B." in n)
+    assert groups["main"]["lr"] == 1e-3 and groups["main"]["weight_decay"] == 0.01
+    assert groups["main_no_decay"]["weight_decay"] == 0.0  # the classifier bias
+    plain = build_optimizer(model, TrainConfig(lr=1e-3)).param_groups
+    assert {g["name"] for g in plain} == {"main", "main_no_decay"} and all(g["lr"] == 1e-3 for g in plain)
+
+
+def test_linear_warmup_then_linear_decay():
+    factor = linear_schedule(warmup=2, total=6)
+    assert [factor(s) for s in range(6)] == pytest.approx([1 / 3, 2 / 3, 1.0, 3 / 4, 2 / 4, 1 / 4])
+    assert [linear_schedule(0, 4)(s) for s in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(2, 6))
+    used = []
+    for _ in range(6):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert used == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.075, 0.05, 0.025])
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    from lorakit import LoraConfig, add_lora
+
+    model = add_lora(tiny_classifier(dropout=0.0), LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    ids = torch.randint(5, 99, (6, 9))
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    batches = [{"input_ids": ids[:4], "labels": labels[:4]}, {"input_ids": ids[4:], "labels": labels[4:]}]
+    loss_accumulated = accumulate_gradients(model, batches, 6, torch.device("cpu"), "fp32")
+    accumulated = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    whole = model(input_ids=ids, labels=labels).loss
+    whole.backward()
+    assert loss_accumulated == pytest.approx(whole.item(), rel=1e-5)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(torch.allclose(accumulated[n], p.grad, atol=1e-6) for n, p in trained)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_inputs, tmp_path, monkeypatch):
+    real, calls = train_module.training_loss, []
+
+    def nan_at_third_step(model, batch):
+        calls.append(1)
+        loss = real(model, batch)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train_module, "training_loss", nan_at_third_step)
+    cfg = tiny_config(tiny_inputs, tmp_path / "run", max_steps=6)
+    with pytest.raises(TrainingDiverged) as caught:
+        train(cfg)
+    message = str(caught.value)
+    assert "step 3" in message and "nan" in message and "step-000002" in message and "--resume" in message
+    checkpoints = sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step-*"))
+    assert checkpoints == ["step-000002"]
+    log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "diverged" and log[-1]["step"] == 3
+    monkeypatch.setattr(train_module, "training_loss", real)  # the kept checkpoint resumes cleanly
+    metrics = train(cfg.__class__.from_dict({**cfg.to_dict(), "resume": "auto"}))
+    assert metrics["steps"] == 6
+
+
+def test_batches_are_padded_per_batch_unless_asked(tiny_inputs, tmp_path, monkeypatch):
+    real, widths = train_module.training_loss, []
+
+    def record(model, batch):
+        mask = batch["attention_mask"]
+        widths.append((mask.shape[1], int(mask.sum(1).max())))  # (padded width, longest row)
+        return real(model, batch)
+
+    monkeypatch.setattr(train_module, "training_loss", record)
+    train(tiny_config(tiny_inputs, tmp_path / "dynamic", max_steps=3, eval_steps=0))
+    assert widths and all(width == longest for width, longest in widths)
+    assert max(w for w, _ in widths) < 32
+    widths.clear()
+    train(tiny_config(tiny_inputs, tmp_path / "fixed", max_steps=3, eval_steps=0, pad_to_max_length=True))
+    assert all(width == 32 for width, _ in widths)
+
+
+def test_early_stopping_and_the_evaluation_callback(tiny_inputs, tmp_path):
+    seen = []
+    metrics = train(tiny_config(tiny_inputs, tmp_path / "run", max_steps=12, eval_steps=1, lr=1e-9,
+                                early_stopping_patience=2), on_evaluate=lambda s: seen.append((s.step, s.last_metric)))
+    assert metrics["steps"] == 3 and "early stopping" in metrics["stopped_early"]  # steps 2 and 3 no better than 1
+    assert metrics["best_step"] == 1 and [step for step, _ in seen] == [1, 2, 3]
+    assert seen[0][1] == metrics["best_metric"]
+
+
+BERT_HEAD = {"classifier.weight", "classifier.bias"}
+BERT_POOLER = {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+
+
+@pytest.mark.parametrize("method", ["head", "last-layers", "full", "lora", "lora+head", "qlora"])
+def test_each_method_trains_exactly_its_parameters(method):
+    model = tiny_classifier()
+    every = {n for n, _ in model.named_parameters()}
+    setup_method(model, TrainConfig(method=method))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    lora = {n for n in trainable if ".lora_" in n}
+    if method == "head":
+        assert trainable == BERT_HEAD
+    elif method == "last-layers":
+        assert trainable == BERT_HEAD | BERT_POOLER
+    elif method == "full":
+        assert trainable == every
+    elif method in ("lora", "qlora"):
+        assert trainable - lora == BERT_HEAD
+        assert len(lora) == 2 * 13  # A and B of 2 layers x 6 linears + the pooler
+    else:  # lora+head: the pooler trains in full, so it carries no adapter
+        assert trainable - lora == BERT_HEAD | BERT_POOLER
+        assert len(lora) == 2 * 12 and not any("pooler" in n for n in lora)
+    if method == "qlora":
+        assert isinstance(model.bert.encoder.layer[0].attention.self.query.base_layer, QuantLinear)
+    # one optimizer step changes trainable parameters only
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.train()
+    model(input_ids=torch.randint(5, 99, (4, 10)), labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    build_optimizer(model, TrainConfig(method=method)).step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+
+
+@pytest.mark.parametrize("kind, head, last", [
+    ("distilbert", {"classifier"}, {"pre_classifier", "classifier"}),
+    ("roberta", {"classifier.out_proj"}, {"classifier.dense", "classifier.out_proj"}),
+])
+def test_head_and_last_layers_per_architecture(kind, head, last):
+    for method, modules in (("head", head), ("last-layers", last)):
+        model = tiny_classifier(kind)
+        setup_method(model, TrainConfig(method=method))
+        trainable = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == modules, method
+
+
+def test_init_adapter_then_head_keeps_the_adapter_frozen(tiny_inputs, tmp_path):
+    train(tiny_config(tiny_inputs, tmp_path / "lora", max_steps=2))
+    adapter = tmp_path / "lora/adapter"
+    metrics = train(tiny_config(tiny_inputs, tmp_path / "head", max_steps=2, method="head", init_adapter=str(adapter)))
+    assert metrics["trainable_params"] == 2 * 32 + 2
+    saved, tuned = load_file(str(adapter / "adapter_model.safetensors")), \
+        load_file(str(tmp_path / "head/adapter/adapter_model.safetensors"))
+    assert all(torch.equal(saved[k], tuned[k]) for k in saved if ".lora_" in k)  # LoRA untouched
+    assert not torch.equal(saved["base_model.model.classifier.weight"], tuned["base_model.model.classifier.weight"])
+    model, _, record = load_artifact(tmp_path / "head", get_task("sst2"))  # same shapes: 2 labels
+    assert record["method"] == "head"
+    assert torch.equal(model.classifier.weight, tuned["base_model.model.classifier.weight"])
+
+
+def test_bf16_autocast_runs_on_cpu(tiny_inputs, tmp_path):
+    metrics = train(tiny_config(tiny_inputs, tmp_path / "run", max_steps=2, eval_steps=0, precision="bf16"))
+    assert metrics["precision"] == "bf16" and math.isfinite(json.loads(
+        (tmp_path / "run/log.jsonl").read_text().splitlines()[0])["loss"])
+
+
+def test_device_selection_on_cpu():
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="MPS"):
+            resolve_device("mps")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu-7")
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_train_config_defaults_validation_and_round_trip():
+    assert TrainConfig(method="full").lr == DEFAULT_LR["full"] == 5e-5
+    assert TrainConfig(method="lora").lr == 1e-3 and TrainConfig().target_modules == "all-linear"
+    cfg = TrainConfig(method="qlora", text_columns=["a", "b"], target_modules=["query", "value"], report_to="wandb")
+    assert cfg.text_columns == ("a", "b") and cfg.report_to == ("wandb",)
+    assert TrainConfig.from_yaml(cfg.to_yaml()) == cfg and TrainConfig.from_json(cfg.to_json()) == cfg
+    for bad, match in (({"method": "lorax"}, "unknown method"), ({"batch_size": 0}, "--batch-size"),
+                       ({"lr": -1.0}, "--lr"), ({"lora_r": 0}, "r must be"), ({"precision": "fp8"}, "precision"),
+                       ({"loraplus_ratio": 0.5}, "loraplus")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad)
+
+
+def test_checkpoint_restores_optimizer_and_rng(tiny_inputs, tmp_path):
+    train(tiny_config(tiny_inputs, tmp_path / "run", max_steps=2))
+    from lorakit.methods import load_base
+
+    spec = get_task("sst2")
+    model, _ = load_base(str(tiny_inputs / "model"), spec)
+    cfg = tiny_config(tiny_inputs, tmp_path / "x")
+    setup_method(model, cfg)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(1, 4))
+    torch.manual_seed(123)
+    state = load_checkpoint(tmp_path / "run/checkpoints/step-000002", model, optimizer, scheduler)
+    assert (state.step, state.step_in_epoch) == (2, 2)
+    assert scheduler.last_epoch == 2 and all(len(s) == 3 for s in optimizer.state.values())  # step, exp_avg(_sq)
+    after_restore = torch.rand(3)
+    torch.manual_seed(123)
+    load_checkpoint(tmp_path / "run/checkpoints/step-000002", model, optimizer, scheduler)
+    assert torch.equal(after_restore, torch.rand(3))  # the RNG state comes from the checkpoint, not the caller
+
+
+def test_atomic_dir_keeps_the_old_version_when_a_write_fails(tmp_path):
+    target = tmp_path / "checkpoint"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights").write_text("half-written")
+            raise RuntimeError("disk full")
+    assert (target / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # no temporary left behind
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT calls a transformers name deprecated in v5
+@pytest.mark.parametrize("method", ["lora", "lora+head"])
+def test_peft_reads_the_adapters_of_lora_methods(method, tmp_path):
+    peft = pytest.importorskip("peft")
+    from lorakit import save_adapter
+
+    tiny_classifier().save_pretrained(tmp_path / "base")
+    model = tf.BertForSequenceClassification.from_pretrained(tmp_path / "base")
+    setup_method(model, TrainConfig(method=method))
+    with torch.no_grad():  # as if trained: every trainable tensor moves
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    save_adapter(model, tmp_path / "adapter")
+    ids = torch.randint(5, 99, (3, 9))
+    ours = model.eval()(input_ids=ids).logits
+    base = tf.BertForSequenceClassification.from_pretrained(tmp_path / "base")
+    theirs = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()(input_ids=ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-6)
