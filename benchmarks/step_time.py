@@ -1,6 +1,7 @@
 """Training-step time and peak memory on MiniLM: full fine-tuning, head only, PEFT LoRA and lorakit LoRA.
 
-    .venv/bin/python benchmarks/step_time.py                # 4 rounds, train mode (dropout on), lora_dropout 0.1
+    .venv/bin/python benchmarks/step_time.py                # 4 rounds, train mode (model dropout on), lora_dropout 0
+    .venv/bin/python benchmarks/step_time.py --lora-dropout 0.1
     .venv/bin/python benchmarks/step_time.py --eval-mode    # dropout off everywhere
     .venv/bin/python benchmarks/step_time.py --rounds 6 --steps 6 --configs full lorakit-qv peft-qv
 
@@ -47,9 +48,11 @@ def build(config: str, lora_dropout: float):
     return model
 
 
-def worker(config: str, steps: int, eval_mode: bool, lora_dropout: float) -> dict:
+def worker(config: str, steps: int, eval_mode: bool, lora_dropout: float, threads: int) -> dict:
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build(config, lora_dropout)
     model.eval() if eval_mode else model.train()
@@ -77,16 +80,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     ap.add_argument("--eval-mode", action="store_true", help="dropout off (model.eval()) instead of train mode")
-    ap.add_argument("--lora-dropout", type=float, default=0.1)
+    ap.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout for PEFT and lorakit (default 0: both libraries' default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
     ap.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, args.eval_mode, args.lora_dropout)))
+        print(json.dumps(worker(args.worker, args.steps, args.eval_mode, args.lora_dropout, args.threads)))
         return
     results: dict[str, list[dict]] = {c: [] for c in args.configs}
     for r in range(args.rounds):
         for config in args.configs:
-            cmd = [sys.executable, __file__, "--worker", config, "--steps", str(args.steps), "--lora-dropout", str(args.lora_dropout)]
+            cmd = [sys.executable, __file__, "--worker", config, "--steps", str(args.steps), "--lora-dropout", str(args.lora_dropout),
+                   "--threads", str(args.threads)]
             cmd += ["--eval-mode"] if args.eval_mode else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -95,7 +100,8 @@ def main() -> None:
     med = {c: statistics.median(x["median_s"] for x in v) for c, v in results.items()}
     mem = {c: statistics.median(x["peak_mb"] for x in v) for c, v in results.items()}
     mode = "eval mode (dropout off)" if args.eval_mode else f"train mode (dropout on, lora_dropout={args.lora_dropout})"
-    print(f"\nMiniLM-L6, batch 32 x 128, r=8, {mode}, {args.rounds} rounds x {args.steps} steps, medians\n")
+    threads = args.threads or "default"
+    print(f"\nMiniLM-L6, batch 32 x 128, r=8, {mode}, {args.rounds} rounds x {args.steps} steps, threads {threads}, medians\n")
     print("| configuration | trainable | s/step | vs full | vs PEFT (same targets) | peak MB |")
     print("|---|---:|---:|---:|---:|---:|")
     for c in args.configs:
