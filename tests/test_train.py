@@ -401,3 +401,101 @@ def test_peft_reads_the_adapters_of_lora_methods(method, tmp_path):
     base = tf.BertForSequenceClassification.from_pretrained(tmp_path / "base")
     theirs = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()(input_ids=ids).logits
     assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+# ------------------------------------------------------------------ SQuAD and instruction tuning through the loop
+
+
+def test_squad_trains_through_the_loop(tmp_path):
+    """A tiny random BertForQuestionAnswering on a few SQuAD-shaped questions: runs and reports EM / F1."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tf.BertTokenizer(str(model_dir / "vocab.txt")).save_pretrained(model_dir)
+    torch.manual_seed(0)
+    tf.BertForQuestionAnswering(tf.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                              intermediate_size=37, max_position_embeddings=64)).save_pretrained(model_dir)
+    rng = random.Random(0)
+
+    def article(title: str, n: int) -> dict:
+        paragraphs = []
+        for p in range(n):
+            words = [rng.choice(WORDS) for _ in range(12)]
+            context = " ".join(words)
+            answer = " ".join(words[4:6])
+            paragraphs.append({"context": context, "qas": [
+                {"id": f"{title}-{p}", "question": f"{words[3]} {words[6]}",
+                 "answers": [{"text": answer, "answer_start": context.index(answer)}]}]})
+        return {"title": title, "paragraphs": paragraphs}
+
+    for name, n in (("train.json", 12), ("dev.json", 4)):
+        (tmp_path / name).write_text(json.dumps({"version": "1.1", "data": [article(name, n)]}))
+    cfg = TrainConfig(model=str(model_dir), task="squad", train_file=str(tmp_path / "train.json"),
+                      eval_file=str(tmp_path / "dev.json"), batch_size=4, max_steps=3, eval_steps=3, seed=0,
+                      output=str(tmp_path / "out"), max_length=32)
+    metrics = train(cfg)
+    validation = next(iter(metrics["eval"].values()))
+    assert {"exact_match", "f1", "loss"} <= set(validation) and metrics["main_metric"] == "f1"
+    assert 0.0 <= validation["f1"] <= 100.0 and math.isfinite(validation["loss"])
+    assert metrics["steps"] == 3 and (tmp_path / "out/adapter/adapter_model.safetensors").is_file()
+
+
+def test_instruction_tuning_trains_through_the_loop(tmp_path):
+    """A tiny random Llama with a word-level tokenizer on a few Alpaca records: loss / perplexity, generations."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["[PAD]", "[UNK]", "</s>", "<s>", "hi", "hello", "there", "how", "are", "you", "fine", "say", "to", "bob",
+             "###", "Instruction:", "Input:", "Response:"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                           eos_token="</s>")
+    model_dir = tmp_path / "model"
+    tokenizer.save_pretrained(model_dir)
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, intermediate_size=37, max_position_embeddings=128,
+                                       pad_token_id=0, eos_token_id=2, bos_token_id=3)).save_pretrained(model_dir)
+    rng = random.Random(0)
+    for name, n in (("train.jsonl", 16), ("dev.jsonl", 4)):
+        records = [{"instruction": " ".join(rng.choice(words[4:14]) for _ in range(rng.randint(1, 4))), "input": "",
+                    "output": " ".join(rng.choice(words[4:14]) for _ in range(rng.randint(1, 4)))} for _ in range(n)]
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = TrainConfig(model=str(model_dir), task="instruct", train_file=str(tmp_path / "train.jsonl"),
+                      eval_file=str(tmp_path / "dev.jsonl"), batch_size=4, max_steps=3, eval_steps=3, seed=0,
+                      output=str(tmp_path / "out"), max_length=64)
+    metrics = train(cfg)
+    validation = next(iter(metrics["eval"].values()))
+    assert {"token_accuracy", "loss", "perplexity"} <= set(validation) and metrics["main_metric"] == "token_accuracy"
+    assert validation["perplexity"] == pytest.approx(math.exp(validation["loss"]), rel=1e-6)
+    for name in ("generations_before.jsonl", "generations_after.jsonl"):
+        lines = [json.loads(x) for x in (tmp_path / "out" / name).read_text().splitlines()]
+        assert len(lines) == 4 and all(isinstance(x["generated"], str) and "prompt" in x for x in lines)
+
+
+def test_causal_lm_accumulation_weights_by_labelled_tokens():
+    """Micro-batches with different numbers of response tokens: the accumulated gradient is that of one batch."""
+    from lorakit import LoraConfig, add_lora
+
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                                               max_position_embeddings=64))
+    model = add_lora(model, LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    ids = torch.randint(5, 99, (4, 10))
+    labels = ids.clone()
+    labels[:, :3] = -100
+    labels[2:, :8] = -100  # the second micro-batch has far fewer labelled tokens
+    batches = [{"input_ids": ids[:2], "labels": labels[:2]}, {"input_ids": ids[2:], "labels": labels[2:]}]
+    loss_accumulated = accumulate_gradients(model, batches, 4, torch.device("cpu"), "fp32")
+    accumulated = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    whole = model(input_ids=ids, labels=labels).loss  # transformers: the mean over all labelled tokens
+    whole.backward()
+    assert loss_accumulated == pytest.approx(whole.item(), rel=1e-5)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(torch.allclose(accumulated[n], p.grad, atol=1e-6) for n, p in trained)

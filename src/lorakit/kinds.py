@@ -17,6 +17,8 @@ TaskKind each in KINDS: their own features (windows with offsets; prompt-masked 
 """
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +29,9 @@ import transformers as tf
 from datasets import Dataset
 from torch import nn
 
-from .tasks import (LABEL, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR, LengthGroupedBatchSampler, PaddingCollator,
-                    TaskSpec, compute_metrics, predictions_from_logits, sequence_lengths, tokenize)
+from . import distributed
+from .tasks import (CAUSAL_LM, LABEL, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR,
+                    LengthGroupedBatchSampler, PaddingCollator, TaskSpec, compute_metrics, predictions_from_logits, sequence_lengths, tokenize)
 from .train_config import autocast, to_device
 
 
@@ -46,21 +49,44 @@ class Evaluator:
     precision: str  # "fp32" | "bf16"
 
     @torch.no_grad()
-    def outputs(self, model: nn.Module, features: Dataset) -> tuple[np.ndarray, float]:
-        """(per-example outputs in dataset order, e.g. logits (N, num_labels); mean loss)."""
+    def run(self, model: nn.Module, features: Dataset, fetch: Callable[[Any, dict], Any],
+            collator: PaddingCollator | None = None) -> list[tuple[list[int], Any]]:
+        """[(row indices of a batch, fetch(model output, batch))] for every batch, longest first.
+
+        Data-parallel: each rank runs every world-th batch (the same batches, so the same padding, as one
+        process) and the results of all ranks are gathered, so every rank gets the single-process list.
+        """
         was_training = model.training
         model.eval()
+        collator = collator or self.collator
         sampler = LengthGroupedBatchSampler(sequence_lengths(features), self.batch_size, shuffle=False)
-        order, outputs, loss_sum = [], [], 0.0
-        for indices in sampler:
-            batch = to_device(self.collator([features[i] for i in indices]), self.device)
+        world, rank = distributed.world_size(), distributed.rank()
+        batches = sampler.batches()
+        done = []  # (batch index, row indices, fetched)
+        for k in range(rank, len(batches), world):
+            indices = batches[k]
+            batch = to_device(collator([features[i] for i in indices]), self.device)
             with autocast(self.device, self.precision):
                 out = model(**batch)
-            order.extend(indices)
-            outputs.append(out.logits.detach().float().cpu().numpy())
-            loss_sum += out.loss.float().item() * len(indices)
+            done.append((k, indices, fetch(out, batch)))
         model.train(was_training)
-        return np.concatenate(outputs)[np.argsort(order)], loss_sum / len(order)
+        if world > 1:
+            done = sorted((d for part in distributed.all_gather_object(done) for d in part), key=lambda d: d[0])
+        return [(indices, fetched) for _, indices, fetched in done]
+
+    @torch.no_grad()
+    def outputs(self, model: nn.Module, features: Dataset) -> tuple[np.ndarray, float]:
+        """(per-example outputs in dataset order, e.g. logits (N, num_labels); mean loss).
+
+        Data-parallel: sharded over the ranks and gathered (`run`); every rank returns the single-process result.
+        """
+        done = self.run(model, features, lambda out, batch: (out.logits.detach().float().cpu().numpy(),
+                                                             out.loss.float().item() * len(batch["input_ids"])))
+        order = [i for indices, _ in done for i in indices]
+        loss_sum = 0.0
+        for _, (_, loss) in done:  # summed in batch order, as one process does
+            loss_sum += loss
+        return np.concatenate([logits for _, (logits, _) in done])[np.argsort(order)], loss_sum / len(order)
 
     def __call__(self, model: nn.Module, splits: dict[str, tuple[Dataset, Any]]) -> dict[str, dict[str, float]]:
         """{split: metrics} for {split: (rows, features)}."""
@@ -75,6 +101,8 @@ class TaskKind:
     eval_features: Callable[[Dataset, Any, int], Any]  # (rows, tokenizer, max_length) -> what evaluate needs
     evaluate: Callable[[Evaluator, nn.Module, Dataset, Any], dict[str, float]]  # -> metrics incl. main_metric
     predict: Callable[[Evaluator, nn.Module, list[str]], list[str]]  # texts -> one readable line each
+    # (run, model, eval rows) -> sample generations, written as generations_before/after.jsonl (causal LMs)
+    generate: Callable[[Evaluator, nn.Module, Dataset], list[dict]] | None = None
 
 
 def _classification_kwargs(spec: TaskSpec) -> dict[str, Any]:
@@ -105,6 +133,129 @@ def _predict_classification(run: Evaluator, model: nn.Module, texts: list[str]) 
     return [f"{spec.id2label[int(p.argmax())]}\t{p.max():.4f}" for p in probs]
 
 
+def _no_kwargs(spec: TaskSpec) -> dict[str, Any]:
+    return {}
+
+
+# ------------------------------------------------------------------------------ extractive QA (SQuAD)
+
+@dataclass
+class QAEvalFeatures:
+    windows: Dataset  # prepare_eval_features: model inputs + example_id + offset_mapping
+    inputs: Dataset  # the model inputs of `windows` only (what gets batched)
+    with_positions: Dataset  # prepare_train_features of the same rows: start/end positions, for the eval loss
+
+
+def _qa_train_features(rows: Dataset, tokenizer, max_length: int) -> Dataset:
+    from .tasks.squad import prepare_train_features
+    return prepare_train_features(rows, tokenizer, max_length)
+
+
+def _qa_eval_features(rows: Dataset, tokenizer, max_length: int) -> QAEvalFeatures:
+    from .tasks.squad import MODEL_INPUTS, prepare_eval_features, prepare_train_features
+    windows = prepare_eval_features(rows, tokenizer, max_length)
+    inputs = windows.select_columns([c for c in MODEL_INPUTS if c in windows.column_names])
+    return QAEvalFeatures(windows, inputs, prepare_train_features(rows, tokenizer, max_length))
+
+
+def _right_padded(collator: PaddingCollator) -> PaddingCollator:
+    collator = copy.copy(collator)
+    collator.padding_side = "right"  # row r of a batch holds the feature's L tokens at positions 0..L-1
+    return collator
+
+
+def _qa_logits(run: Evaluator, model: nn.Module, inputs: Dataset) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Start and end logits per window, in window order, cut to each window's length (sharded under DDP)."""
+    lengths = sequence_lengths(inputs)
+
+    def fetch(out, batch):
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()  # (B, T) each
+
+    starts: list[np.ndarray] = [np.empty(0)] * len(lengths)
+    ends: list[np.ndarray] = [np.empty(0)] * len(lengths)
+    for indices, (start_logits, end_logits) in run.run(model, inputs, fetch, _right_padded(run.collator)):
+        for row, index in enumerate(indices):
+            starts[index] = start_logits[row, : lengths[index]]
+            ends[index] = end_logits[row, : lengths[index]]
+    return starts, ends
+
+
+def _evaluate_qa(run: Evaluator, model: nn.Module, rows: Dataset, features: QAEvalFeatures) -> dict[str, float]:
+    """Official SQuAD EM / F1 (percent) from the windows' span logits; loss: the span loss of the answer windows."""
+    from .tasks.qa_eval import postprocess_qa_predictions
+    from .tasks.qa_metrics import squad_metrics
+    from .tasks.squad import ANSWERS, ID, is_version_2
+
+    starts, ends = _qa_logits(run, model, features.inputs)
+    version_2 = is_version_2(run.spec)
+    predictions = postprocess_qa_predictions(rows, features.windows, starts, ends, version_2)
+    golds = rows.select_columns([ID, ANSWERS]).to_dict()
+    references = {qid: answers["text"] for qid, answers in zip(golds[ID], golds[ANSWERS])}
+    metrics = dict(squad_metrics(predictions, references, version_2))
+    done = run.run(model, features.with_positions, lambda out, batch: out.loss.float().item() * len(batch["input_ids"]))
+    loss_sum = 0.0
+    for _, loss in done:
+        loss_sum += loss
+    return {**{k: float(v) for k, v in metrics.items()}, "loss": loss_sum / len(features.with_positions)}
+
+
+def _predict_qa(run: Evaluator, model: nn.Module, texts: list[str]) -> list[str]:
+    """Lines "question<TAB>context" -> the answer span."""
+    from .tasks.qa_eval import answer_question
+    lines = []
+    for text in texts:
+        question, _, context = text.partition("\t")
+        lines.append(answer_question(model, run.tokenizer, question, context, max_length=run.max_length))
+    return lines
+
+
+# ------------------------------------------------------------------------------ instruction tuning (causal LM)
+
+def _lm_features(rows: Dataset, tokenizer, max_length: int) -> Dataset:
+    from .tasks.instruct import tokenize_instruct
+    return tokenize_instruct(rows, tokenizer, max_length)
+
+
+def _evaluate_causal(run: Evaluator, model: nn.Module, rows: Dataset, features: Dataset) -> dict[str, float]:
+    """Response-token loss, perplexity and next-token accuracy (as tasks.lm_eval.evaluate_causal_lm; sharded)."""
+    from .tasks.batching import LABEL_PAD_ID
+    from .tasks.base import TaskError
+
+    def fetch(out, batch):
+        logits, labels = out.logits.float()[:, :-1], batch["labels"][:, 1:]  # logits at t predict token t + 1
+        scored = labels != LABEL_PAD_ID
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                 ignore_index=LABEL_PAD_ID, reduction="sum").item()
+        return loss, int(scored.sum()), int(((logits.argmax(dim=-1) == labels) & scored).sum())
+
+    total_loss, tokens, correct = 0.0, 0, 0
+    for _, (loss, n, right) in run.run(model, features, fetch):
+        total_loss, tokens, correct = total_loss + loss, tokens + n, correct + right
+    if tokens == 0:
+        raise TaskError("no labelled token to score: the evaluation rows hold no response tokens")
+    loss = total_loss / tokens
+    return {"token_accuracy": correct / tokens, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "tokens": float(tokens)}
+
+
+GENERATION_SAMPLES = 4  # evaluation rows whose responses are generated before and after training
+GENERATION_TOKENS = 32
+
+
+def _generate_causal(run: Evaluator, model: nn.Module, rows: Dataset) -> list[dict]:
+    from .tasks.instruct import OUTPUT
+    from .tasks.lm_eval import generate_samples
+    picked = [rows[i] for i in range(min(GENERATION_SAMPLES, len(rows)))]
+    texts = generate_samples(model, run.tokenizer, picked, max_new_tokens=GENERATION_TOKENS)
+    return [{"prompt": {k: v for k, v in row.items() if k != OUTPUT}, "reference": row.get(OUTPUT),
+             "generated": text} for row, text in zip(picked, texts)]
+
+
+def _predict_causal(run: Evaluator, model: nn.Module, texts: list[str]) -> list[str]:
+    from .tasks.lm_eval import generate_samples
+    return [t.replace("\n", " ") for t in generate_samples(model, run.tokenizer, texts, max_new_tokens=128)]
+
+
 KINDS: dict[str, TaskKind] = {
     SEQUENCE_CLASSIFICATION: TaskKind(
         auto_model=tf.AutoModelForSequenceClassification,
@@ -113,6 +264,23 @@ KINDS: dict[str, TaskKind] = {
         eval_features=tokenize,
         evaluate=_evaluate_classification,
         predict=_predict_classification,
+    ),
+    QUESTION_ANSWERING: TaskKind(
+        auto_model=tf.AutoModelForQuestionAnswering,
+        model_kwargs=_no_kwargs,
+        train_features=_qa_train_features,
+        eval_features=_qa_eval_features,
+        evaluate=_evaluate_qa,
+        predict=_predict_qa,
+    ),
+    CAUSAL_LM: TaskKind(
+        auto_model=tf.AutoModelForCausalLM,
+        model_kwargs=_no_kwargs,
+        train_features=_lm_features,
+        eval_features=_lm_features,
+        evaluate=_evaluate_causal,
+        predict=_predict_causal,
+        generate=_generate_causal,
     ),
 }
 

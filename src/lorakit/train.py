@@ -8,7 +8,9 @@
   1. seeds, device, precision; the data (load_splits, tokenized by the task kind), batched by length and padded
      per batch (PaddingCollator; --pad-to-max-length pads to max_length instead);
   2. the model for the method (methods.setup_method), gradient checkpointing, and `wrap_model`: the one place
-     the model is wrapped for the device (and, later, for DDP);
+     the model is wrapped for the device and, under torchrun / accelerate launch, in DistributedDataParallel
+     (distributed.py: every rank builds the same seeded global batches of batch_size x world rows and trains
+     on its shard; evaluation is sharded and gathered; only rank 0 writes);
   3. AdamW with LoRA+ parameter groups, linear warmup then linear decay;
   4. the loop over optimizer steps: each step accumulates grad_accum micro-batches, their losses weighted by
      rows (the gradient equals that of one big batch), then clips and steps. One JSON line per step; evaluation
@@ -20,6 +22,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -37,12 +40,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, load_checkpoint, load_trainable,
                          versions)
 from .kinds import Evaluator, kind_of
 from .methods import load_base, save_artifact, setup_method
 from .params import parameter_report
 from .tasks import LengthGroupedBatchSampler, PaddingCollator, TaskSpec, load_splits, sequence_lengths
+from .tasks.batching import LABEL_PAD_ID
 from .train_config import TrainConfig, autocast, resolve_device, resolve_precision, to_device
 
 
@@ -62,29 +67,71 @@ def training_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     return model(**batch).loss
 
 
-def accumulate_gradients(model: nn.Module, micro_batches, rows: int, device: torch.device, precision: str) -> float:
+def loss_weight(batch: dict[str, torch.Tensor]) -> int:
+    """What a micro-batch's mean loss averages over: its rows, or for token labels (B, T) (causal LMs, whose
+    transformers loss is the mean over the labelled tokens after the one-token shift) its labelled tokens."""
+    labels = batch.get("labels")
+    if labels is not None and labels.ndim == 2:
+        return int((labels[:, 1:] != LABEL_PAD_ID).sum())
+    return len(batch["input_ids"])
+
+
+def accumulate_gradients(model: nn.Module, micro_batches, rows: int, device: torch.device, precision: str,
+                         counts: list[int] | None = None) -> float:
     """Forward and backward over one step's micro-batches; returns the mean loss over their `rows` examples.
 
-    Each micro-batch's mean loss is weighted by its share of the rows, so the summed gradient is that of one batch
-    of all rows. A non-finite micro-batch loss is returned at once, before its backward.
+    Each micro-batch's mean loss is weighted by its share of the step's rows (causal LMs: of its labelled tokens,
+    `loss_weight`), so the summed gradient is that of one batch of all rows. A non-finite micro-batch loss is
+    returned at once, before its backward.
+
+    Data-parallel (the model a DistributedDataParallel, world W > 1): counts[i] is this rank's number of rows in
+    micro-batch i (0: a stand-in row that only keeps the collectives in step, weighted 0); the weights are summed
+    over all ranks (one all-reduce), and as DDP averages the gradients over ranks, each share is scaled by W. The
+    returned loss is the mean over all ranks' rows (tokens), the same on every rank. Gradients are synchronized
+    once per step: the micro-steps before the last run under no_sync(). Every rank runs every backward (a NaN is
+    only returned after the loss all-reduce).
     """
+    world = distributed.world_size() if isinstance(model, nn.parallel.DistributedDataParallel) else 1
+    micro_batches = list(micro_batches)  # dicts of (B, T) tensors, on the CPU until their turn
+    weights = [loss_weight(b) if counts is None or counts[i] else 0 for i, b in enumerate(micro_batches)]
+    weight_total = sum(weights)
+    if world > 1:
+        weight_total = distributed.sum_across(float(weight_total))
+    weight_total = max(weight_total, 1)
     total = 0.0
-    for batch in micro_batches:  # dicts of (B, T) tensors; B rows each
+    for i, batch in enumerate(micro_batches):
         batch = to_device(batch, device)
-        with autocast(device, precision):
-            loss = training_loss(model, batch)
-        value = loss.item()
-        if not math.isfinite(value):
-            return value
-        share = len(batch["labels"]) / rows
-        (loss * share).backward()
-        total += value * share
-    return total
+        last = i == len(micro_batches) - 1
+        sync = model.no_sync() if world > 1 and not last else contextlib.nullcontext()
+        with sync:
+            with autocast(device, precision):
+                loss = training_loss(model, batch)
+            value = loss.item()
+            if world == 1 and not math.isfinite(value):
+                return value
+            share = weights[i] * world / weight_total
+            (loss * share).backward()
+        total += value * share if weights[i] else 0.0
+    return distributed.sum_across(total) / world if world > 1 else total
 
 
 def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """The single place the model is placed and wrapped (a DistributedDataParallel wrapper goes here)."""
-    return model.to(device)
+    """The single place the model is placed and wrapped: DistributedDataParallel under a data-parallel launch.
+
+    Only parameters that require grad are synchronized (the LoRA weights and the head); frozen and quantized
+    weights are never communicated. DDP broadcasts rank 0's parameters and buffers at construction.
+    """
+    model = model.to(device)
+    if distributed.world_size() > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            output_device=device.index if device.type == "cuda" else None)
+    return model
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (state-dict names without "module.")."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -135,13 +182,16 @@ def linear_schedule(warmup: int, total: int):
 
 
 def optimizer_step(model: nn.Module, micro_batches, rows: int, optimizer, scheduler, cfg: TrainConfig,
-                   device: torch.device, precision: str) -> tuple[float, float]:
+                   device: torch.device, precision: str, counts: list[int] | None = None) -> tuple[float, float]:
     """One optimizer step over a group of micro-batches: (mean loss, gradient norm before clipping).
 
     A NaN or infinite loss or gradient norm is returned without stepping (the weights stay as they were).
+    Data-parallel: the loss is all-reduced and the gradients are identical on every rank, so every rank decides
+    alike.
     """
-    loss = accumulate_gradients(model, micro_batches, rows, device, precision)
+    loss = accumulate_gradients(model, micro_batches, rows, device, precision, counts)
     if not math.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
         return loss, math.nan
     trainable = [p for p in model.parameters() if p.requires_grad]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf))
@@ -160,7 +210,15 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
     """
     check_reporters(cfg.report_to)
     set_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device, started_group = distributed.setup(resolve_device(cfg.device))
+    try:
+        return _train(cfg, device, on_evaluate)
+    finally:
+        distributed.cleanup(started_group)
+
+
+def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
+    world, rank = distributed.world_size(), distributed.rank()
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -178,8 +236,9 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
     eval_sets = {name: (rows, kind.eval_features(rows, tokenizer, cfg.max_length)) for name, rows in data.eval.items()}
     collator = PaddingCollator.from_tokenizer(tokenizer, pad_to_max_length=cfg.pad_to_max_length,
                                               max_length=cfg.max_length)
-    sampler = LengthGroupedBatchSampler(sequence_lengths(train_set), cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                        group_by_length=cfg.group_by_length)
+    # global batches of batch_size * world rows, the same on every rank; each rank trains on its shard of each
+    sampler = LengthGroupedBatchSampler(sequence_lengths(train_set), cfg.batch_size * world, shuffle=True,
+                                        seed=cfg.seed, group_by_length=cfg.group_by_length)
     steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
@@ -187,6 +246,7 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model = wrap_model(model, device)
+    raw = unwrap_model(model)  # saved, loaded and evaluated without the DDP wrapper
     model.train()
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total_steps))
@@ -196,8 +256,10 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
     resume_from = _resume_path(cfg)
     state = TrainState()
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler)
-        _adopt_best(resume_from, output)
+        state = load_checkpoint(resume_from, raw, optimizer, scheduler)
+        if distributed.is_main():
+            _adopt_best(resume_from, output)
+        distributed.barrier()
         _note_changed_settings(resume_from, cfg)
     elif list((output / CHECKPOINTS).glob("step-*")):
         raise ValueError(f"--output {output} holds checkpoints of an earlier run; continue it with --resume auto, "
@@ -205,26 +267,33 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
     out = RunDir(output, resume_step=state.step if resume_from is not None else None)
     out.write_text("config.yaml", cfg.to_yaml())
     out.write_json("versions.json", versions())
-    _print_settings(cfg, device, precision, len(train_set), {k: len(rows) for k, (rows, _) in eval_sets.items()},
-                    total_steps, warmup, report.summary(), resume_from, state.step)
+    if out.main:
+        _print_settings(cfg, device, precision, len(train_set), {k: len(rows) for k, (rows, _) in eval_sets.items()},
+                        total_steps, warmup, report.summary(), resume_from, state.step, world)
     progress = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                     disable=not out.main, mininterval=0.2 if sys.stderr.isatty() else 30)  # log files: sparse
     stop_reason = None
+    if resume_from is None:
+        _write_generations(kind, evaluate, raw, eval_sets, out, "generations_before.jsonl")
     try:
         out.open_reporters(cfg.report_to, cfg.to_dict())
         while state.step < total_steps and stop_reason is None:
             sampler.set_epoch(state.epoch)
             batches = sampler.batches()[state.step_in_epoch * cfg.grad_accum:]  # resume mid-epoch: skip what ran
             # its own generator: creating a DataLoader iterator draws a seed, which must not shift the global RNG
-            micro_batches = iter(DataLoader(train_set, batch_sampler=batches, collate_fn=collator,
+            shards = [distributed.shard(b, world, rank) for b in batches]  # this rank's rows of each global batch
+            counts = [len(s) for s in shards]
+            shards = [s or b[:1] for s, b in zip(shards, batches)]  # an empty shard: a stand-in row, weighted 0
+            micro_batches = iter(DataLoader(train_set, batch_sampler=shards, collate_fn=collator,
                                             pin_memory=device.type == "cuda", generator=torch.Generator()))
             for start in range(0, len(batches), cfg.grad_accum):
-                group = batches[start:start + cfg.grad_accum]  # index lists of this step's micro-batches
-                rows = sum(len(b) for b in group)
+                group = batches[start:start + cfg.grad_accum]  # index lists of this step's global micro-batches
+                rows = sum(len(b) for b in group)  # over all ranks
                 lr = optimizer.param_groups[0]["lr"]
                 began = time.perf_counter()
                 loss, grad_norm = optimizer_step(model, (next(micro_batches) for _ in group), rows, optimizer,
-                                                 scheduler, cfg, device, precision)
+                                                 scheduler, cfg, device, precision,
+                                                 counts[start:start + cfg.grad_accum] if world > 1 else None)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     out.log({"step": state.step + 1, "event": "diverged", "loss": str(loss),
                              "grad_norm": str(grad_norm)})
@@ -247,12 +316,12 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
                 last = state.step >= total_steps
                 evaluate_now = epoch_end or last or (cfg.eval_steps and state.step % cfg.eval_steps == 0)
                 if evaluate_now:
-                    stop_reason = _evaluate_and_track(model, evaluate, eval_sets, spec, state, out, cfg, progress)
+                    stop_reason = _evaluate_and_track(raw, evaluate, eval_sets, spec, state, out, cfg, progress)
                     if on_evaluate is not None:
                         on_evaluate(state)
                 if (evaluate_now and not cfg.save_steps) or (cfg.save_steps and state.step % cfg.save_steps == 0) \
                         or epoch_end or last:
-                    out.save_checkpoint(model, optimizer, scheduler, state, cfg.to_dict(), cfg.save_total_limit)
+                    out.save_checkpoint(raw, optimizer, scheduler, state, cfg.to_dict(), cfg.save_total_limit)
                 if last or stop_reason:
                     break
         progress.close()
@@ -260,13 +329,21 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
             print(f"lorakit train: {stop_reason}", file=sys.stderr)
 
         best = output / CHECKPOINTS / BEST
-        if not (best / "state.json").is_file():  # resumed at the very end of a run whose best lives elsewhere
-            _evaluate_and_track(model, evaluate, eval_sets, spec, state, out, cfg, progress)
-        load_trainable(model, best)
-        artifact = save_artifact(model, tokenizer, cfg, spec, output)
+        distributed.barrier()  # rank 0 has written checkpoints/best
+        if not distributed.broadcast_object((best / "state.json").is_file()):
+            # resumed at the very end of a run whose best lives elsewhere
+            _evaluate_and_track(raw, evaluate, eval_sets, spec, state, out, cfg, progress)
+            distributed.barrier()
+        load_trainable(raw, best)
+        _write_generations(kind, evaluate, raw, eval_sets, out, "generations_after.jsonl")
+        artifact = distributed.broadcast_object(str(save_artifact(raw, tokenizer, cfg, spec, output))
+                                                if out.main else None)
         metrics = _final_metrics(cfg, spec, state, best, report, device, precision, total_steps, steps_per_epoch,
                                  artifact, stop_reason)
+        metrics["world_size"] = world
+        metrics["global_batch_size"] = cfg.batch_size * world * cfg.grad_accum
         out.write_json("metrics.json", metrics)
+        distributed.barrier()  # every file is written before any rank returns
         return metrics
     finally:
         progress.close()
@@ -291,12 +368,22 @@ def _evaluate_and_track(model, evaluate: Evaluator, eval_sets, spec: TaskSpec, s
     out.log({"step": state.step, "epoch": state.epoch, "eval": results, "eval_seconds": round(seconds, 3)})
     shown = ", ".join(f"{split} {spec.main_metric} {r[spec.main_metric]:.4f} loss {r['loss']:.4f}"
                       for split, r in results.items())
-    progress.write(f"step {state.step}: {shown}{'  (best)' if improved else ''}")
+    if out.main:
+        progress.write(f"step {state.step}: {shown}{'  (best)' if improved else ''}")
     if cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
         return (f"early stopping at step {state.step}: no better {spec.main_metric} in "
                 f"{state.evals_without_improvement} evaluations "
                 f"(best {state.best_metric:.4f} at step {state.best_step})")
     return None
+
+
+def _write_generations(kind, evaluate: Evaluator, model: nn.Module, eval_sets, out: RunDir, name: str) -> None:
+    """Causal LMs: greedy responses to a few evaluation prompts, one JSON object a line (rank 0 only)."""
+    if kind.generate is None or not out.main or not eval_sets:
+        return
+    rows, _ = next(iter(eval_sets.values()))
+    samples = kind.generate(evaluate, model, rows)
+    out.write_text(name, "".join(json.dumps(sample) + "\n" for sample in samples))
 
 
 def _resume_path(cfg: TrainConfig) -> Path | None:
@@ -357,12 +444,16 @@ def _final_metrics(cfg, spec, state, best, report, device, precision, total_step
     }
 
 
-def _print_settings(cfg, device, precision, n_train, n_eval, total_steps, warmup, params, resume_from, step) -> None:
+def _print_settings(cfg, device, precision, n_train, n_eval, total_steps, warmup, params, resume_from, step,
+                    world: int = 1) -> None:
     pairs = [f"{k}={v}" for k, v in cfg.to_dict().items() if v not in (None, (), [])]
     print("lorakit train: resolved settings")
     print(textwrap.fill("  ".join(pairs), width=110, initial_indent="  ", subsequent_indent="  "))
     print(f"  device={device} precision={precision} train_examples={n_train} eval_examples={n_eval} "
           f"steps={total_steps} warmup_steps={warmup}")
+    if world > 1:
+        print(f"  data-parallel: world_size={world} global_batch={cfg.batch_size * world * cfg.grad_accum} "
+              f"(batch_size {cfg.batch_size} x {world} processes x grad_accum {cfg.grad_accum})")
     print(f"  {params}")
     if resume_from is not None:
         print(f"  resuming from {resume_from} at step {step}")
