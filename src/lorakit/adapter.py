@@ -8,6 +8,8 @@ Keys are PEFT's: "base_model.model.<module path>.lora_A.weight", "....lora_embed
 their own paths ("base_model.model.classifier.weight"), trained biases of adapted layers as "<path>.base_layer.bias".
 lorakit names its parameters exactly so, which makes the mapping the identity plus the prefix.
 Loading reads safetensors only (never pickle). Writes are atomic: a temporary directory, then a rename.
+LoraConfig(adapter_dtype="int8") adapters are lorakit's own variant (int8 codes + scales, see adapter_int8.py):
+peft_type "LORAKIT_INT8", which PEFT does not read.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import adapter_int8
 from .config import LoraConfig
 from .inject import TASK_HEADS, add_lora, lora_layers
 from .lora import LoRALinear
@@ -109,7 +112,7 @@ def peft_config_dict(model: nn.Module) -> dict:
     fan_in_fan_out = any(isinstance(m, LoRALinear) and m.fan_in_fan_out for _, m in lora_layers(model))
     targets = config.target_modules
     return {
-        "peft_type": "LORA",
+        "peft_type": adapter_int8.PEFT_TYPE if config.adapter_dtype == "int8" else "LORA",
         "task_type": _task_type(model),
         "base_model_name_or_path": _base_name(model),
         "r": config.r,
@@ -141,11 +144,14 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     state = {PREFIX + k: v for k, v in adapter_state_dict(model).items()}
     if not any(".lora_" in k for k in state):
         raise ValueError("save_adapter: refusing to write an adapter without LoRA weights")
+    adapter_dtype = model.lorakit_config.adapter_dtype
+    if adapter_dtype == "int8":
+        state = adapter_int8.to_int8_state(state)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lorakit_adapter_dtype": adapter_dtype})
         (tmp / CONFIG_NAME).write_text(json.dumps(peft_config_dict(model), indent=2, sort_keys=True))
         if path.exists():  # replace: move the old one aside first so a crash never leaves neither
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
@@ -157,13 +163,15 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    logger.info("saved adapter to %s: %d bytes of %s weights", path, (path / WEIGHTS_NAME).stat().st_size, adapter_dtype)
     return path
 
 
 def config_from_peft(data: dict) -> LoraConfig:
     """Our LoraConfig from a PEFT adapter_config.json dict. Unknown fields: one warning; unsupported ones: an error."""
-    if data.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"adapter_config.json has peft_type={data['peft_type']!r}; lorakit reads LORA adapters only")
+    peft_type = data.get("peft_type", "LORA")
+    if peft_type not in ("LORA", adapter_int8.PEFT_TYPE):
+        raise ValueError(f"adapter_config.json has peft_type={peft_type!r}; lorakit reads LORA and LORAKIT_INT8 adapters")
     unsupported = {k: data[k] for k in _MUST_BE_OFF if k in data and data[k] not in _OFF_VALUES}
     if unsupported:
         raise ValueError(f"this adapter uses PEFT features lorakit does not implement: {unsupported}")
@@ -174,6 +182,7 @@ def config_from_peft(data: dict) -> LoraConfig:
     kwargs["init"] = "kaiming" if data.get("init_lora_weights", True) is True else "gaussian"
     if "modules_to_save" not in kwargs:
         kwargs["modules_to_save"] = ()
+    kwargs["adapter_dtype"] = "int8" if peft_type == adapter_int8.PEFT_TYPE else "float32"
     return LoraConfig(**kwargs)
 
 
@@ -192,6 +201,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     config = dataclasses.replace(config, modules_to_save=tuple(present))
     add_lora(model, config)
     state = load_file(str(weights_file))  # safetensors: no pickle
+    if config.adapter_dtype == "int8":
+        state = adapter_int8.from_int8_state(state)  # int8 codes · scales: the trained A and B, exactly
     params = dict(model.named_parameters())
     expected = set(adapter_state_dict(model))
     loaded = set()

@@ -419,6 +419,11 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
     p.set_defaults(func=cmd_params, **(params_defaults or {}))
     d = sub.add_parser("demo", help="the main job (see `make demo`)")
     d.set_defaults(func=cmd_demo)
+    from .compare import add_compare_parser  # imported here: they import the CLI's train flags
+    from .search import add_search_parser
+
+    add_search_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 

@@ -80,7 +80,7 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         if isinstance(base, nn.Embedding):
             layer = LoRAEmbedding(base, r, alpha, config.use_rslora)
         else:
-            layer = LoRALinear(base, r, alpha, config.dropout, config.use_rslora, config.init)
+            layer = LoRALinear(base, r, alpha, config.dropout, config.use_rslora, config.init, config.adapter_dtype)
         _set_submodule(model, path, layer)
     for name in to_save:
         matched = [m for p, m in model.named_modules() if p == name or p.endswith("." + name)]

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .adapter_int8 import adapter_weights
 from .fused import lora_linear
-from .quant_linear import QuantLinear
+from .quant_linear import QuantLinear, qlora_linear
 
 LINEAR_TYPES = (nn.Linear, Conv1D, QuantLinear)
 
@@ -64,6 +65,7 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         use_rslora: bool = False,
         init: str = "gaussian",
+        adapter_dtype: str = "float32",
     ):
         super().__init__()
         in_features, out_features = _linear_features(base_layer)
@@ -74,6 +76,7 @@ class LoRALinear(nn.Module):
         self.scaling = lora_scaling(r, alpha, use_rslora)
         self.merged = False  # W0 currently holds W0 + scaling·B·A
         self.disabled = False  # compute the base layer alone
+        self.adapter_dtype = adapter_dtype  # "int8": A and B fake-quantized to int8 per row (adapter_int8.py)
         if isinstance(base_layer, QuantLinear):  # packed codes: adapters in fp32 on the codes' device
             device, dtype = base_layer.qweight.device, torch.float32
         else:
@@ -97,16 +100,16 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
         if self.merged or self.disabled:
             return self.base_layer(x)
-        base, A, B = self.base_layer, self.lora_A.weight, self.lora_B.weight
-        fusable = (
-            not isinstance(base, QuantLinear)
-            and x.dtype == A.dtype == base.weight.dtype
-            and not torch.is_autocast_enabled(x.device.type)
-        )
-        if fusable:  # one autograd node, saves x (shared with sibling layers) instead of a dropout copy
-            p = self.dropout if self.training else 0.0
+        base = self.base_layer
+        A, B = adapter_weights(self)  # lora_A.weight, lora_B.weight; fake-quantized if adapter_dtype == "int8"
+        p = self.dropout if self.training else 0.0
+        same_dtype = x.dtype == A.dtype and not torch.is_autocast_enabled(x.device.type)
+        if isinstance(base, QuantLinear) and same_dtype and x.dtype == base.compute_dtype:
+            return qlora_linear(x, base, A, B, self.scaling, p)  # the fused node on codes: no dense W0 saved
+        if not isinstance(base, QuantLinear) and same_dtype and x.dtype == base.weight.dtype:
+            # one autograd node, saves x (shared with sibling layers) instead of a dropout copy
             return lora_linear(x, base.weight, base.bias, A, B, self.scaling, p, self.fan_in_fan_out)
-        # General path (autocast, 16-bit base, quantized base): plain ops, autograd does the rest.
+        # General path (autocast, dtypes that differ): plain ops, autograd does the rest.
         h = base(x)  # W0·x + b
         xa = x.to(A.dtype)
         if self.dropout > 0 and self.training:
@@ -117,7 +120,8 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
         """scaling·B·A in fp32, shaped like the base weight ((in, out) for Conv1D)."""
-        delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling  # (out, in)
+        A, B = adapter_weights(self)
+        delta = (B.float() @ A.float()) * self.scaling  # (out, in)
         return delta.t() if self.fan_in_fan_out else delta
 
     def _dense_weight(self) -> torch.Tensor:

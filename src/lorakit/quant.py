@@ -248,11 +248,37 @@ def _absmax(qt: QuantizedTensor) -> torch.Tensor:
     return dequantize_blockwise_8bit(qt.absmax_q, qt.absmax_scale, DQ_BLOCK_SIZE) + qt.absmax_offset
 
 
+_PAIR_TABLES: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+
+def pair_table(kind: str, device: torch.device) -> torch.Tensor:
+    """(256, 2) fp32: row b holds the values of both codes packed in byte b, (table[b >> 4], table[b & 15]).
+
+    One gather of the packed bytes into this table dequantizes two elements at once, without unpacking the
+    nibbles into a temporary: about 2x faster than unpack_4bit + a 16-entry lookup. Built once per device.
+    """
+    key = (kind, torch.device(device))
+    if key not in _PAIR_TABLES:
+        code = CODES[kind]
+        _PAIR_TABLES[key] = torch.stack([code.repeat_interleave(16), code.repeat(16)], dim=1).to(device)
+    return _PAIR_TABLES[key]
+
+
 def dequantize_4bit(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """QuantizedTensor -> tensor of qt.shape: table[code] · c_b, computed in fp32, then cast to dtype."""
+    """QuantizedTensor -> tensor of qt.shape: table[code] · c_b, computed in fp32, then cast to dtype.
+
+    Bytes are gathered into pair_table (int32 indices: index_select is several times faster with them than
+    with int64 ones on CPU) and scaled in place per block; the products are the same fp32 ones as element
+    by element, so results stay bit-identical to bitsandbytes.
+    """
     n = math.prod(qt.shape)
-    values = CODES[qt.kind].to(qt.qweight.device)[unpack_4bit(qt.qweight, n)]  # (n,) in [-1, 1]
-    out = values * _absmax(qt).repeat_interleave(qt.block_size)[:n]  # (n,)
+    table = pair_table(qt.kind, qt.qweight.device)
+    values = table.index_select(0, qt.qweight.int()).view(-1)  # (2·ceil(n/2),) in [-1, 1]
+    absmax = _absmax(qt)  # (n_blocks,)
+    if n % qt.block_size == 0:  # whole blocks (every real weight): scale each block row in place
+        out = values.view(-1, qt.block_size).mul_(absmax[:, None])
+    else:  # a shorter last block
+        out = values[:n] * absmax.repeat_interleave(qt.block_size)[:n]
     return out.view(qt.shape).to(dtype)
 
 
@@ -286,11 +312,11 @@ def quantize_int(x: torch.Tensor, bits: int = 8, block_size: int | None = None) 
 def dequantize_int(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """code · c · (1/qmax), per row or per block (rows: equal to bitsandbytes' int8_vectorwise_dequant)."""
     inv_qmax = 1.0 / (2 ** (qt.bits - 1) - 1)
-    if qt.block_size is None:
-        return (qt.qweight * qt.absmax[:, None] * inv_qmax).to(dtype)  # (out, in)
+    if qt.block_size is None:  # one fp32 temporary, scaled in place: (code · c) · (1/qmax)
+        return qt.qweight.float().mul_(qt.absmax[:, None]).mul_(inv_qmax).to(dtype)  # (out, in)
     n = qt.qweight.numel()
     absmax = qt.absmax.repeat_interleave(qt.block_size)[:n]  # (n,)
-    return (qt.qweight.reshape(-1) * absmax * inv_qmax).view(qt.shape).to(dtype)
+    return qt.qweight.reshape(-1).float().mul_(absmax).mul_(inv_qmax).view(qt.shape).to(dtype)
 
 
 # ---------------------------------------------------------------- dispatch and error

@@ -3,25 +3,88 @@ quantize_model, which swaps a model's nn.Linear (and GPT-2 Conv1D) layers for it
 
     model = quantize_model(model, QuantConfig(kind="nf4", double_quant=True))   # QLoRA base model
     layer = QuantLinear.from_linear(nn.Linear(64, 32), QuantConfig(kind="int8"))
-    y = layer(x)              # dequantize to compute_dtype, F.linear, result in x's dtype
+    y = layer(x)              # dequantize to compute_dtype, x·Wᵀ + b, result in x's dtype
     w = layer.dequantize()    # (out_features, in_features) fp32
 
 Codes and constants are buffers (in state_dict, never trained); the bias is a Parameter with
 requires_grad=False so LoRA's bias="all" can unfreeze it.
+
+Memory in training: `QuantLinearFunction` dequantizes W inside forward, uses it and drops it; backward
+dequantizes it again from the codes. Autograd therefore keeps no dense copy of the frozen weight (composing
+`F.linear(x, layer.dequantize())` would keep one fp32 (out, in) weight per layer alive until backward: a
+full-precision copy of the model during training). The same node computes a LoRA branch for QLoRA
+(`qlora_linear`, called by LoRALinear), with the cheap dropout mask and in-place accumulation of fused.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import QuantConfig
+from .fused import keep_mask
 from .quant import QuantizedTensor, dequantize, quantize, requantize_error  # noqa: F401  (re-exported)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class QuantLinearFunction(torch.autograd.Function):
+    """h = x·dq(W)ᵀ + b  [+ s·B·A·dropout_p(x)]  with W kept quantized: backward rebuilds dq(W) from the codes.
+
+    Shapes: x (..., in) -> h (..., out); W (out, in) as a QuantizedTensor; b (out,); A (r, in); B (out, r);
+    N = prod(...). lora_a = lora_b = None: the plain quantized linear layer. Saved for backward: the codes
+    and constants (the layer's own buffers, no new memory), and with LoRA x, A, B, x·Aᵀ (N, r) and a 1-byte
+    dropout mask, as in fused.py. The frozen W gets no gradient; b one only if it requires it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, bias, qt: QuantizedTensor, dtype, lora_a, lora_b, scaling: float, p: float):
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        weight = dequantize(qt, dtype)  # (out, in), freed when forward returns
+        h = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()  # (N, out)
+        del weight
+        keep, inv_q, xa = None, 1.0, None
+        if lora_a is not None:
+            if p > 0:
+                keep, inv_q = keep_mask(x2.shape, p, x2.device)  # (N, in) uint8
+                xa = ((x2 * keep) @ lora_a.t()).mul_(inv_q)  # (N, r)
+            else:
+                xa = x2 @ lora_a.t()  # (N, r)
+            h.addmm_(xa, lora_b.t(), alpha=scaling)  # h += s·(A·x)·Bᵀ, in place
+        names = tuple(qt.tensors())
+        x_saved = x if lora_a is not None else None  # only grad_A needs x
+        ctx.save_for_backward(x_saved, lora_a, lora_b, xa, keep, *qt.tensors().values())
+        ctx.qt = dataclasses.replace(qt, **{n: None for n in names})  # kind, shape, block size: no tensors
+        ctx.names, ctx.dtype, ctx.scaling, ctx.inv_q = names, dtype, scaling, inv_q
+        return h.view(*x.shape[:-1], h.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        x, lora_a, lora_b, xa, keep, *codes = ctx.saved_tensors
+        s, inv_q = ctx.scaling, ctx.inv_q
+        g = grad_h.reshape(-1, grad_h.shape[-1])  # (N, out)
+        grad_x = grad_bias = grad_a = grad_b = grad_xa = None
+        if lora_a is not None:
+            grad_xa = (g @ lora_b).mul_(s)  # dL/d(xa) = s·g·B: (N, r)
+            if ctx.needs_input_grad[5]:
+                grad_b = (xa.t() @ g).mul_(s).t()  # (out, r); this order is the fast one on CPU (see fused.py)
+            if ctx.needs_input_grad[4]:
+                x2 = x.reshape(-1, x.shape[-1])
+                grad_a = (grad_xa.t() @ (x2 * keep if keep is not None else x2)).mul_(inv_q)  # (r, in)
+        if ctx.needs_input_grad[0]:
+            qt = dataclasses.replace(ctx.qt, **dict(zip(ctx.names, codes)))
+            grad_x = g @ dequantize(qt, ctx.dtype)  # (N, in): dq(W) rebuilt, used, dropped
+            if grad_xa is not None and keep is None:
+                grad_x.addmm_(grad_xa, lora_a)
+            elif grad_xa is not None:
+                grad_x.add_((grad_xa @ lora_a).mul_(keep), alpha=inv_q)  # the mask gates the low-rank path
+            grad_x = grad_x.view(*grad_h.shape[:-1], grad_x.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_bias = g.sum(0)
+        return grad_x, grad_bias, None, None, grad_a, grad_b, None, None
 
 
 class QuantLinear(nn.Module):
@@ -61,15 +124,19 @@ class QuantLinear(nn.Module):
             absmax_scale=b.get("absmax_scale"), absmax_offset=b.get("absmax_offset"),
         )  # fmt: skip
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return _DTYPES[self.quant_config.compute_dtype]
+
     def dequantize(self) -> torch.Tensor:
         """The weight as fp32, shape (out_features, in_features)."""
         return dequantize(self._quantized(), torch.float32)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = _DTYPES[self.quant_config.compute_dtype]
-        weight = self.dequantize().to(dtype)  # (out, in), rebuilt each call: no full-precision copy kept
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., in) -> (..., out), in x's dtype
+        dtype = self.compute_dtype
         bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x.to(dtype), weight, bias).to(x.dtype)  # (..., out)
+        h = QuantLinearFunction.apply(x.to(dtype), bias, self._quantized(), dtype, None, None, 1.0, 0.0)
+        return h.to(x.dtype)
 
     def storage_bytes(self) -> int:
         """Bytes of the quantized weight (codes + constants); the bias is not counted."""
@@ -82,6 +149,17 @@ class QuantLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, kind={c.kind}, "
             f"block_size={c.block_size}, {detail}, bias={self.bias is not None}"
         )
+
+
+def qlora_linear(
+    x: torch.Tensor, layer: QuantLinear, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, p: float
+) -> torch.Tensor:
+    """h = dq(W)·x + b + scaling·B·A·dropout_p(x) as one node that keeps no dense W (QLoRA's LoRALinear path).
+
+    x, lora_a and lora_b must have the layer's compute dtype. Shapes: x (..., in), A (r, in), B (out, r).
+    """
+    bias = None if layer.bias is None else layer.bias.to(layer.compute_dtype)
+    return QuantLinearFunction.apply(x, bias, layer._quantized(), layer.compute_dtype, lora_a, lora_b, scaling, p)
 
 
 def _skipped(name: str, skip_modules: tuple[str, ...]) -> bool:

@@ -1,0 +1,210 @@
+"""Tables and charts for `lorakit search` and `lorakit compare`: CSV, markdown and matplotlib PNGs (Agg).
+
+    write_csv(rows, "results.csv")                       # rows: list of dicts; columns in first-seen order
+    print(markdown_table(rows, {"trial": "trial", "lora_r": "r", "objective": "accuracy"}))
+    plot_heatmap(rows, "objective", "heatmap.png")       # the metric over lora_r x lora_alpha
+    plot_pareto(rows, "objective", "pareto.png")         # the metric vs trainable parameters, Pareto front marked
+    plot_curves({"trial 3": "trials/3/log.jsonl"}, "curves.png")
+    plot_comparison(rows, "validation_accuracy", "comparison.png")
+
+Rows are plain dicts (one per trial or method); a missing or None value is an empty cell and is left out of plots.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed), imported when first plotting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fmt(value) -> str:
+    """A table cell: integers with thousands separators, floats with 4 significant digits, None empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value)
+    return str(value)
+
+
+def human_bytes(count: int | None) -> str:
+    if count is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    """One line per row; the columns are the union of the rows' keys in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for k, v in row.items()})
+    return Path(path)
+
+
+def markdown_table(rows: list[dict], columns: dict[str, str], formatters: dict | None = None) -> str:
+    """A GitHub markdown table of `columns` ({row key: header}); formatters maps a key to a cell function."""
+    formatters = formatters or {}
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    for row in rows:
+        cells = [formatters.get(key, fmt)(row.get(key)) for key in columns]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def pareto_front(points: list[tuple[float, float]], maximize: bool = True) -> list[int]:
+    """Indices of the points no other point beats: fewer-or-equal x (cost) and higher-or-equal y (metric; lower
+    with maximize=False), one of them strictly. Sorted by x."""
+    points = [(x, y if maximize else -y) for x, y in points]
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(ox <= x and oy >= y and (ox < x or oy > y) for ox, oy in points)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def _numeric(rows: list[dict], *keys: str) -> list[dict]:
+    return [r for r in rows if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                   and math.isfinite(r[k]) for k in keys)]
+
+
+def plot_heatmap(rows: list[dict], metric: str, path: str | Path, label: str | None = None,
+                 x: str = "lora_alpha", y: str = "lora_r", maximize: bool = True) -> Path | None:
+    """The best `metric` per (y, x) cell, annotated; None (no file) unless x or y takes two values or more."""
+    best = max if maximize else min
+    rows = _numeric(rows, metric, x, y)
+    xs, ys = sorted({r[x] for r in rows}), sorted({r[y] for r in rows})
+    if len(xs) < 2 and len(ys) < 2:
+        return None
+    grid = [[math.nan] * len(xs) for _ in ys]
+    for r in rows:
+        i, j = ys.index(r[y]), xs.index(r[x])
+        grid[i][j] = r[metric] if math.isnan(grid[i][j]) else best(grid[i][j], r[metric])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.8 * len(ys) + 2))
+    image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
+    ax.set_xticks(range(len(xs)), [fmt(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [fmt(v) for v in ys])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    finite = [v for line in grid for v in line if not math.isnan(v)]
+    middle = (min(finite) + max(finite)) / 2
+    for i, line in enumerate(grid):
+        for j, value in enumerate(line):
+            if not math.isnan(value):
+                ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
+                        color="black" if value > middle else "white")
+    fig.colorbar(image, ax=ax, label=label or metric)
+    ax.set_title(f"{label or metric} over {y} x {x} (best per cell)")
+    return _save(fig, path)
+
+
+def plot_pareto(rows: list[dict], metric: str, path: str | Path, label: str | None = None,
+                names: str = "trial", maximize: bool = True) -> Path | None:
+    """`metric` vs trainable parameters (log x), the Pareto front (fewest parameters for the metric) marked."""
+    rows = _numeric(rows, metric, "trainable_params")
+    if not rows:
+        return None
+    points = [(float(r["trainable_params"]), float(r[metric])) for r in rows]
+    front = pareto_front(points, maximize)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", alpha=0.6, label="trials")
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "o-", color="tab:red", label="Pareto front")
+    for i in front:
+        ax.annotate(fmt(rows[i].get(names)), points[i], textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(label or metric)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{label or metric} vs trainable parameters")
+    return _save(fig, path)
+
+
+def read_losses(log: str | Path) -> tuple[list[int], list[float]]:
+    """(steps, training losses) from a run's log.jsonl (the step lines; evaluation lines are skipped)."""
+    steps, losses = [], []
+    for line in Path(log).read_text().splitlines():
+        record = json.loads(line)
+        if isinstance(record.get("loss"), (int, float)) and "eval" not in record:
+            steps.append(record["step"])
+            losses.append(record["loss"])
+    return steps, losses
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """The mean of each value and the window - 1 before it (fewer at the start)."""
+    return [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
+def plot_curves(logs: dict[str, str | Path], path: str | Path, title: str = "training curves") -> Path | None:
+    """Training loss vs step, one line per {label: log.jsonl} (faint: per step; solid: moving average); missing logs
+    are skipped."""
+    curves = {label: read_losses(log) for label, log in logs.items() if Path(log).is_file()}
+    curves = {label: c for label, c in curves.items() if c[0]}
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, (steps, losses) in curves.items():
+        raw = ax.plot(steps, losses, linewidth=0.8, alpha=0.3)[0]
+        ax.plot(steps, moving_average(losses, max(1, len(losses) // 12)), color=raw.get_color(), label=label,
+                linewidth=1.6)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_comparison(rows: list[dict], metric: str, path: str | Path, label: str | None = None) -> Path | None:
+    """Per method: a bar of `metric` and, beside it, a bar of trainable parameters on a log axis."""
+    rows = _numeric(rows, metric, "trainable_params")
+    if not rows:
+        return None
+    names = [r["method"] for r in rows]
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.6 * len(rows) + 1.8), sharey=True)
+    bars = left.barh(names, [r[metric] for r in rows], color="tab:blue")
+    left.bar_label(bars, labels=[f"{r[metric]:.4f}" for r in rows], padding=3, fontsize=8)
+    left.set_xlabel(label or metric)
+    left.set_xlim(0, max(r[metric] for r in rows) * 1.2)
+    left.invert_yaxis()
+    bars = right.barh(names, [r["trainable_params"] for r in rows], color="tab:orange")
+    right.bar_label(bars, labels=[f"{r['trainable_params']:,}" for r in rows], padding=3, fontsize=8)
+    right.set_xscale("log")
+    right.set_xlim(right=max(r["trainable_params"] for r in rows) * 50)
+    right.set_xlabel("trainable parameters (log scale)")
+    fig.suptitle(f"{label or metric} and trainable parameters per method")
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return Path(path)

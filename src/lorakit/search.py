@@ -1,0 +1,790 @@
+"""`lorakit search`: hyperparameter search over `lorakit train` options (grid, random or TPE), on Optuna.
+
+    lorakit search --model minilm --task sst2 --data-dir ../shared/data/sst2 --max-train-samples 1000 \\
+        --epochs 1 --max-length 64 --space lora_r=1,2,4,8 --space lora_alpha=1,16,64 --workers 2 --output runs/search
+
+Each trial is one `lorakit train` run in its own process: the base settings (--config, then the train flags), then
+the trial's values, written to <output>/trials/<number>/ (train.log holds the trial's output). The study lives in an
+Optuna storage, sqlite:///<output>/study.db by default, so the same command again continues it: a grid enqueues only
+the combinations the study does not hold yet (finished and failed ones are kept), random / tpe run until the study
+holds --n-trials trials. Trials cut short by Ctrl-C are retried at once; those of a killed process or machine after
+their heartbeat is GRACE_S seconds old.
+
+The space: `--space NAME=V1,V2,...` (repeatable) or `--space-file FILE` with a `space:` mapping (NAME: [values], or
+NAME: {low: ..., high: ..., log: true}). NAME is any TrainConfig field (the long train flags with "_": lora_r,
+lora_alpha, lr, lora_dropout, method, batch_size, ...) or a target toggle lora_query / lora_key / lora_value /
+lora_projection / lora_mlp / lora_head (on / off: adds or removes that toggle from the base targets, which are the
+base --lora-* toggles, or all-linear's query+key+value+projection+mlp). target_modules values join names with "+"
+(target_modules=all-linear,query+value). LOW..HIGH and LOW..HIGH:log are ranges, for random and tpe only.
+
+Parallel trials: --workers N runs N trial processes at once; on CPU each gets cores // N torch threads (--threads
+overrides), with CUDA each gets one device (CUDA_VISIBLE_DEVICES, round robin over the visible ones). A trial's
+metrics do not depend on --workers, except through the thread count: parallel float sums in another order change
+losses in the 7th digit (accuracies rarely); give --threads for bitwise-identical trials across --workers.
+
+Several machines share one study through a database every machine reaches (PostgreSQL: `pip install psycopg2-binary`;
+MySQL: mysql+pymysql://...). Run the same command on each machine, e.g.
+
+    lorakit search --storage postgresql://user:password@db-host/lorakit --study-name sst2-r-alpha \\
+        --model minilm --task sst2 --data-dir ../shared/data/sst2 --space lora_r=1,2,4,8 --workers 4 \\
+        --output runs/search
+
+Processes claim enqueued trials atomically in the database (a grid point enqueued twice by processes starting at
+the same moment is run once: the later copy is marked a duplicate and skipped), and each writes results.csv,
+summary.md, best.yaml and the plots of the whole study when it finishes (run it again, or on the last machine to
+finish, for the final ones); training curves need log.jsonl, so each machine plots the trials it ran. The local
+equivalent, tested: several `lorakit search` processes on one machine with the same --output.
+
+Pruning (--prune): after each evaluation (each epoch end, and every --eval-steps) the trial reports its best main
+metric so far and Optuna's MedianPruner stops it when that is below the median of earlier trials at the same step.
+
+Outputs in <output>/: results.csv (a row per trial), best.yaml (`lorakit train --config best.yaml`), summary.md,
+heatmap.png (metric over lora_r x lora_alpha), pareto.png (metric vs trainable parameters), curves.png (training loss
+of the best trials).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import report
+from .train_config import TrainConfig
+
+SAMPLERS = ("grid", "random", "tpe")
+TOGGLE_NAMES = ("query", "key", "value", "projection", "mlp", "head")  # targets.TOGGLE_NAMES
+TOGGLE_PARAMS = tuple(f"lora_{t}" for t in TOGGLE_NAMES)
+ALL_LINEAR_TOGGLES = ("query", "key", "value", "projection", "mlp")  # what "all-linear" adapts, as toggles
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
+NOT_SEARCHABLE = ("output", "resume")  # set by the search for every trial
+DEFAULT_STUDY = "lorakit-search"
+HEARTBEAT_S = 20  # a running trial's heartbeat is written this often
+GRACE_S = 180  # a running trial whose heartbeat is older is failed and retried (its process or machine died)
+POLL_S = 0.5
+JOB, RESULT, LOG = "job.json", "result.json", "train.log"  # in each trial directory
+PLOTS = {"heatmap": "heatmap.png", "pareto": "pareto.png", "curves": "curves.png"}
+
+
+# --- the space ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Range:
+    """An interval for the random and tpe samplers: integers when both bounds are integers, else floats."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def suggest(self, trial: optuna.Trial, name: str):
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return trial.suggest_int(name, self.low, self.high, log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
+
+
+def parse_value(text: str):
+    """A command-line value: 8 -> int, 1e-3 -> float, on/off/true/false -> bool, none -> None, else the text."""
+    lowered = text.strip().lower()
+    words = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False,
+             "none": None, "null": None}
+    if lowered in words:
+        return words[lowered]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def _range(text: str) -> Range | None:
+    """'1e-4..1e-2:log' -> Range(0.0001, 0.01, log=True); None if the text is no numeric range."""
+    body, _, suffix = text.partition(":")
+    low, sep, high = body.partition("..")
+    low, high = parse_value(low), parse_value(high)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+    if not (sep and numeric) or suffix not in ("", "log"):
+        return None
+    if not low < high:
+        raise ValueError(f"--space range {text!r}: LOW must be below HIGH")
+    return Range(low, high, suffix == "log")
+
+
+def _entry(name: str, spec) -> tuple | Range:
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"low", "high", "log"}
+        if unknown or not {"low", "high"} <= set(spec):
+            raise ValueError(f"space {name}: a range is {{low: ..., high: ..., log: true|false}}, got {spec}")
+        low, high = (parse_value(v) if isinstance(v, str) else v for v in (spec["low"], spec["high"]))
+        return Range(low, high, bool(spec.get("log", False)))
+    if isinstance(spec, str):
+        as_range = _range(spec)
+        return as_range if as_range is not None else tuple(parse_value(v) for v in spec.split(","))
+    values = spec if isinstance(spec, list) else [spec]
+    return tuple(parse_value(v) if isinstance(v, str) else v for v in values)
+
+
+def parse_space(flags: list[str] | None = None, file: str | Path | None = None) -> dict[str, tuple | Range]:
+    """{name: values or Range} from a YAML file's `space:` mapping, then --space NAME=VALUES flags (they win)."""
+    space: dict[str, tuple | Range] = {}
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--space-file {path}: no such file")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict) or not isinstance(data.get("space"), dict):
+            raise ValueError(f"--space-file {path} must hold a mapping `space:` of NAME: [values]")
+        for name, spec in data["space"].items():
+            space[str(name).replace("-", "_")] = _entry(name, spec)
+    for flag in flags or []:
+        name, sep, text = flag.partition("=")
+        if not (sep and name.strip() and text.strip()):
+            raise ValueError(f"--space {flag!r}: expected NAME=V1,V2,... or NAME=LOW..HIGH[:log] (e.g. lora_r=4,8)")
+        space[name.strip().replace("-", "_")] = _entry(name, text)
+    if not space:
+        raise ValueError("the search space is empty: give --space NAME=V1,V2,... or --space-file FILE")
+    for name, values in space.items():
+        if name not in TRAIN_FIELDS + TOGGLE_PARAMS or name in NOT_SEARCHABLE:
+            raise ValueError(f"--space {name}: not a training option; use the long train flag names with '_' "
+                             f"(lora_r, lora_alpha, lr, lora_dropout, method, ...) or {', '.join(TOGGLE_PARAMS)}")
+        if isinstance(values, tuple) and not values:
+            raise ValueError(f"--space {name}: no values")
+    return space
+
+
+def grid_points(space: dict[str, tuple | Range]) -> list[dict]:
+    """Every combination, the first name varying slowest."""
+    ranges = [name for name, values in space.items() if isinstance(values, Range)]
+    if ranges:
+        raise ValueError(f"the grid sampler needs lists of values, not ranges ({', '.join(ranges)}); "
+                         "use --sampler random or tpe for ranges")
+    return [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
+
+
+def toggled_targets(targets, toggles: dict[str, bool]) -> tuple[str, ...]:
+    """The base targets (toggle names, or all-linear / None = all-linear's toggles) with toggles turned on / off."""
+    if targets in (None, "all-linear", ["all-linear"], ("all-linear",)):
+        start = ALL_LINEAR_TOGGLES
+    elif isinstance(targets, (list, tuple)) and set(targets) <= set(TOGGLE_NAMES):
+        start = tuple(targets)
+    else:
+        raise ValueError(f"space toggles {sorted(toggles)} need base targets given as toggles (--lora-query ...) "
+                         f"or all-linear, not {targets!r}")
+    chosen = tuple(t for t in TOGGLE_NAMES if toggles.get(t, t in start))
+    if not chosen:
+        raise ValueError("these toggles turn every target module off")
+    return chosen
+
+
+def trial_config(base: dict, params: dict, output: str | Path) -> TrainConfig:
+    """One trial's TrainConfig: the base values as the user gave them (so lr still defaults per method), then the
+    trial's params, run in `output`. ValueError for an invalid combination."""
+    values = {**base, **{k: v for k, v in params.items() if k not in TOGGLE_PARAMS}}
+    if isinstance(params.get("target_modules"), str) and "+" in params["target_modules"]:
+        values["target_modules"] = tuple(params["target_modules"].split("+"))
+    toggles = {k.removeprefix("lora_"): bool(v) for k, v in params.items() if k in TOGGLE_PARAMS}
+    if toggles:
+        values["target_modules"] = toggled_targets(values.get("target_modules"), toggles)
+    values.update(output=str(output), resume=None)
+    return TrainConfig.from_dict(values)
+
+
+# --- running one training job in its own process (used by compare too) ---------------------------------------
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def launch(cfg: TrainConfig, directory: Path, threads: int, cuda_device: str | None = None,
+           prune: dict | None = None) -> subprocess.Popen:
+    """Start `python -m lorakit.search <directory>/job.json`: train(cfg) with `threads` torch threads (and only
+    `cuda_device` visible), output to <directory>/train.log, the outcome to <directory>/result.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / RESULT).unlink(missing_ok=True)
+    job = {"config": cfg.to_dict(), "threads": threads, "prune": prune}
+    (directory / JOB).write_text(json.dumps(job, indent=2) + "\n")
+    # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on a CPU shared with other jobs the
+    # spinning made 2-thread steps 4-20x slower than 1-thread ones (measured on 2 busy cores), and costs little alone
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    if cuda_device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_device
+    with open(directory / LOG, "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "lorakit.search", str(directory / JOB)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def collect(directory: Path, returncode: int) -> dict:
+    """The job's result.json: {status: complete | pruned | fail, metrics?, error?, start, end}."""
+    path = directory / RESULT
+    if path.is_file():
+        return json.loads(path.read_text())
+    lines = (directory / LOG).read_text(errors="replace").strip().splitlines() if (directory / LOG).is_file() else []
+    return {"status": "fail", "error": f"the training process exited with status {returncode}"
+                                       f"{': ' + lines[-1] if lines else ''} (see {directory / LOG})"}
+
+
+def run_job(cfg: TrainConfig, directory: Path, threads: int) -> dict:
+    """launch + wait + collect: one training run in a fresh process (so its peak memory is its own)."""
+    process = launch(cfg, directory, threads)
+    try:
+        return collect(directory, process.wait())
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait()
+        raise
+
+
+def _job_main(job_file: str) -> None:
+    """The trial process: train the job's config and write result.json beside the job file (never raises)."""
+    import torch
+
+    from . import train as training
+
+    job_path = Path(job_file)
+    job = json.loads(job_path.read_text())
+    torch.set_num_threads(job["threads"])
+    result = {"start": _now()}
+    try:
+        cfg = TrainConfig.from_dict(job["config"])
+        if job["prune"]:
+            metrics = _train_with_pruning(training, cfg, job["prune"])
+        else:
+            metrics = training.train(cfg)
+        result.update(status="complete", metrics=metrics)
+    except optuna.TrialPruned as err:
+        result.update(status="pruned", error=str(err))
+    except Exception as err:  # a failed trial is recorded with its error; the search goes on
+        traceback.print_exc()
+        result.update(status="fail", error=f"{type(err).__name__}: {err}")
+    result["end"] = _now()
+    tmp = job_path.parent / (RESULT + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    tmp.replace(job_path.parent / RESULT)
+
+
+def _train_with_pruning(training, cfg: TrainConfig, prune: dict) -> dict:
+    """train(cfg), reporting the best main metric after each evaluation to the Optuna trial; TrialPruned when the
+    pruner says stop. train() has no evaluation callback yet, so this wraps train._evaluate_and_track in this
+    (single-trial) process."""
+    storage = optuna.storages.RDBStorage(prune["storage"], engine_kwargs=_engine_kwargs(prune["storage"]))
+    study = optuna.load_study(study_name=prune["study"], storage=storage, pruner=_pruner(True))
+    trial = optuna.Trial(study, prune["trial_id"])
+    evaluate_and_track = training._evaluate_and_track
+
+    def evaluate_and_report(model, evaluate, eval_sets, spec, state, out, run_cfg, progress):
+        stop = evaluate_and_track(model, evaluate, eval_sets, spec, state, out, run_cfg, progress)
+        trial.report(state.best_metric, state.step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {state.step}: best {spec.main_metric} {state.best_metric:.4f} "
+                                     "is below the median of earlier trials")
+        return stop
+
+    training._evaluate_and_track = evaluate_and_report
+    return training.train(cfg)
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="milliseconds")
+
+
+# --- the search -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SearchSettings:
+    base: dict  # TrainConfig values as given (--config file, then flags), before defaults
+    space: dict  # name -> tuple of values or Range
+    output: Path
+    sampler: str = "grid"
+    n_trials: int | None = None  # random / tpe: trials the study should hold; grid: every combination
+    workers: int = 1
+    threads: int | None = None  # torch threads per trial; None = CPU cores // workers
+    storage: str | None = None  # None = sqlite:///<output>/study.db
+    study_name: str = DEFAULT_STUDY
+    prune: bool = False
+    metric: str | None = None  # a results column (validation_accuracy, validation_loss, ...); None = main metric
+    direction: str = "maximize"
+    seed: int = 0  # of the random / tpe sampler
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; accepted: {', '.join(SAMPLERS)}")
+        if self.sampler != "grid" and not (self.n_trials and self.n_trials > 0):
+            raise ValueError(f"--sampler {self.sampler} needs --n-trials N (the trials the study should hold)")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if self.prune and self.metric is not None:
+            raise ValueError("--prune reports the task's main metric; leave --metric out with --prune")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.output / 'study.db').resolve()}"
+
+
+@dataclass
+class _Running:
+    trial: optuna.Trial
+    trial_id: int
+    process: subprocess.Popen
+    directory: Path
+    launched: str
+
+
+def _engine_kwargs(url: str) -> dict | None:
+    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out other writers
+
+
+def _pruner(prune: bool) -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if prune else optuna.pruners.NopPruner()
+
+
+def open_study(s: SearchSettings) -> tuple[optuna.storages.RDBStorage, optuna.Study]:
+    s.output.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
+    warnings.filterwarnings("ignore", message="Heartbeat of storage")  # we record the heartbeats ourselves
+    sampler = optuna.samplers.TPESampler(seed=s.seed) if s.sampler == "tpe" else optuna.samplers.RandomSampler(s.seed)
+    for attempt in range(5):  # processes starting together race to create the tables and the study: retry
+        try:
+            storage = optuna.storages.RDBStorage(
+                s.storage_url, engine_kwargs=_engine_kwargs(s.storage_url), heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+            study = optuna.create_study(study_name=s.study_name, storage=storage, sampler=sampler,
+                                        pruner=_pruner(s.prune), direction=s.direction, load_if_exists=True)
+            return storage, study
+        except SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
+
+
+def _replaced(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Trial numbers that do not count: retried ones (a retry took their place) and duplicate grid points."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return retried | {t.number for t in trials if "duplicate_of" in t.user_attrs}
+
+
+def _params_key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+class Search:
+    """One process's part of a study: claims trials, runs up to `workers` of them at once, tells the results."""
+
+    def __init__(self, settings: SearchSettings):
+        self.s = settings
+        self.storage, self.study = open_study(settings)
+        self.study_id = self.storage.get_study_id_from_name(settings.study_name)
+        self.slots = self._slots()
+        self.running: dict[int, _Running] = {}  # slot -> trial
+        self.ran = 0
+
+    def _slots(self) -> list[tuple[int, str | None]]:
+        """(torch threads, CUDA_VISIBLE_DEVICES) per worker slot: cores split evenly; one GPU each, round robin."""
+        threads = self.s.threads or max(1, cpu_count() // self.s.workers)
+        device = str(self.s.base.get("device") or "auto")
+        gpus = []
+        if device in ("auto", "cuda"):
+            import torch
+
+            count = torch.cuda.device_count()
+            gpus = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(count)))).split(",") if count else []
+        return [(threads, gpus[i % len(gpus)] if gpus else None) for i in range(self.s.workers)]
+
+    def enqueue_grid(self) -> int:
+        """Enqueue the combinations the study does not hold yet; returns how many were added."""
+        held = {_params_key(t.system_attrs.get("fixed_params", {})) for t in self.study.get_trials(deepcopy=False)}
+        new = [p for p in grid_points(self.s.space) if _params_key(p) not in held]
+        for point in new:
+            self.study.enqueue_trial(json.loads(json.dumps(point)), skip_if_exists=True)
+        return len(new)
+
+    def run(self) -> None:
+        if self.s.sampler == "grid":
+            added = self.enqueue_grid()
+            print(f"lorakit search: grid of {len(grid_points(self.s.space))} combinations, {added} new")
+        optuna.storages.fail_stale_trials(self.study)
+        beat = time.monotonic()
+        try:
+            while True:
+                for slot in range(len(self.slots)):
+                    while slot not in self.running and self._start_next(slot):
+                        pass
+                if not self.running:
+                    break
+                time.sleep(POLL_S)
+                for slot, job in list(self.running.items()):
+                    if job.process.poll() is not None:
+                        del self.running[slot]
+                        self._finish(job)
+                if time.monotonic() - beat > HEARTBEAT_S:
+                    for job in self.running.values():
+                        self.storage.record_heartbeat(job.trial_id)
+                    optuna.storages.fail_stale_trials(self.study)
+                    beat = time.monotonic()
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise
+
+    def _claim(self) -> optuna.Trial | None:
+        """The next trial for this process, or None when the study needs no more."""
+        if self.s.sampler != "grid":
+            trials = self.study.get_trials(deepcopy=False)
+            replaced = _replaced(trials)
+            held = [t for t in trials if t.state != TrialState.WAITING and t.number not in replaced]
+            return self.study.ask() if len(held) < self.s.n_trials else None  # ask takes retries first
+        for waiting in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, waiting.number)
+            try:
+                if self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):  # atomic: WAITING only
+                    return optuna.Trial(self.study, trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        return None
+
+    def _params(self, trial: optuna.Trial, trial_id: int) -> dict:
+        if self.s.sampler == "grid":
+            return dict(self.storage.get_trial(trial_id).system_attrs["fixed_params"])
+        return {name: values.suggest(trial, name) if isinstance(values, Range)
+                else trial.suggest_categorical(name, list(values)) for name, values in self.s.space.items()}
+
+    def _duplicate_of(self, trial: optuna.Trial, params: dict) -> int | None:
+        """An earlier live trial of the same grid point (two processes enqueued it at the same moment)."""
+        key = _params_key(params)
+        for other in self.study.get_trials(deepcopy=False):
+            live = other.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+            if other.number < trial.number and live and \
+                    _params_key(other.system_attrs.get("fixed_params", {})) == key:
+                return other.number
+        return None
+
+    def _start_next(self, slot: int) -> bool:
+        """Claim a trial and start it in `slot`; False when there is none. A trial whose config is invalid fails
+        at once (and the slot stays free)."""
+        trial = self._claim()
+        if trial is None:
+            return False
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        self.storage.record_heartbeat(trial_id)
+        params = self._params(trial, trial_id)
+        trial.set_user_attr("params", params)
+        if self.s.sampler == "grid" and (original := self._duplicate_of(trial, params)) is not None:
+            trial.set_user_attr("duplicate_of", original)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return True
+        directory = self.s.output / "trials" / str(trial.number)
+        try:
+            cfg = trial_config(self.s.base, params, directory)
+        except ValueError as err:
+            trial.set_user_attr("error", f"ValueError: {err}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            print(f"trial {trial.number} failed: {_shown(params)}: {err}")
+            return True
+        trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("output", str(directory))
+        threads, cuda = self.slots[slot]
+        prune = {"storage": self.s.storage_url, "study": self.s.study_name, "trial_id": trial_id} \
+            if self.s.prune else None
+        process = launch(cfg, directory, threads, cuda if cfg.device in ("auto", "cuda") else None, prune)
+        self.running[slot] = _Running(trial, trial_id, process, directory, _now())
+        print(f"trial {trial.number} started: {_shown(params)} ({threads} threads{', GPU ' + cuda if cuda else ''}; "
+              f"log {directory / LOG})")
+        return True
+
+    def _finish(self, job: _Running) -> None:
+        result = collect(job.directory, job.process.returncode)
+        trial, status = job.trial, result["status"]
+        start, end = result.get("start", job.launched), result.get("end", _now())
+        trial.set_user_attr("start", start)
+        trial.set_user_attr("end", end)
+        trial.set_user_attr("seconds", round((datetime.fromisoformat(end) - datetime.fromisoformat(start))
+                                             .total_seconds(), 2))
+        if result.get("error"):
+            trial.set_user_attr("error", result["error"])
+        self.ran += 1
+        if status == "complete":
+            metrics = flat_metrics(result["metrics"])
+            trial.set_user_attr("metrics", metrics)
+            name = self.s.metric or f"{next(iter(result['metrics']['eval']))}_{result['metrics']['main_metric']}"
+            trial.set_user_attr("objective_name", name)
+            if name not in metrics:
+                trial.set_user_attr("error", f"--metric {name}: not among the metrics ({', '.join(metrics)})")
+                self.study.tell(trial, state=TrialState.FAIL)
+                print(f"trial {trial.number} failed: unknown metric {name}")
+                return
+            self.study.tell(trial, metrics[name])
+            print(f"trial {trial.number} complete: {name} {metrics[name]:.4f} in {trial.user_attrs['seconds']:.0f} s")
+        elif status == "pruned":
+            self.study.tell(trial, state=TrialState.PRUNED)
+            print(f"trial {trial.number} pruned: {result['error']}")
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+            print(f"trial {trial.number} failed: {result['error']}")
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: stop the running trials, fail them and enqueue a retry of each for the next run."""
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+        for job in self.running.values():
+            job.process.terminate()
+            job.process.wait()
+            frozen = self.study.tell(job.trial, state=TrialState.FAIL)  # left out of the results: the retry replaces it
+            retry(self.study, frozen)
+        self.running.clear()
+
+
+def flat_metrics(metrics: dict) -> dict:
+    """metrics.json as one flat row: <split>_<metric> for every evaluation metric, then the run's figures."""
+    row = {f"{split}_{name}": value for split, values in metrics["eval"].items() for name, value in values.items()}
+    for key in ("best_step", "steps", "trainable_params", "total_params", "trainable_percent", "train_seconds",
+                "train_examples_per_s", "peak_memory_mb"):
+        row[key] = metrics[key]
+    return row
+
+
+def _shown(params: dict) -> str:
+    return " ".join(f"{k}={report.fmt(v)}" for k, v in params.items())
+
+
+# --- results ----------------------------------------------------------------------------------------------------
+
+def trial_rows(study: optuna.Study, space: dict) -> list[dict]:
+    """One row per trial (retried and duplicate ones left out): number, status, the space's params, objective,
+    the metrics, time, memory, timestamps, error, output directory."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = _replaced(trials)
+    rows = []
+    for t in trials:
+        if t.number in replaced or t.state == TrialState.WAITING:
+            continue
+        params = t.user_attrs.get("params") or t.system_attrs.get("fixed_params") or t.params
+        config = t.user_attrs.get("config", {})
+        row = {"trial": t.number, "status": t.state.name.lower()}
+        row.update({name: params.get(name) for name in space})
+        row["objective"] = t.value
+        row.update(t.user_attrs.get("metrics", {}))
+        for name in ("lora_r", "lora_alpha", "lr", "method"):  # for the heatmap and the summary, when not searched
+            row.setdefault(name, config.get(name))
+        row.update({key: t.user_attrs.get(key) for key in ("seconds", "start", "end", "error", "output")})
+        rows.append(row)
+    return rows
+
+
+def objective_name(study: optuna.Study, metric: str | None) -> str:
+    names = [t.user_attrs["objective_name"] for t in study.get_trials(deepcopy=False)
+             if "objective_name" in t.user_attrs]
+    return metric or (names[0] if names else "objective")
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return study.best_trial if complete else None
+
+
+def best_yaml(trial: optuna.trial.FrozenTrial, name: str, study_name: str) -> str:
+    """The best trial's config as a `lorakit train --config` file (output and resume left to the new run)."""
+    config = {k: v for k, v in trial.user_attrs["config"].items() if k not in ("output", "resume")}
+    header = (f"# best trial ({trial.number}) of lorakit search study {study_name!r}: {name} {trial.value:.4f}\n"
+              f"# searched: {_shown(trial.user_attrs['params'])}\n"
+              "# run it: lorakit train --config best.yaml --output runs/best\n")
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def summary_markdown(rows: list[dict], space: dict, name: str, s: SearchSettings, plots: dict) -> str:
+    done = [r for r in rows if r["status"] == "complete"]
+    done.sort(key=lambda r: r["objective"], reverse=s.direction == "maximize")
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("complete", "pruned", "fail", "running")}
+    base = TrainConfig.from_dict({**s.base, "output": None})
+    lines = [f"# lorakit search: {s.study_name}", "",
+             f"{len(rows)} trials ({', '.join(f'{n} {k}' for k, n in counts.items() if n)}), sampler {s.sampler}, "
+             f"objective {name} ({s.direction}).", "",
+             f"Base: model {base.model}, task {base.task}, method {base.method}, "
+             f"{base.max_train_samples or 'all'} train / {base.max_eval_samples or 'all'} eval examples, "
+             f"max_length {base.max_length}, epochs {base.epochs}, batch size {base.batch_size}, seed {base.seed}.", ""]
+    if done:
+        best = done[0]
+        lines += [f"**Best: trial {best['trial']}, {name} {best['objective']:.4f}** with "
+                  f"{_shown({k: best[k] for k in space})} ({best.get('trainable_params', 0):,} trainable parameters): "
+                  "`lorakit train --config best.yaml`", ""]
+    columns = {"trial": "trial", **{k: k for k in space}, "objective": name, "trainable_params": "trainable params",
+               "train_seconds": "train s", "peak_memory_mb": "peak MB", "status": "status"}
+    shown = done[:30]
+    lines += [f"## Trials by {name}" + (f" (best 30 of {len(done)})" if len(done) > 30 else ""), "",
+              report.markdown_table(shown, columns), ""]
+    failed = [r for r in rows if r["status"] in ("fail", "pruned")]
+    if failed:
+        lines += ["## Failed and pruned trials", "",
+                  report.markdown_table(failed, {"trial": "trial", **{k: k for k in space}, "status": "status",
+                                                 "error": "error"}), ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{key}]({path.name})" for key, path in plots.items()] + [""]
+    return "\n".join(lines)
+
+
+def write_reports(study: optuna.Study, s: SearchSettings, curves: int = 5) -> dict[str, Path]:
+    """results.csv, best.yaml, summary.md and the plots, from the whole study. Returns {name: path}."""
+    rows = trial_rows(study, s.space)
+    name = objective_name(study, s.metric)
+    out = {"results": report.write_csv(rows, s.output / "results.csv")}
+    best = best_trial(study)
+    if best is not None:
+        (s.output / "best.yaml").write_text(best_yaml(best, name, s.study_name))
+        out["best"] = s.output / "best.yaml"
+    maximize = s.direction == "maximize"
+    done = [r for r in rows if r["status"] == "complete"]
+    done.sort(key=lambda r: r["objective"], reverse=maximize)
+    plots = {
+        "heatmap": report.plot_heatmap(done, "objective", s.output / PLOTS["heatmap"], label=name, maximize=maximize),
+        "pareto": report.plot_pareto(done, "objective", s.output / PLOTS["pareto"], label=name, maximize=maximize),
+        "curves": report.plot_curves({f"trial {r['trial']}: {_shown({k: r[k] for k in s.space})} "
+                                      f"({r['objective']:.3f})": Path(r["output"]) / "log.jsonl"
+                                      for r in done[:curves] if r.get("output")}, s.output / PLOTS["curves"],
+                                     title=f"training loss of the {min(curves, len(done))} best trials"),
+    }
+    plots = {key: path for key, path in plots.items() if path is not None}
+    (s.output / "summary.md").write_text(summary_markdown(rows, s.space, name, s, plots))
+    out.update(summary=s.output / "summary.md", **plots)
+    return out
+
+
+def run_search(s: SearchSettings) -> tuple[optuna.Study, int]:
+    """Run this process's share of the study; returns the study and the number of trials this process ran."""
+    search = Search(s)
+    search.run()
+    return search.study, search.ran
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+def train_flags_parser() -> argparse.ArgumentParser:
+    """`lorakit train`'s parser, whose flags search and compare take over (cli declares them in _train_parser)."""
+    from .cli import _train_parser
+
+    holder = argparse.ArgumentParser(add_help=False).add_subparsers()
+    _train_parser(holder)
+    return holder.choices["train"]
+
+
+def given_train_values(args: argparse.Namespace) -> dict:
+    """The TrainConfig values the user gave: the --config file, then the train flags (cli's precedence)."""
+    from .cli import _given, _read_config_file, _train_values
+
+    return {**_train_values(_read_config_file(args)), **_train_values(_given(args))}
+
+
+def add_search_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "search", parents=[train_flags_parser()], conflict_handler="resolve",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="hyperparameter search over train options (grid, random, TPE; resumable, parallel)",
+        description=(
+            "Run many `lorakit train` trials over a space of training options, on Optuna. Every train flag below is "
+            "the base of each trial; the trial's values override it. The study is stored (default "
+            "<output>/study.db), so the same command again skips finished trials and runs only new ones.\n\n"
+            "examples:\n"
+            "  lorakit search --model minilm --task sst2 --data-dir ../shared/data/sst2 --max-train-samples 1000 \\\n"
+            "      --epochs 1 --max-length 64 --space lora_r=1,2,4,8,16,32 --space lora_alpha=1,4,8,16,32,64 \\\n"
+            "      --workers 2 --output runs/search\n"
+            "  lorakit search --config base.yaml --space-file space.yaml --output runs/search2\n"
+            "  lorakit search --config base.yaml --sampler tpe --n-trials 30 --space lr=1e-4..1e-2:log \\\n"
+            "      --space lora_r=4,8,16 --space lora_dropout=0,0.1 --output runs/tpe\n"
+            "  lorakit search ... --lora-query --lora-value --space lora_key=on,off --space lora_mlp=on,off\n\n"
+            "several machines: give every machine the same command with --storage postgresql://user:pw@host/db "
+            "(and a --study-name); see the lorakit.search module docstring.\n\n"
+            "outputs in --output: results.csv, best.yaml, summary.md, heatmap.png, pareto.png, curves.png, "
+            "trials/<number>/ (each trial's run directory and train.log)."))
+    g = p.add_argument_group("search")
+    g.add_argument("--space", action="append", default=[], metavar="NAME=VALUES",
+                   help="a searched option and its values, repeatable: lora_r=1,2,4,8 | lora_key=on,off | "
+                        "target_modules=all-linear,query+value | lr=1e-4..1e-2:log (a range: random / tpe only)")
+    g.add_argument("--space-file", metavar="FILE",
+                   help="YAML with a `space:` mapping (lora_r: [1, 2, 4], lr: {low: 1.0e-4, high: 1.0e-2, log: true})"
+                        "; --space flags override its entries")
+    g.add_argument("--sampler", choices=SAMPLERS, default="grid",
+                   help="grid: every combination; random; tpe: Optuna's TPE (default: grid)")
+    g.add_argument("--n-trials", type=int, metavar="N",
+                   help="random / tpe: trials the study should hold (a second run adds up to N)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="trials run at once, each in its own process: CPU cores // N torch threads each, "
+                        "one GPU each when CUDA is used (default: 1)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per trial (default: CPU cores // --workers). Float sums depend on the thread "
+                        "count: the same --threads gives bitwise-identical trials whatever --workers")
+    g.add_argument("--prune", action="store_true",
+                   help="stop trials whose best main metric after an evaluation is below the median of earlier "
+                        "trials at that step (MedianPruner; evaluations: each epoch end and every --eval-steps)")
+    g.add_argument("--metric", metavar="NAME",
+                   help="the column of results.csv to optimise, e.g. validation_f1 (default: the task's main metric "
+                        "on its first evaluation split)")
+    g.add_argument("--direction", choices=("maximize", "minimize"),
+                   help="(default: minimize for a --metric ending in 'loss', else maximize)")
+    g.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL shared by all workers, e.g. postgresql://user:pw@host/db "
+                        "(default: sqlite:///<output>/study.db)")
+    g.add_argument("--study-name", default=DEFAULT_STUDY, help=f"(default: {DEFAULT_STUDY})")
+    g.add_argument("--search-seed", type=int, default=0, metavar="N", help="seed of the random / tpe sampler "
+                                                                            "(default: 0)")
+    g.add_argument("--output", default="runs/search", metavar="DIR",
+                   help="search directory: study.db, results, plots, trials/<number> (default: runs/search)")
+    p.add_argument("--resume", help=argparse.SUPPRESS)  # every trial starts fresh; the search itself resumes
+    p.set_defaults(func=cmd_search)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    direction = args.direction or ("minimize" if args.metric and args.metric.endswith("loss") else "maximize")
+    return SearchSettings(base=given_train_values(args), space=parse_space(args.space, args.space_file),
+                          output=Path(args.output), sampler=args.sampler, n_trials=args.n_trials,
+                          workers=args.workers, threads=args.threads, storage=args.storage,
+                          study_name=args.study_name, prune=args.prune,
+                          metric=args.metric, direction=direction, seed=args.search_seed)
+
+
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # `kill PID` stops the search like Ctrl-C: running trials are failed and retried later
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    settings = settings_from_args(args)
+    TrainConfig.from_dict({**settings.base, "output": None})  # a bad base setting fails here, not in every trial
+    interrupted = False
+    try:
+        study, ran = run_search(settings)
+    except KeyboardInterrupt:
+        interrupted = True
+        _, study = open_study(settings)
+        ran = None
+    paths = write_reports(study, settings)
+    rows = trial_rows(study, settings.space)
+    if interrupted:
+        print("lorakit search: interrupted; the same command continues the search (unfinished trials are retried)")
+    else:
+        print(f"lorakit search: {ran} trial(s) run now, {len(rows)} in the study")
+    best = best_trial(study)
+    if best is not None:
+        print(f"best: trial {best.number}, {objective_name(study, settings.metric)} {best.value:.4f}, "
+              f"{_shown(best.user_attrs['params'])}")
+    for key, path in paths.items():
+        print(f"  {key:8s} {path}")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":  # the trial process started by launch()
+    _job_main(sys.argv[1])
