@@ -1,0 +1,80 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Loading a saved adapter, and what merging buys at inference
+#
+# An adapter directory holds `adapter_config.json` and `adapter_model.safetensors` in PEFT's format: a few MB
+# instead of the whole model. This notebook trains a small one (or uses `LORAKIT_ADAPTER=dir`), loads it into a
+# fresh base model, checks the accuracy, and times inference unmerged, merged, and as a plain merged model.
+
+# %%
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from lorakit import load_adapter, merge_and_unload, merge_lora, unmerge_lora
+from lorakit.models import load_classifier
+from lorakit.train import train
+from lorakit.train_config import TrainConfig
+
+SMALL = os.environ.get("LORAKIT_EXAMPLE_SMALL") == "1"
+OUT = Path(os.environ.get("LORAKIT_EXAMPLE_OUT", "runs/examples"))
+DATA = next(p for p in (Path("../shared/data/sst2"), Path(__file__).resolve().parents[2] / "shared/data/sst2") if p.exists())
+torch.manual_seed(0)
+
+# %%
+adapter = os.environ.get("LORAKIT_ADAPTER")
+if adapter is None:
+    cfg = TrainConfig(model="minilm", task="sst2", data_dir=str(DATA), max_train_samples=64 if SMALL else 2000,
+                      max_eval_samples=64 if SMALL else None, max_length=64, epochs=1, output=str(OUT / "adapter-run"))
+    train(cfg)
+    adapter = OUT / "adapter-run" / "adapter"
+print(sorted(p.name for p in Path(adapter).iterdir()), sum(p.stat().st_size for p in Path(adapter).iterdir()), "bytes")
+
+# %% [markdown]
+# ## Load into a fresh base model and classify
+
+# %%
+model, tokenizer = load_classifier("minilm", num_labels=2)
+model = load_adapter(model, adapter).eval()
+sentences = [line.split("\t")[0] for line in (DATA / "glue" / "dev.tsv").read_text().splitlines()[1:]]
+labels = torch.tensor([int(line.split("\t")[1]) for line in (DATA / "glue" / "dev.tsv").read_text().splitlines()[1:]])
+n = 64 if SMALL else len(sentences)
+batch = tokenizer(sentences[:n], return_tensors="pt", padding=True, truncation=True, max_length=64)
+with torch.no_grad():
+    unmerged_logits = model(**batch).logits
+print("dev accuracy:", (unmerged_logits.argmax(-1) == labels[:n]).float().mean().item())
+
+
+# %% [markdown]
+# ## Inference time: unmerged adapter vs merged weights
+
+# %%
+def timed(m, repeats=2 if SMALL else 5):
+    with torch.no_grad():
+        m(**batch)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            m(**batch)
+    return (time.perf_counter() - start) / repeats
+
+
+t_unmerged = timed(model)
+merge_lora(model)
+t_merged = timed(model)
+with torch.no_grad():
+    assert torch.allclose(model(**batch).logits, unmerged_logits, atol=1e-4)
+unmerge_lora(model)
+plain = merge_and_unload(model)
+t_plain = timed(plain)
+print(f"unmerged {t_unmerged * 1e3:.0f} ms, merged {t_merged * 1e3:.0f} ms, merge_and_unload {t_plain * 1e3:.0f} ms "
+      f"for {n} sentences")
