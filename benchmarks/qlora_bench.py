@@ -6,8 +6,9 @@
     .venv/bin/python benchmarks/qlora_bench.py steps --before-src /tmp/lorakit-head/src   # also an older lorakit
 
 steps: one step = forward + backward + AdamW on a batch of 32 x 128 tokens, r=8, alpha=16, lora_dropout=0.1, train
-mode. Every configuration runs in its own process, the configurations alternate round by round, and medians over
-rounds are reported (single runs on a shared machine vary by tens of percent). "peak MB" is the process's maximum
+mode. Every configuration runs in its own process, the configurations alternate round by round; s/step is the
+median over rounds, a ratio the median over rounds of the ratio within a round (neighbouring runs share the
+machine's load of the moment: on a shared machine single runs vary by tens of percent, the load over minutes more). "peak MB" is the process's maximum
 resident set size: interpreter, libraries, model, optimizer state and activations. "saved MB" is what autograd keeps
 for backward in one forward pass, counted by storage, without the model's own parameters and buffers: activations,
 and any dense weight copies. --before-src DIR adds the QLoRA configurations once more, importing lorakit from DIR
@@ -178,14 +179,19 @@ def steps_table(args) -> None:
     saved = {run: statistics.median(x["saved_mb"] for x in v) for run, v in results.items()}
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nMiniLM-L6, batch 32 x 128, r=8, train mode, lora_dropout={args.lora_dropout}, "
-          f"{args.rounds} alternating rounds x {args.steps} steps, medians; load average at the end {load}\n")  # fmt: skip
+          f"{args.rounds} alternating rounds x {args.steps} steps; s/step: median over rounds; vs: median over rounds "
+          f"of the ratio within the round; load average at the end {load}\n")  # fmt: skip
     print("| configuration | trainable | s/step | vs LoRA | vs PEFT + bnb | peak MB | saved MB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         targets = run[0].rsplit("-", 1)[1]  # the same targets: "all" or "qv"
         ratios = []
         for peer in (f"lora-{targets}", f"peft-bnb-{targets}"):
-            ratios.append(f"{med[run] / med[(peer, None)]:.2f}x" if (peer, None) in med else "-")
+            if (peer, None) not in results:
+                ratios.append("-")
+                continue
+            per_round = [a["median_s"] / b["median_s"] for a, b in zip(results[run], results[(peer, None)])]
+            ratios.append(f"{statistics.median(per_round):.2f}x")
         print(f"| {label[run]} | {results[run][0]['trainable']:,} | {med[run]:.3f} | {' | '.join(ratios)} | "
               f"{mem[run]:.0f} | {saved[run]:.0f} |")  # fmt: skip
 
