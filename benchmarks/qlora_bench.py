@@ -6,18 +6,21 @@
     .venv/bin/python benchmarks/qlora_bench.py steps --before-src /tmp/lorakit-head/src   # also an older lorakit
 
 steps: one step = forward + backward + AdamW on a batch of 32 x 128 tokens, r=8, alpha=16, lora_dropout=0.1, train
-mode. Every configuration runs in its own process, the configurations alternate round by round; s/step is the
-median over rounds, a ratio the median over rounds of the ratio within a round (neighbouring runs share the
-machine's load of the moment: on a shared machine single runs vary by tens of percent, the load over minutes more). "peak MB" is the process's maximum
-resident set size: interpreter, libraries, model, optimizer state and activations. "saved MB" is what autograd keeps
-for backward in one forward pass, counted by storage, without the model's own parameters and buffers: activations,
-and any dense weight copies. --before-src DIR adds the QLoRA configurations once more, importing lorakit from DIR
-(e.g. `git worktree add /tmp/lorakit-head HEAD` before a change) to compare implementations in the same run.
+mode; "qlora" = lorakit NF4 + double quant base, "peft-bnb" = transformers' BitsAndBytesConfig (nf4, double quant,
+fp32 compute, classifier kept fp32: bitsandbytes 0.50 runs Linear4bit on CPU) + PEFT LoRA. Every configuration runs
+in its own process, the configurations alternate round by round; s/step is the median over rounds, a ratio the
+median over rounds of the ratio within a round (neighbouring runs share the machine's load of the moment: on a
+shared machine single runs vary by tens of percent, the load over minutes more). "CPU s/step": process CPU time
+(all threads) per step, less sensitive to other jobs than wall time. "peak MB": the process's maximum resident set
+size (interpreter, libraries, model, optimizer state, activations). "saved MB": what autograd keeps for backward in
+one forward pass, counted by storage, without the model's own parameters and buffers (activations and any dense
+weight copies). --before-src DIR adds the QLoRA configurations once more, importing lorakit from DIR (for instance
+`git worktree add /tmp/lorakit-head HEAD` before a change) to compare two implementations in the same run.
 
-accuracy: a plain loop, no lorakit CLI: MiniLM, 2,000 SST-2 training sentences (a seed-0 sample), LoRA all-linear
-r=8 alpha=16 (no LoRA dropout), AdamW lr 1e-3, batch 32, max_length 64, one epoch, seed 0; accuracy on the 872
-dev sentences. Each adapter is saved, reloaded into a fresh model and evaluated again: the reloaded predictions
-must equal the trained ones.
+accuracy: a plain loop, no lorakit CLI: MiniLM, 2,000 SST-2 training sentences (a sample drawn with the run's seed),
+LoRA all-linear r=8 alpha=16 (no LoRA dropout), AdamW lr 1e-3, batch 32, max_length 64, one epoch, seeds from
+--seeds (default 0); accuracy on the 872 dev sentences. Each adapter is saved, reloaded into a fresh model and
+evaluated again: the reloaded predictions must equal the trained ones.
 """
 from __future__ import annotations
 
@@ -34,7 +37,9 @@ import time
 from pathlib import Path
 
 STEP_CONFIGS = ["lora-all", "qlora-all", "peft-bnb-all", "lora-qv", "qlora-qv", "peft-bnb-qv"]
-ACCURACY_CONFIGS = ["lora fp32 adapters", "lora int8 adapters", "qlora nf4+dq, fp32 adapters", "qlora nf4+dq, int8 adapters"]
+ACCURACY_CONFIGS = [
+    "lora fp32 adapters", "lora int8 adapters", "qlora nf4+dq, fp32 adapters", "qlora nf4+dq, int8 adapters",
+]  # fmt: skip
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "glue"
 
 
@@ -66,7 +71,8 @@ def bits_table() -> None:
     full = sum(t.numel() * t.element_size() for t in [*full.parameters(), *full.buffers()]) / 2**20
     print("MiniLM-L6 (AutoModel), every nn.Linear quantized (block size 64): codes + constants, no code tables.")
     print("'whole model': all parameters and buffers (embeddings and LayerNorms stay fp32)\n")
-    print(f"| kind | bits / parameter | quantized linear MB | fp32 linear MB | ratio | whole model MB (fp32: {full:.1f}) |")
+    print("| kind | bits / parameter | quantized linear MB | fp32 linear MB | ratio | "
+          f"whole model MB (fp32: {full:.1f}) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|")
     for label, config in settings:
         torch.manual_seed(0)
@@ -76,7 +82,8 @@ def bits_table() -> None:
         stored = sum(m.storage_bytes() for m in layers)
         bits = quantized_bits_per_parameter(model)
         whole = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-        print(f"| {label} | {bits:.3f} | {stored / 2**20:.2f} | {4 * params / 2**20:.2f} | {32 / bits:.2f}x | {whole / 2**20:.1f} |")
+        print(f"| {label} | {bits:.3f} | {stored / 2**20:.2f} | {4 * params / 2**20:.2f} | {32 / bits:.2f}x | "
+              f"{whole / 2**20:.1f} |")  # fmt: skip
     print(f"\n{len(layers)} linear layers, {params:,} base-linear parameters")
 
 
@@ -98,7 +105,9 @@ def build_step_model(config: str, lora_dropout: float):
         model = tf.AutoModelForSequenceClassification.from_pretrained(
             minilm_path(), num_labels=2, quantization_config=quant, device_map="cpu"
         )
-        cfg = peft.LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=lora_dropout, target_modules=targets)
+        cfg = peft.LoraConfig(
+            task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=lora_dropout, target_modules=targets
+        )
         return peft.get_peft_model(model, cfg)
     from lorakit import LoraConfig, QuantConfig, add_lora
     from lorakit.quant_linear import quantize_model
@@ -137,18 +146,21 @@ def step_worker(config: str, steps: int, lora_dropout: float) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-4)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30000, (32, 128), generator=g)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (32,), generator=g)}
-    times = []
+    labels = torch.randint(0, 2, (32,), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    times, cpu_times = [], []
     for i in range(steps + 1):  # the first step warms up allocators and kernels
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model(**batch).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "median_s": statistics.median(times), "peak_mb": peak_mb, "trainable": sum(p.numel() for p in params),
+        "median_s": statistics.median(times), "cpu_s": statistics.median(cpu_times), "peak_mb": peak_mb,
+        "trainable": sum(p.numel() for p in params),
         "saved_mb": saved_for_backward_mb(model, batch),
     }  # fmt: skip
 
@@ -177,12 +189,13 @@ def steps_table(args) -> None:
     med = {run: statistics.median(x["median_s"] for x in v) for run, v in results.items()}
     mem = {run: statistics.median(x["peak_mb"] for x in v) for run, v in results.items()}
     saved = {run: statistics.median(x["saved_mb"] for x in v) for run, v in results.items()}
+    cpu = {run: statistics.median(x["cpu_s"] for x in v) for run, v in results.items()}
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nMiniLM-L6, batch 32 x 128, r=8, train mode, lora_dropout={args.lora_dropout}, "
           f"{args.rounds} alternating rounds x {args.steps} steps; s/step: median over rounds; vs: median over rounds "
           f"of the ratio within the round; load average at the end {load}\n")  # fmt: skip
-    print("| configuration | trainable | s/step | vs LoRA | vs PEFT + bnb | peak MB | saved MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| configuration | trainable | s/step | vs LoRA | vs PEFT + bnb | CPU s/step | peak MB | saved MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         targets = run[0].rsplit("-", 1)[1]  # the same targets: "all" or "qv"
         ratios = []
@@ -193,7 +206,7 @@ def steps_table(args) -> None:
             per_round = [a["median_s"] / b["median_s"] for a, b in zip(results[run], results[(peer, None)])]
             ratios.append(f"{statistics.median(per_round):.2f}x")
         print(f"| {label[run]} | {results[run][0]['trainable']:,} | {med[run]:.3f} | {' | '.join(ratios)} | "
-              f"{mem[run]:.0f} | {saved[run]:.0f} |")  # fmt: skip
+              f"{cpu[run]:.2f} | {mem[run]:.0f} | {saved[run]:.0f} |")  # fmt: skip
 
 
 # ---------------------------------------------------------------- accuracy of int8 adapters
@@ -227,7 +240,8 @@ def predict(model, tokenizer, sentences: list[str], max_length: int):
     preds = []
     with torch.no_grad():
         for i in range(0, len(sentences), 128):
-            enc = tokenizer(sentences[i : i + 128], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            chunk = sentences[i : i + 128]
+            enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             preds.append(model(**enc).logits.argmax(-1))
     return torch.cat(preds)
 
@@ -236,7 +250,7 @@ def accuracy_run(config: str, seed: int, n_train: int, max_length: int) -> dict:
     import torch
     import transformers as tf
 
-    from lorakit import QuantConfig, load_adapter, save_adapter
+    from lorakit import LoRALinear, QuantConfig, load_adapter, lora_layers, save_adapter
     from lorakit.quant_linear import quantize_model
 
     tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())
@@ -255,7 +269,16 @@ def accuracy_run(config: str, seed: int, n_train: int, max_length: int) -> dict:
         opt.zero_grad(set_to_none=True)
     train_s = time.perf_counter() - start
     sentences, labels = zip(*dev)
+    labels = torch.tensor(labels)
     preds = predict(model, tokenizer, list(sentences), max_length)
+    rounded = None
+    if model.lorakit_config.adapter_dtype == "float32":  # the fp32 adapter rounded to int8 after training
+        layers = [m for _, m in lora_layers(model) if isinstance(m, LoRALinear)]
+        for layer in layers:
+            layer.adapter_dtype = "int8"
+        rounded = (predict(model, tokenizer, list(sentences), max_length) == labels).float().mean().item()
+        for layer in layers:
+            layer.adapter_dtype = "float32"
     with tempfile.TemporaryDirectory() as tmp:
         save_adapter(model, tmp)
         file_bytes = (Path(tmp) / "adapter_model.safetensors").stat().st_size
@@ -264,7 +287,7 @@ def accuracy_run(config: str, seed: int, n_train: int, max_length: int) -> dict:
             quantize_model(fresh, QuantConfig(kind="nf4", double_quant=True))
         reloaded = predict(load_adapter(fresh, tmp), tokenizer, list(sentences), max_length)
     return {
-        "accuracy": (preds == torch.tensor(labels)).float().mean().item(), "file_bytes": file_bytes,
+        "accuracy": (preds == labels).float().mean().item(), "rounded_accuracy": rounded, "file_bytes": file_bytes,
         "reload_identical": bool(torch.equal(preds, reloaded)), "train_s": train_s,
     }  # fmt: skip
 
@@ -275,19 +298,31 @@ def accuracy_table(args) -> None:
         for seed in args.seeds:
             res = accuracy_run(config, seed, args.n_train, args.max_length)
             rows.setdefault(config, []).append(res)
-            print(f"{config} seed {seed}: accuracy {res['accuracy']:.4f}, adapter file {res['file_bytes']:,} bytes, "
-                  f"reloaded predictions identical: {res['reload_identical']}, train {res['train_s']:.0f} s", file=sys.stderr)
-    print(f"\nSST-2, MiniLM-L6, LoRA all-linear r=8 alpha=16, AdamW lr 1e-3, {args.n_train} training sentences, batch 32, "
-          f"max_length {args.max_length}, 1 epoch, seeds {args.seeds}; dev accuracy on 872 sentences\n")  # fmt: skip
-    print("| configuration | " + " | ".join(f"dev acc. seed {s}" for s in args.seeds) + " | adapter file bytes | vs fp32 file | reload identical |")
-    print("|---|" + "---:|" * len(args.seeds) + "---:|---:|---|")
+            rounded = res["rounded_accuracy"]
+            rounded = "" if rounded is None else f" (rounded to int8 after training: {rounded:.4f})"
+            print(f"{config} seed {seed}: accuracy {res['accuracy']:.4f}{rounded}, adapter file {res['file_bytes']:,} "
+                  f"bytes, reloaded predictions identical: {res['reload_identical']}, train {res['train_s']:.0f} s",
+                  file=sys.stderr)  # fmt: skip
+    print(f"\nSST-2, MiniLM-L6, LoRA all-linear r=8 alpha=16, AdamW lr 1e-3, {args.n_train} training sentences, "
+          f"batch 32, max_length {args.max_length}, 1 epoch, seeds {args.seeds}; dev accuracy on 872 sentences. "
+          "'fp32 rounded to int8': the trained fp32 adapters quantized per row after training (no fake-quant "
+          "training)\n")  # fmt: skip
+    seeds = " | ".join(f"seed {s}" for s in args.seeds)
+    print(f"| configuration | {seeds} | mean | fp32 rounded to int8, mean | adapter file bytes | vs fp32 file | "
+          "reload identical |")  # fmt: skip
+    print("|---|" + "---:|" * len(args.seeds) + "---:|---:|---:|---:|---|")
     fp32_bytes = {c: rows[c][0]["file_bytes"] for c in rows}
     for config, res in rows.items():
         peer = config.replace("int8", "fp32")
-        ratio = f"{fp32_bytes[peer] / res[0]['file_bytes']:.2f}x smaller" if peer in fp32_bytes and peer != config else "-"
+        smaller = peer in fp32_bytes and peer != config
+        ratio = f"{fp32_bytes[peer] / res[0]['file_bytes']:.2f}x smaller" if smaller else "-"
         accs = " | ".join(f"{r['accuracy']:.4f}" for r in res)
+        mean = statistics.mean(r["accuracy"] for r in res)
+        rounded = "-"
+        if res[0]["rounded_accuracy"] is not None:
+            rounded = f"{statistics.mean(r['rounded_accuracy'] for r in res):.4f}"
         identical = "yes" if all(r["reload_identical"] for r in res) else "NO"
-        print(f"| {config} | {accs} | {res[0]['file_bytes']:,} | {ratio} | {identical} |")
+        print(f"| {config} | {accs} | {mean:.4f} | {rounded} | {res[0]['file_bytes']:,} | {ratio} | {identical} |")
 
 
 def main() -> None:

@@ -24,7 +24,8 @@ def test_quantize_rows_error_and_idempotence():
     w = torch.randn(16, 40, generator=g) * torch.logspace(-4, 1, 16)[:, None]  # rows of very different scales
     w[3] = 0  # a zero row (B starts at zero)
     codes, scale = quantize_rows(w)
-    assert codes.dtype == torch.int8 and codes.shape == (16, 40) and scale.dtype == torch.float32 and scale.shape == (16,)
+    assert codes.dtype == torch.int8 and codes.shape == (16, 40)
+    assert scale.dtype == torch.float32 and scale.shape == (16,)
     assert codes.abs().amax(dim=1)[torch.arange(16) != 3].eq(127).all() and scale[3] == 0 and (codes[3] == 0).all()
     w_hat = dequantize_rows(codes, scale)
     assert ((w_hat - w).abs() <= 0.5 * scale[:, None] * (1 + 1e-6)).all()  # half a step per row

@@ -198,3 +198,25 @@ def test_qlora_general_path_for_other_dtypes():
     assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.05
     out.sum().backward()
     assert x.grad is not None and layer.lora_A.weight.grad.abs().sum() > 0
+
+
+def test_qlora_training_follows_lora_on_the_dequantized_twin():
+    """A few AdamW steps of QLoRA and of LoRA on nn.Linear layers holding the dequantized weights: same trajectory."""
+    qmodel = quantize_model(tiny_model("bert"), QuantConfig(kind="nf4", block_size=32))
+    twin = _dequantized_twin(qmodel, "bert")
+    cfg = LoraConfig(r=4, alpha=8, target_modules="all-linear", bias="lora_only")
+    models = [add_lora(qmodel, cfg).train(), add_lora(twin, cfg).train()]
+    with torch.no_grad():
+        twin.load_state_dict(qmodel.state_dict(), strict=False)  # same adapters, head and biases
+    opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in models]
+    batch = {**inputs(), "labels": torch.tensor([0, 1, 2])}
+    for _ in range(3):
+        for model, opt in zip(models, opts):
+            torch.manual_seed(0)  # the same hidden-dropout masks in both
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    trained = dict(twin.named_parameters())
+    for name, p in qmodel.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p, trained[name], atol=1e-4), name

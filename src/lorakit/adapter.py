@@ -163,7 +163,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    logger.info("saved adapter to %s: %d bytes of %s weights", path, (path / WEIGHTS_NAME).stat().st_size, adapter_dtype)
+    size = (path / WEIGHTS_NAME).stat().st_size
+    logger.info("saved adapter to %s: %d bytes of %s weights", path, size, adapter_dtype)
     return path
 
 
@@ -171,7 +172,7 @@ def config_from_peft(data: dict) -> LoraConfig:
     """Our LoraConfig from a PEFT adapter_config.json dict. Unknown fields: one warning; unsupported ones: an error."""
     peft_type = data.get("peft_type", "LORA")
     if peft_type not in ("LORA", adapter_int8.PEFT_TYPE):
-        raise ValueError(f"adapter_config.json has peft_type={peft_type!r}; lorakit reads LORA and LORAKIT_INT8 adapters")
+        raise ValueError(f"adapter_config.json has peft_type={peft_type!r}; lorakit reads LORA and LORAKIT_INT8 only")
     unsupported = {k: data[k] for k in _MUST_BE_OFF if k in data and data[k] not in _OFF_VALUES}
     if unsupported:
         raise ValueError(f"this adapter uses PEFT features lorakit does not implement: {unsupported}")
