@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from lorakit import train as train_module
 from lorakit.checkpoint import atomic_dir, load_checkpoint
+from lorakit.cli import main
 from lorakit.methods import load_artifact, setup_method
 from lorakit.quant_linear import QuantLinear
 from lorakit.tasks import get_task
@@ -406,7 +407,7 @@ def test_peft_reads_the_adapters_of_lora_methods(method, tmp_path):
 # ------------------------------------------------------------------ SQuAD and instruction tuning through the loop
 
 
-def test_squad_trains_through_the_loop(tmp_path):
+def test_squad_trains_through_the_loop(tmp_path, capsys):
     """A tiny random BertForQuestionAnswering on a few SQuAD-shaped questions: runs and reports EM / F1."""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -438,9 +439,16 @@ def test_squad_trains_through_the_loop(tmp_path):
     assert {"exact_match", "f1", "loss"} <= set(validation) and metrics["main_metric"] == "f1"
     assert 0.0 <= validation["f1"] <= 100.0 and math.isfinite(validation["loss"])
     assert metrics["steps"] == 3 and (tmp_path / "out/adapter/adapter_model.safetensors").is_file()
+    capsys.readouterr()
+    question, context = "w3 w4", rng.choice(article("x", 1)["paragraphs"])["context"]
+    assert main(["predict", "--adapter", str(tmp_path / "out"), "--question", question, "--context", context]) == 0
+    answer = capsys.readouterr().out.strip()
+    assert answer and answer in context  # one span of the passage, on one line
+    assert main(["predict", "--adapter", str(tmp_path / "out"), "--question", question]) == 2
+    assert "--question and --context go together" in capsys.readouterr().err
 
 
-def test_instruction_tuning_trains_through_the_loop(tmp_path):
+def test_instruction_tuning_trains_through_the_loop(tmp_path, capsys):
     """A tiny random Llama with a word-level tokenizer on a few Alpaca records: loss / perplexity, generations."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -471,6 +479,13 @@ def test_instruction_tuning_trains_through_the_loop(tmp_path):
     for name in ("generations_before.jsonl", "generations_after.jsonl"):
         lines = [json.loads(x) for x in (tmp_path / "out" / name).read_text().splitlines()]
         assert len(lines) == 4 and all(isinstance(x["generated"], str) and "prompt" in x for x in lines)
+    # the saved adapter reloads through `lorakit eval` with the same held-out loss, and answers prompts
+    assert main(["eval", "--adapter", str(tmp_path / "out"), "--output", str(tmp_path / "eval.json")]) == 0
+    reloaded = next(iter(json.loads((tmp_path / "eval.json").read_text())["eval"].values()))
+    assert reloaded["loss"] == pytest.approx(validation["loss"], rel=1e-6)
+    capsys.readouterr()
+    assert main(["predict", "--adapter", str(tmp_path / "out"), "--prompt", "say hi", "--prompt", "how are you"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
 
 
 def test_causal_lm_accumulation_weights_by_labelled_tokens():

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from .config import LoraConfig
+from .tasks.base import SEQUENCE_CLASSIFICATION
 from .train_config import DEFAULT_LR, METHODS, PRECISIONS, REPORTERS, TrainConfig
 
 TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
@@ -226,17 +227,33 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _predict_inputs(args: argparse.Namespace) -> list[str]:
+    """The texts to predict on: arguments, --file lines, --question with --context (QA), --prompt (causal LM)."""
     texts = list(args.texts or [])
     if args.file:
         path = Path(args.file)
         if not path.is_file():
             raise FileNotFoundError(f"--file {path}: no such file")
         texts += [line for line in path.read_text().splitlines() if line.strip()]
+    if (args.question is None) != (args.context is None):
+        raise ValueError("--question and --context go together: give both (or 'question<TAB>context' lines)")
+    if args.question is not None:
+        texts.append(f"{args.question}\t{args.context}")
+    texts += list(args.prompt or [])
     if not texts:
-        raise ValueError("nothing to classify: give texts as arguments or --file FILE (one text a line)")
+        raise ValueError("nothing to predict: give texts as arguments, --file FILE (one text a line), "
+                         "--question Q --context C (question answering) or --prompt P (instruction tuning)")
+    return texts
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    texts = _predict_inputs(args)
     cfg, spec, _, model, tokenizer = _inference_setup(args)
     evaluate = _evaluator(cfg, spec, tokenizer, model)
+    if spec.kind != SEQUENCE_CLASSIFICATION:
+        for line in evaluate.kind.predict(evaluate, model, texts):
+            print(line)  # an answer span or a generation: the output alone, one line per input
+        return 0
     for line, text in zip(evaluate.kind.predict(evaluate, model, texts), texts):
         print(f"{line}\t{text}")
     return 0
@@ -397,14 +414,24 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
     p.add_argument("--output", metavar="DIR", help="directory for the merged model (required)")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("predict", help="classify texts given as arguments or in a file", formatter_class=RAW,
-                       description="Print one line per text: label, probability (or score), text.\n\nexamples:\n"
+    p = sub.add_parser("predict", help="classify texts, answer questions or follow prompts", formatter_class=RAW,
+                       description="Classification: one line per text: label, probability (or score), text.\n"
+                                   "Question answering and instruction tuning: the answer / generation, one line "
+                                   "per input.\n\nexamples:\n"
                                    "  lorakit predict --adapter runs/sst2-lora \"a gripping film\" \"flat and dull\"\n"
-                                   "  lorakit predict --adapter runs/mrpc-lora --file pairs.txt  # TAB-separated")
+                                   "  lorakit predict --adapter runs/mrpc-lora --file pairs.txt  # TAB-separated\n"
+                                   "  lorakit predict --adapter runs/squad --question \"Who wrote it?\" "
+                                   "--context \"It was written by Ann.\"\n"
+                                   "  lorakit predict --adapter runs/instruct --prompt \"Name three colours.\"")
     _config_flag(p)
     _source_flags(p)
-    p.add_argument("texts", nargs="*", help="texts to classify (sentence pairs: 'first<TAB>second')")
+    p.add_argument("texts", nargs="*", help="texts to classify (sentence pairs: 'first<TAB>second'; "
+                   "QA: 'question<TAB>context'; instruct: prompts)")
     p.add_argument("--file", metavar="FILE", help="one text a line")
+    p.add_argument("--question", help="question answering: the question (with --context)")
+    p.add_argument("--context", help="question answering: the passage that holds the answer")
+    p.add_argument("--prompt", action="append", metavar="TEXT", help="instruction tuning: a prompt to answer "
+                   "(repeatable); generation is greedy")
     p.add_argument("--task", help="the task (default: the recorded one)")
     p.add_argument("--max-length", type=int, metavar="T", help="tokens per text (default: the recorded one)")
     _runtime_flags(p)

@@ -176,6 +176,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
                         "data, epochs and seed are the comparison's)")
     g.add_argument("--output", default="runs/compare", metavar="DIR",
                    help="one sub-directory per method, and the comparison files (default: runs/compare)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads of each training process (default: every core)")
     p.add_argument("--method", help=argparse.SUPPRESS)  # --methods replaces it
     p.add_argument("--resume", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_compare)
@@ -187,7 +189,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     methods = args.methods or [m for m in DEFAULT_METHODS if m != BEST or args.search_dir]
     output = Path(args.output)
     configs = method_configs(base, methods, output, args.search_dir)
-    rows = run_compare(configs)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    rows = run_compare(configs, args.threads)
     paths = write_comparison(rows, output, title=f"lorakit compare: {describe(configs)}")
     print()
     print(paths["table"].read_text())

@@ -17,6 +17,7 @@ Frozen W0 and b get no gradient unless they require one.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 _LEVELS = 1 << 16  # dropout masks are drawn as uniform 16-bit integers
 
@@ -61,7 +62,9 @@ class LoRALinearFunction(torch.autograd.Function):
         s, inv_q = ctx.scaling, ctx.inv_q
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         g = grad_h.reshape(-1, grad_h.shape[-1])  # (N, out)
-        grad_xa = (g @ lora_b).mul_(s)  # dL/d(xa) = s·g·B: (N, r)
+        # dL/d(xa) = s·g·B: (N, r). As linear(g, B^T) with B^T (r, out) contiguous (a copy of r·out numbers):
+        # MKL runs g·B with B stored (out, r) about 2x slower (16 vs 8 ms for N=4096, out=1536, r=8, one thread).
+        grad_xa = F.linear(g, lora_b.t().contiguous()).mul_(s)
         # s·g^T·xa: (out, r). Computed as (xa^T·g)^T: MKL runs g^T·xa (a transposed N x out operand against a
         # skinny one) about 8x slower than the same product in this order.
         grad_b = (xa.t() @ g).mul_(s).t() if ctx.needs_input_grad[4] else None

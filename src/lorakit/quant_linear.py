@@ -21,6 +21,7 @@ import dataclasses
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -68,7 +69,7 @@ class QuantLinearFunction(torch.autograd.Function):
         g = grad_h.reshape(-1, grad_h.shape[-1])  # (N, out)
         grad_x = grad_bias = grad_a = grad_b = grad_xa = None
         if lora_a is not None:
-            grad_xa = (g @ lora_b).mul_(s)  # dL/d(xa) = s·g·B: (N, r)
+            grad_xa = F.linear(g, lora_b.t().contiguous()).mul_(s)  # dL/d(xa) = s·g·B: (N, r); see fused.py
             if ctx.needs_input_grad[5]:
                 grad_b = (xa.t() @ g).mul_(s).t()  # (out, r); this order is the fast one on CPU (see fused.py)
             if ctx.needs_input_grad[4]:

@@ -291,7 +291,9 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                 rows = sum(len(b) for b in group)  # over all ranks
                 lr = optimizer.param_groups[0]["lr"]
                 began = time.perf_counter()
-                loss, grad_norm = optimizer_step(model, (next(micro_batches) for _ in group), rows, optimizer,
+                step_batches = [next(micro_batches) for _ in group]
+                padded = sum(b["input_ids"].numel() for b in step_batches)  # this rank's tokens, padding included
+                loss, grad_norm = optimizer_step(model, step_batches, rows, optimizer,
                                                  scheduler, cfg, device, precision,
                                                  counts[start:start + cfg.grad_accum] if world > 1 else None)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -306,7 +308,7 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                 epoch_end = state.step_in_epoch == steps_per_epoch
                 out.log({"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / steps_per_epoch, 4),
                          "loss": loss, "lr": lr, "grad_norm": grad_norm, "examples_per_s": rows / seconds,
-                         "elapsed_s": round(state.train_seconds, 3)})
+                         "padded_tokens": padded, "elapsed_s": round(state.train_seconds, 3)})
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                                      ex_s=f"{state.examples_seen / state.train_seconds:.0f}", refresh=False)

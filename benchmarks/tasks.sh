@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The real runs behind benchmarks/RESULTS.md: MiniLM-L6 on GLUE / IMDB / SQuAD and SmolLM2-135M on instructions.
+#
+#     bash benchmarks/tasks.sh sst2        # SST-2, full train set, 1 epoch: head, last-layers, lora (all-linear), full, lora q+v
+#     bash benchmarks/tasks.sh glue        # CoLA, STS-B, MRPC, RTE, IMDB (reduced): LoRA all-linear
+#     bash benchmarks/tasks.sh squad       # SQuAD v1.1 dev split by article: head, lora, full
+#     bash benchmarks/tasks.sh instruct    # SmolLM2-135M-Instruct on Code Alpaca records: lora, qlora
+#     bash benchmarks/tasks.sh padding     # examples/s: length-grouped dynamic padding vs padding to 128 tokens
+#
+# Every suite is `lorakit compare` (one process per method, each with its own peak memory) into runs/bench/<name>/,
+# which writes comparison.md / .csv / .png there; a finished run with the same settings is reused. THREADS (default 1)
+# is the torch threads per training process: two suites side by side on a 2-core machine use one each.
+# Learning rates are each method's default (lorakit train --help): lora / qlora / head 1e-3, last-layers 5e-4,
+# full 5e-5; LoRA is r 8, alpha 8, all-linear unless said.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LORAKIT=${LORAKIT:-.venv/bin/lorakit}
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-runs/bench}
+THREADS=${THREADS:-1}
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+compare() { "$LORAKIT" compare --threads "$THREADS" --seed 0 "$@"; }
+
+sst2() {
+  local common=(--model minilm --task sst2 --data-dir "$DATA/sst2" --epochs 1 --max-length 64)
+  compare "${common[@]}" --methods head last-layers lora full --output "$OUT/sst2"
+  compare "${common[@]}" --methods lora --lora-query --lora-value --output "$OUT/sst2-qv"
+}
+
+glue() {
+  compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 2 --methods lora --output "$OUT/cola"
+  compare --model minilm --task stsb --data-dir "$DATA/sts_b" --epochs 2 --methods lora --output "$OUT/stsb"
+  compare --model minilm --task mrpc --data-dir "$DATA/mrpc" --epochs 2 --methods lora --output "$OUT/mrpc"
+  compare --model minilm --task rte --data-dir "$DATA/rte_superglue" --epochs 2 --methods lora --output "$OUT/rte"
+  # IMDB reduced: 2,000 training reviews, 2,000 test reviews (seeded samples), first 256 tokens of each
+  compare --model minilm --task imdb --data-dir "$DATA/imdb" --epochs 1 --max-length 256 \
+    --max-train-samples 2000 --max-eval-samples 2000 --methods lora --output "$OUT/imdb"
+}
+
+squad() {
+  # ../shared/data has only the dev set: half of its articles train, the other half evaluate (--split-from-eval)
+  compare --model minilm --task squad --data-dir "$DATA/squad_v1.1" --split-from-eval 0.5 --max-length 256 \
+    --max-train-samples 2000 --max-eval-samples 500 --epochs 1 --batch-size 16 --methods head lora full \
+    --output "$OUT/squad"
+}
+
+instruct() {
+  # Code Alpaca: 400 training records, 50 held-out records carved from the same file (seeded, disjoint)
+  compare --model smollm2 --task instruct --data-dir "$DATA/code_alpaca_2k" --max-train-samples 400 \
+    --max-eval-samples 50 --max-length 256 --epochs 1 --batch-size 8 --methods lora qlora --output "$OUT/instruct"
+  # the saved adapters reload and give the same held-out loss
+  for method in lora qlora; do
+    "$LORAKIT" eval --adapter "$OUT/instruct/$method" --output "$OUT/instruct/$method/reloaded_eval.json"
+  done
+}
+
+padding() {
+  .venv/bin/python benchmarks/padding.py --threads "$THREADS"
+}
+
+for suite in "${@:-sst2}"; do
+  "$suite"
+done
