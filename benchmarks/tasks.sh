@@ -2,7 +2,7 @@
 # The real runs behind benchmarks/RESULTS.md: MiniLM-L6 on GLUE / IMDB / SQuAD and SmolLM2-135M on instructions.
 #
 #     bash benchmarks/tasks.sh sst2        # SST-2, full train set, 1 epoch: head, last-layers, lora (all-linear), full, lora q+v
-#     bash benchmarks/tasks.sh glue        # CoLA, STS-B, MRPC, RTE, IMDB (reduced): LoRA all-linear
+#     bash benchmarks/tasks.sh glue imdb   # CoLA, STS-B, MRPC, RTE; IMDB (reduced): LoRA all-linear
 #     bash benchmarks/tasks.sh squad       # SQuAD v1.1 dev split by article: head, lora, full
 #     bash benchmarks/tasks.sh instruct    # SmolLM2-135M-Instruct on Code Alpaca records: lora, qlora
 #     bash benchmarks/tasks.sh padding     # examples/s: length-grouped dynamic padding vs padding to 128 tokens
@@ -32,21 +32,25 @@ glue() {
   compare --model minilm --task stsb --data-dir "$DATA/sts_b" --epochs 2 --methods lora --output "$OUT/stsb"
   compare --model minilm --task mrpc --data-dir "$DATA/mrpc" --epochs 2 --methods lora --output "$OUT/mrpc"
   compare --model minilm --task rte --data-dir "$DATA/rte_superglue" --epochs 2 --methods lora --output "$OUT/rte"
-  # IMDB reduced: 2,000 training reviews, 2,000 test reviews (seeded samples), first 256 tokens of each
+}
+
+imdb() {
+  # reduced: 2,000 training reviews and 1,000 test reviews (seeded samples), the first 256 tokens of each
   compare --model minilm --task imdb --data-dir "$DATA/imdb" --epochs 1 --max-length 256 \
-    --max-train-samples 2000 --max-eval-samples 2000 --methods lora --output "$OUT/imdb"
+    --max-train-samples 2000 --max-eval-samples 1000 --methods lora --output "$OUT/imdb"
 }
 
 squad() {
-  # ../shared/data has only the dev set: half of its articles train, the other half evaluate (--split-from-eval)
+  # ../shared/data has only the dev set: half of its articles train, the other half evaluate (--split-from-eval);
+  # 2,000 training questions and 500 evaluation questions of those halves (seeded samples)
   compare --model minilm --task squad --data-dir "$DATA/squad_v1.1" --split-from-eval 0.5 --max-length 256 \
     --max-train-samples 2000 --max-eval-samples 500 --epochs 1 --batch-size 16 --methods head lora full \
     --output "$OUT/squad"
 }
 
 instruct() {
-  # Code Alpaca: 400 training records, 50 held-out records carved from the same file (seeded, disjoint)
-  compare --model smollm2 --task instruct --data-dir "$DATA/code_alpaca_2k" --max-train-samples 400 \
+  # Code Alpaca: 300 training records, 50 held-out records carved from the same file (seeded, disjoint)
+  compare --model smollm2 --task instruct --data-dir "$DATA/code_alpaca_2k" --max-train-samples 300 \
     --max-eval-samples 50 --max-length 256 --epochs 1 --batch-size 8 --methods lora qlora --output "$OUT/instruct"
   # the saved adapters reload and give the same held-out loss
   for method in lora qlora; do

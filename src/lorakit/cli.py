@@ -126,6 +126,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"lorakit train: error: {err}", file=sys.stderr)
         return 1
+    from .distributed import env_rank
+
+    if env_rank() != 0:  # torchrun / accelerate: rank 0 alone reports (the process group is gone by now)
+        return 0
     main = metrics["eval"][next(iter(metrics["eval"]))][metrics["main_metric"]]
     print(f"lorakit train: best {metrics['main_metric']} {main:.4f} at step {metrics['best_step']}; "
           f"{metrics['train_examples_per_s']:.1f} examples/s; artifact {metrics['artifact']}; "
