@@ -220,3 +220,25 @@ def test_qlora_training_follows_lora_on_the_dequantized_twin():
     for name, p in qmodel.named_parameters():
         if p.requires_grad:
             assert torch.allclose(p, trained[name], atol=1e-4), name
+
+
+def test_qlora_gpt2_merges_back_into_conv1d_and_round_trips(tmp_path):
+    """GPT-2 stores Conv1D weights (in, out): the merged model gets Conv1D layers back, LoRA or not, and
+    save_pretrained / from_pretrained reproduces its logits (a Linear in a Conv1D's place would load transposed)."""
+    import transformers as tf
+    from transformers.pytorch_utils import Conv1D
+
+    model = quantize_model(tiny_model("gpt2"), QuantConfig(kind="nf4", block_size=32))
+    add_lora(model, LoraConfig(r=4, alpha=8, target_modules=["c_attn"]))  # c_proj, c_fc stay quantized, no LoRA
+    randomize_lora(model, scale=0.05)
+    batch = inputs()
+    expected = logits(model, batch)
+    merged = merge_and_unload(model)
+    assert not any(isinstance(m, (QuantLinear, LoRALinear)) for m in merged.modules())
+    assert all(isinstance(merged.get_submodule(f"transformer.h.0.{n}"), Conv1D)
+               for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    assert (logits(merged, batch) - expected).abs().max() <= 1e-5
+    merged.save_pretrained(tmp_path)
+    reloaded = type(merged).from_pretrained(tmp_path)
+    assert isinstance(reloaded, tf.PreTrainedModel)
+    assert (logits(reloaded, batch) - expected).abs().max() <= 1e-5

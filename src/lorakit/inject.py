@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import LoraConfig
 from .lora import LORA_LAYERS, LoRAEmbedding, LoRALinear
-from .quant_linear import QuantLinear, requantize_error
+from .quant_linear import QuantLinear, dequantize_model, requantize_error
 from .targets import compact_targets, find_targets, pattern_value
 
 logger = logging.getLogger(__name__)
@@ -140,9 +140,11 @@ def disable_lora(model: nn.Module):
 def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
     """Fold every adapter into its base weight and put the plain base layers back. Returns `model`.
 
-    Quantized (QLoRA) bases are dequantized, the update added, and a dense 16/32-bit layer returned: re-quantizing
-    a merged weight adds a second rounding error. With `requantize=True` the merged weight is quantized again with
-    the layer's own settings and the error this introduced (max abs, relative Frobenius) is logged per layer and
+    Quantized (QLoRA) bases are dequantized, the update added, and a dense 32-bit layer returned (an nn.Linear,
+    or a Conv1D where the quantized layer replaced one); quantized layers without an adapter are dequantized too,
+    so the result is a plain model: re-quantizing a merged weight adds a second rounding error. With
+    `requantize=True` the merged weight is quantized again with the layer's own settings (the other quantized
+    layers stay as they are) and the error this introduced (max abs, relative Frobenius) is logged per layer and
     kept in `model.requantize_errors` ({path: {"max_abs": ..., "rel_fro": ...}}).
     """
     errors = {}
@@ -150,10 +152,7 @@ def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
         base = layer.base_layer
         if isinstance(base, QuantLinear):
             merged = base.dequantize().float() + layer.delta_weight()  # (out, in)
-            dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=merged.device)
-            dense.weight.data = merged
-            if base.bias is not None:
-                dense.bias.data = base.bias.detach().float().clone()
+            dense = base.to_dense(merged)
             if requantize:
                 requantized = QuantLinear.from_linear(dense, base.quant_config)
                 errors[path] = requantize_error(merged, requantized.dequantize().float())
@@ -162,6 +161,8 @@ def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
         else:
             layer.merge()
         _set_submodule(model, path, base.requires_grad_(False))
+    if not requantize:
+        dequantize_model(model)
     if requantize:
         model.requantize_errors = errors
         for path, err in errors.items():

@@ -39,7 +39,7 @@ from .inject import add_lora, lora_layers, merge_and_unload
 from .kinds import kind_of
 from .lora import LORA_LAYERS
 from .models import resolve_model_path
-from .quant_linear import QuantLinear, quantize_model
+from .quant_linear import dequantize_model, quantize_model
 from .tasks import TaskSpec
 from .train_config import TrainConfig
 
@@ -213,21 +213,8 @@ def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = Non
     return model.requires_grad_(False), tokenizer, record
 
 
-def dequantize_model(model: nn.Module) -> nn.Module:
-    """Replace every QuantLinear by an nn.Linear holding its dequantized weight (for a plain saved model)."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QuantLinear):
-            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-            dense.weight.data = module.dequantize()  # (out, in) fp32
-            if module.bias is not None:
-                dense.bias.data = module.bias.detach().float().clone()
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, dense.requires_grad_(False))
-    return model
-
-
 def merged_model(model: nn.Module) -> nn.Module:
     """A plain transformers model: LoRA folded into the weights, quantized layers dequantized."""
     if lora_layers(model):
-        merge_and_unload(model)
+        return merge_and_unload(model)  # dequantizes the quantized layers LoRA did not touch too
     return dequantize_model(model)

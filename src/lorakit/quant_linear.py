@@ -91,12 +91,14 @@ class QuantLinearFunction(torch.autograd.Function):
 class QuantLinear(nn.Module):
     """y = x · dequantize(W)ᵀ + b with W (out_features, in_features) kept quantized per quant_config."""
 
-    def __init__(self, quantized: QuantizedTensor, bias: torch.Tensor | None, quant_config: QuantConfig):
+    def __init__(self, quantized: QuantizedTensor, bias: torch.Tensor | None, quant_config: QuantConfig,
+                 from_conv1d: bool = False):
         super().__init__()
         if len(quantized.shape) != 2:
             raise ValueError(f"QuantLinear needs a 2-D (out, in) weight, got shape {quantized.shape}")
         self.out_features, self.in_features = quantized.shape
         self.quant_config = quant_config
+        self.from_conv1d = from_conv1d  # the layer it replaced was a GPT-2 Conv1D: to_dense() gives one back
         self._kind, self._block_size, self._bits = quantized.kind, quantized.block_size, quantized.bits
         for name, tensor in quantized.tensors().items():  # qweight, absmax | absmax_q, absmax_scale, absmax_offset
             self.register_buffer(name, tensor)
@@ -115,7 +117,21 @@ class QuantLinear(nn.Module):
         else:
             raise ValueError(f"QuantLinear.from_linear expects nn.Linear or Conv1D, got {type(linear).__name__}")
         quantized = quantize(weight, config.kind, config.block_size, config.double_quant, config.int8_blockwise)
-        return cls(quantized, linear.bias, config)
+        return cls(quantized, linear.bias, config, from_conv1d=isinstance(linear, Conv1D))
+
+    def to_dense(self, weight: torch.Tensor | None = None) -> nn.Module:
+        """A frozen fp32 layer of the kind this one replaced (nn.Linear, or Conv1D with its (in, out) weight)
+        holding `weight` ((out, in); default: the dequantized weight) and the bias."""
+        weight = self.dequantize() if weight is None else weight.float()  # (out, in)
+        if self.from_conv1d:
+            dense = Conv1D(self.out_features, self.in_features)
+            dense.weight.data = weight.t().contiguous()  # (in, out), as GPT-2 stores it
+        else:
+            dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+            dense.weight.data = weight
+        if self.bias is not None:
+            dense.bias.data = self.bias.detach().float().clone()
+        return dense.to(weight.device).requires_grad_(False)
 
     def _quantized(self) -> QuantizedTensor:
         b = self._buffers
@@ -170,6 +186,15 @@ def _skipped(name: str, skip_modules: tuple[str, ...]) -> bool:
 def is_quantized(model: nn.Module) -> bool:
     """True if any submodule is a QuantLinear."""
     return any(isinstance(m, QuantLinear) for m in model.modules())
+
+
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Replace every QuantLinear by the dense fp32 layer it stands for (QuantLinear.to_dense), in place."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantLinear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.to_dense())
+    return model
 
 
 def quantize_model(model: nn.Module, quant_config: QuantConfig) -> nn.Module:
