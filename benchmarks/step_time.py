@@ -5,10 +5,13 @@
     .venv/bin/python benchmarks/step_time.py --eval-mode    # dropout off everywhere
     .venv/bin/python benchmarks/step_time.py --rounds 6 --steps 6 --configs full lorakit-qv peft-qv
 
-One step = forward + backward + AdamW on a batch of 32 x 128 tokens. Every configuration runs in its own process
-(several models in one process distort each other's timings), the configurations alternate round by round, and
-the medians over rounds are compared: single runs on this machine vary by +-30%. Peak memory is the process's
-maximum resident set size (model, optimizer state and activations).
+One step = forward + backward + AdamW on a batch of 32 x 128 tokens. "backprop-floor" is a control, not a method:
+the frozen model with the gradient carried down to the embeddings' output and only the head trained, i.e. the
+forward and input-gradient work that every LoRA step does whatever its low-rank layers cost (slightly more: it
+also computes the input gradient of layer 0's query/key/value, which a LoRA step skips). Every configuration runs
+in its own process (several models in one process distort each other's timings), the configurations alternate
+round by round, and the medians over rounds are compared: single runs on this machine vary by +-30%. Peak memory
+is the process's maximum resident set size (model, optimizer state and activations).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ["full", "head", "peft-qv", "peft-all", "lorakit-qv", "lorakit-all"]
+CONFIGS = ["full", "head", "backprop-floor", "peft-qv", "peft-all", "lorakit-qv", "lorakit-all"]
 
 
 def build(config: str, lora_dropout: float):
@@ -32,9 +35,14 @@ def build(config: str, lora_dropout: float):
 
     model = tf.AutoModelForSequenceClassification.from_pretrained(resolve_model_path("minilm"), num_labels=2)
     targets = ["query", "value"] if config.endswith("-qv") else "all-linear"
-    if config == "head":
+    if config in ("head", "backprop-floor"):
         model.requires_grad_(False)
         model.classifier.requires_grad_(True)
+    if config == "backprop-floor":
+        # the frozen model's input gradients all the way down, and no weight gradient but the head's: the work
+        # any LoRA step must do besides its own low-rank products (forward, dropout, attention, grad_x of every
+        # frozen linear layer)
+        model.bert.embeddings.register_forward_hook(lambda module, args, out: out.requires_grad_())
     elif config.startswith("peft"):
         import peft
 
