@@ -16,7 +16,7 @@ import optuna
 import pytest
 import yaml
 
-from lorakit import search
+from lorakit import jobs, search
 from lorakit.search import Range, SearchSettings, grid_points, parse_space, toggled_targets, trial_config
 from lorakit.train_config import TrainConfig
 
@@ -273,9 +273,9 @@ def test_pruning_reports_each_evaluation_and_stops_hopeless_trials(tmp_path):
         prune = {"storage": url, "study": "p", "trial_id": trial_id}
         if pruned:
             with pytest.raises(optuna.TrialPruned, match="pruned at step 10"):
-                search._train_with_pruning(training, cfg, prune)
+                jobs._train_with_pruning(training, cfg, prune)
         else:
-            assert search._train_with_pruning(training, cfg, prune) == {"trained": True}
+            assert jobs._train_with_pruning(training, cfg, prune) == {"trained": True}
         assert storage.get_trial(trial_id).intermediate_values == {10: best}
 
 

@@ -10,12 +10,8 @@ the combinations the study does not hold yet (finished and failed ones are kept)
 holds --n-trials trials. Trials cut short by Ctrl-C are retried at once; those of a killed process or machine after
 their heartbeat is GRACE_S seconds old.
 
-The space: `--space NAME=V1,V2,...` (repeatable) or `--space-file FILE` with a `space:` mapping (NAME: [values], or
-NAME: {low: ..., high: ..., log: true}). NAME is any TrainConfig field (the long train flags with "_": lora_r,
-lora_alpha, lr, lora_dropout, method, batch_size, ...) or a target toggle lora_query / lora_key / lora_value /
-lora_projection / lora_mlp / lora_head (on / off: adds or removes that toggle from the base targets, which are the
-base --lora-* toggles, or all-linear's query+key+value+projection+mlp). target_modules values join names with "+"
-(target_modules=all-linear,query+value). LOW..HIGH and LOW..HIGH:log are ranges, for random and tpe only.
+The space: `--space NAME=V1,V2,...` (repeatable) or `--space-file FILE`, over TrainConfig fields and target
+toggles; the syntax is in lorakit.search_space.
 
 Parallel trials: --workers N runs N trial processes at once; on CPU each gets cores // N torch threads (--threads
 overrides), with CUDA each gets one device (CUDA_VISIBLE_DEVICES, round robin over the visible ones). A trial's
@@ -45,261 +41,35 @@ of the best trials).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import traceback
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import report
+from .jobs import JOB, RESULT, run_job  # noqa: F401  (re-exported)
+from .jobs import LOG, _engine_kwargs, _job_main, _now, _pruner, collect, cpu_count, launch
+from .search_report import PLOTS, best_yaml, summary_markdown  # noqa: F401  (re-exported)
+from .search_report import _replaced, _shown, best_trial, flat_metrics, objective_name, trial_rows, write_reports
+from .search_space import (ALL_LINEAR_TOGGLES, NOT_SEARCHABLE, TOGGLE_NAMES, TOGGLE_PARAMS,  # noqa: F401  (re-exported)
+                           TRAIN_FIELDS, parse_value, toggled_targets)
+from .search_space import Range, grid_points, parse_space, trial_config
 from .train_config import TrainConfig
 
 SAMPLERS = ("grid", "random", "tpe")
-TOGGLE_NAMES = ("query", "key", "value", "projection", "mlp", "head")  # targets.TOGGLE_NAMES
-TOGGLE_PARAMS = tuple(f"lora_{t}" for t in TOGGLE_NAMES)
-ALL_LINEAR_TOGGLES = ("query", "key", "value", "projection", "mlp")  # what "all-linear" adapts, as toggles
-TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
-NOT_SEARCHABLE = ("output", "resume")  # set by the search for every trial
 DEFAULT_STUDY = "lorakit-search"
 HEARTBEAT_S = 20  # a running trial's heartbeat is written this often
 GRACE_S = 180  # a running trial whose heartbeat is older is failed and retried (its process or machine died)
 POLL_S = 0.5
-JOB, RESULT, LOG = "job.json", "result.json", "train.log"  # in each trial directory
-PLOTS = {"heatmap": "heatmap.png", "pareto": "pareto.png", "curves": "curves.png"}
-
-
-# --- the space ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Range:
-    """An interval for the random and tpe samplers: integers when both bounds are integers, else floats."""
-
-    low: float
-    high: float
-    log: bool = False
-
-    def suggest(self, trial: optuna.Trial, name: str):
-        if isinstance(self.low, int) and isinstance(self.high, int):
-            return trial.suggest_int(name, self.low, self.high, log=self.log)
-        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
-
-
-def parse_value(text: str):
-    """A command-line value: 8 -> int, 1e-3 -> float, on/off/true/false -> bool, none -> None, else the text."""
-    lowered = text.strip().lower()
-    words = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False,
-             "none": None, "null": None}
-    if lowered in words:
-        return words[lowered]
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text.strip()
-
-
-def _range(text: str) -> Range | None:
-    """'1e-4..1e-2:log' -> Range(0.0001, 0.01, log=True); None if the text is no numeric range."""
-    body, _, suffix = text.partition(":")
-    low, sep, high = body.partition("..")
-    low, high = parse_value(low), parse_value(high)
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
-    if not (sep and numeric) or suffix not in ("", "log"):
-        return None
-    if not low < high:
-        raise ValueError(f"--space range {text!r}: LOW must be below HIGH")
-    return Range(low, high, suffix == "log")
-
-
-def _entry(name: str, spec) -> tuple | Range:
-    if isinstance(spec, dict):
-        unknown = set(spec) - {"low", "high", "log"}
-        if unknown or not {"low", "high"} <= set(spec):
-            raise ValueError(f"space {name}: a range is {{low: ..., high: ..., log: true|false}}, got {spec}")
-        low, high = (parse_value(v) if isinstance(v, str) else v for v in (spec["low"], spec["high"]))
-        return Range(low, high, bool(spec.get("log", False)))
-    if isinstance(spec, str):
-        as_range = _range(spec)
-        return as_range if as_range is not None else tuple(parse_value(v) for v in spec.split(","))
-    values = spec if isinstance(spec, list) else [spec]
-    return tuple(parse_value(v) if isinstance(v, str) else v for v in values)
-
-
-def parse_space(flags: list[str] | None = None, file: str | Path | None = None) -> dict[str, tuple | Range]:
-    """{name: values or Range} from a YAML file's `space:` mapping, then --space NAME=VALUES flags (they win)."""
-    space: dict[str, tuple | Range] = {}
-    if file is not None:
-        path = Path(file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--space-file {path}: no such file")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict) or not isinstance(data.get("space"), dict):
-            raise ValueError(f"--space-file {path} must hold a mapping `space:` of NAME: [values]")
-        for name, spec in data["space"].items():
-            space[str(name).replace("-", "_")] = _entry(name, spec)
-    for flag in flags or []:
-        name, sep, text = flag.partition("=")
-        if not (sep and name.strip() and text.strip()):
-            raise ValueError(f"--space {flag!r}: expected NAME=V1,V2,... or NAME=LOW..HIGH[:log] (e.g. lora_r=4,8)")
-        space[name.strip().replace("-", "_")] = _entry(name, text)
-    if not space:
-        raise ValueError("the search space is empty: give --space NAME=V1,V2,... or --space-file FILE")
-    for name, values in space.items():
-        if name not in TRAIN_FIELDS + TOGGLE_PARAMS or name in NOT_SEARCHABLE:
-            raise ValueError(f"--space {name}: not a training option; use the long train flag names with '_' "
-                             f"(lora_r, lora_alpha, lr, lora_dropout, method, ...) or {', '.join(TOGGLE_PARAMS)}")
-        if isinstance(values, tuple) and not values:
-            raise ValueError(f"--space {name}: no values")
-    return space
-
-
-def grid_points(space: dict[str, tuple | Range]) -> list[dict]:
-    """Every combination, the first name varying slowest."""
-    ranges = [name for name, values in space.items() if isinstance(values, Range)]
-    if ranges:
-        raise ValueError(f"the grid sampler needs lists of values, not ranges ({', '.join(ranges)}); "
-                         "use --sampler random or tpe for ranges")
-    return [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
-
-
-def toggled_targets(targets, toggles: dict[str, bool]) -> tuple[str, ...]:
-    """The base targets (toggle names, or all-linear / None = all-linear's toggles) with toggles turned on / off."""
-    if targets in (None, "all-linear", ["all-linear"], ("all-linear",)):
-        start = ALL_LINEAR_TOGGLES
-    elif isinstance(targets, (list, tuple)) and set(targets) <= set(TOGGLE_NAMES):
-        start = tuple(targets)
-    else:
-        raise ValueError(f"space toggles {sorted(toggles)} need base targets given as toggles (--lora-query ...) "
-                         f"or all-linear, not {targets!r}")
-    chosen = tuple(t for t in TOGGLE_NAMES if toggles.get(t, t in start))
-    if not chosen:
-        raise ValueError("these toggles turn every target module off")
-    return chosen
-
-
-def trial_config(base: dict, params: dict, output: str | Path) -> TrainConfig:
-    """One trial's TrainConfig: the base values as the user gave them (so lr still defaults per method), then the
-    trial's params, run in `output`. ValueError for an invalid combination."""
-    values = {**base, **{k: v for k, v in params.items() if k not in TOGGLE_PARAMS}}
-    if isinstance(params.get("target_modules"), str) and "+" in params["target_modules"]:
-        values["target_modules"] = tuple(params["target_modules"].split("+"))
-    toggles = {k.removeprefix("lora_"): bool(v) for k, v in params.items() if k in TOGGLE_PARAMS}
-    if toggles:
-        values["target_modules"] = toggled_targets(values.get("target_modules"), toggles)
-    values.update(output=str(output), resume=None)
-    return TrainConfig.from_dict(values)
-
-
-# --- running one training job in its own process (used by compare too) ---------------------------------------
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def launch(cfg: TrainConfig, directory: Path, threads: int, cuda_device: str | None = None,
-           prune: dict | None = None) -> subprocess.Popen:
-    """Start `python -m lorakit.search <directory>/job.json`: train(cfg) with `threads` torch threads (and only
-    `cuda_device` visible), output to <directory>/train.log, the outcome to <directory>/result.json."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / RESULT).unlink(missing_ok=True)
-    job = {"config": cfg.to_dict(), "threads": threads, "prune": prune}
-    (directory / JOB).write_text(json.dumps(job, indent=2) + "\n")
-    # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on a CPU shared with other jobs the
-    # spinning made 2-thread steps 4-20x slower than 1-thread ones (measured on 2 busy cores), and costs little alone
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    if cuda_device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = cuda_device
-    with open(directory / LOG, "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "lorakit.search", str(directory / JOB)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def collect(directory: Path, returncode: int) -> dict:
-    """The job's result.json: {status: complete | pruned | fail, metrics?, error?, start, end}."""
-    path = directory / RESULT
-    if path.is_file():
-        return json.loads(path.read_text())
-    lines = (directory / LOG).read_text(errors="replace").strip().splitlines() if (directory / LOG).is_file() else []
-    return {"status": "fail", "error": f"the training process exited with status {returncode}"
-                                       f"{': ' + lines[-1] if lines else ''} (see {directory / LOG})"}
-
-
-def run_job(cfg: TrainConfig, directory: Path, threads: int) -> dict:
-    """launch + wait + collect: one training run in a fresh process (so its peak memory is its own)."""
-    process = launch(cfg, directory, threads)
-    try:
-        return collect(directory, process.wait())
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait()
-        raise
-
-
-def _job_main(job_file: str) -> None:
-    """The trial process: train the job's config and write result.json beside the job file (never raises)."""
-    import torch
-
-    from . import train as training
-
-    job_path = Path(job_file)
-    job = json.loads(job_path.read_text())
-    torch.set_num_threads(job["threads"])
-    result = {"start": _now()}
-    try:
-        cfg = TrainConfig.from_dict(job["config"])
-        if job["prune"]:
-            metrics = _train_with_pruning(training, cfg, job["prune"])
-        else:
-            metrics = training.train(cfg)
-        result.update(status="complete", metrics=metrics)
-    except optuna.TrialPruned as err:
-        result.update(status="pruned", error=str(err))
-    except Exception as err:  # a failed trial is recorded with its error; the search goes on
-        traceback.print_exc()
-        result.update(status="fail", error=f"{type(err).__name__}: {err}")
-    result["end"] = _now()
-    tmp = job_path.parent / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    tmp.replace(job_path.parent / RESULT)
-
-
-def _train_with_pruning(training, cfg: TrainConfig, prune: dict) -> dict:
-    """train(cfg), reporting the best main metric after each evaluation to the Optuna trial; TrialPruned when the
-    pruner says stop. train() has no evaluation callback yet, so this wraps train._evaluate_and_track in this
-    (single-trial) process."""
-    storage = optuna.storages.RDBStorage(prune["storage"], engine_kwargs=_engine_kwargs(prune["storage"]))
-    study = optuna.load_study(study_name=prune["study"], storage=storage, pruner=_pruner(True))
-    trial = optuna.Trial(study, prune["trial_id"])
-    evaluate_and_track = training._evaluate_and_track
-
-    def evaluate_and_report(model, evaluate, eval_sets, spec, state, out, run_cfg, progress):
-        stop = evaluate_and_track(model, evaluate, eval_sets, spec, state, out, run_cfg, progress)
-        trial.report(state.best_metric, state.step)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {state.step}: best {spec.main_metric} {state.best_metric:.4f} "
-                                     "is below the median of earlier trials")
-        return stop
-
-    training._evaluate_and_track = evaluate_and_report
-    return training.train(cfg)
-
-
-def _now() -> str:
-    return datetime.now().isoformat(timespec="milliseconds")
 
 
 # --- the search -------------------------------------------------------------------------------------------------
@@ -346,14 +116,6 @@ class _Running:
     launched: str
 
 
-def _engine_kwargs(url: str) -> dict | None:
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out other writers
-
-
-def _pruner(prune: bool) -> optuna.pruners.BasePruner:
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if prune else optuna.pruners.NopPruner()
-
-
 def open_study(s: SearchSettings) -> tuple[optuna.storages.RDBStorage, optuna.Study]:
     s.output.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -373,12 +135,6 @@ def open_study(s: SearchSettings) -> tuple[optuna.storages.RDBStorage, optuna.St
             if attempt == 4:
                 raise
             time.sleep(1 + attempt)
-
-
-def _replaced(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
-    """Trial numbers that do not count: retried ones (a retry took their place) and duplicate grid points."""
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return retried | {t.number for t in trials if "duplicate_of" in t.user_attrs}
 
 
 def _params_key(params: dict) -> str:
@@ -549,119 +305,6 @@ class Search:
         self.running.clear()
 
 
-def flat_metrics(metrics: dict) -> dict:
-    """metrics.json as one flat row: <split>_<metric> for every evaluation metric, then the run's figures."""
-    row = {f"{split}_{name}": value for split, values in metrics["eval"].items() for name, value in values.items()}
-    for key in ("best_step", "steps", "trainable_params", "total_params", "trainable_percent", "train_seconds",
-                "train_examples_per_s", "peak_memory_mb"):
-        row[key] = metrics[key]
-    return row
-
-
-def _shown(params: dict) -> str:
-    return " ".join(f"{k}={report.fmt(v)}" for k, v in params.items())
-
-
-# --- results ----------------------------------------------------------------------------------------------------
-
-def trial_rows(study: optuna.Study, space: dict) -> list[dict]:
-    """One row per trial (retried and duplicate ones left out): number, status, the space's params, objective,
-    the metrics, time, memory, timestamps, error, output directory."""
-    trials = study.get_trials(deepcopy=False)
-    replaced = _replaced(trials)
-    rows = []
-    for t in trials:
-        if t.number in replaced or t.state == TrialState.WAITING:
-            continue
-        params = t.user_attrs.get("params") or t.system_attrs.get("fixed_params") or t.params
-        config = t.user_attrs.get("config", {})
-        row = {"trial": t.number, "status": t.state.name.lower()}
-        row.update({name: params.get(name) for name in space})
-        row["objective"] = t.value
-        row.update(t.user_attrs.get("metrics", {}))
-        for name in ("lora_r", "lora_alpha", "lr", "method"):  # for the heatmap and the summary, when not searched
-            row.setdefault(name, config.get(name))
-        row.update({key: t.user_attrs.get(key) for key in ("seconds", "start", "end", "error", "output")})
-        rows.append(row)
-    return rows
-
-
-def objective_name(study: optuna.Study, metric: str | None) -> str:
-    names = [t.user_attrs["objective_name"] for t in study.get_trials(deepcopy=False)
-             if "objective_name" in t.user_attrs]
-    return metric or (names[0] if names else "objective")
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return study.best_trial if complete else None
-
-
-def best_yaml(trial: optuna.trial.FrozenTrial, name: str, study_name: str) -> str:
-    """The best trial's config as a `lorakit train --config` file (output and resume left to the new run)."""
-    config = {k: v for k, v in trial.user_attrs["config"].items() if k not in ("output", "resume")}
-    header = (f"# best trial ({trial.number}) of lorakit search study {study_name!r}: {name} {trial.value:.4f}\n"
-              f"# searched: {_shown(trial.user_attrs['params'])}\n"
-              "# run it: lorakit train --config best.yaml --output runs/best\n")
-    return header + yaml.safe_dump(config, sort_keys=False)
-
-
-def summary_markdown(rows: list[dict], space: dict, name: str, s: SearchSettings, plots: dict) -> str:
-    done = [r for r in rows if r["status"] == "complete"]
-    done.sort(key=lambda r: r["objective"], reverse=s.direction == "maximize")
-    counts = {status: sum(r["status"] == status for r in rows) for status in ("complete", "pruned", "fail", "running")}
-    base = TrainConfig.from_dict({**s.base, "output": None})
-    lines = [f"# lorakit search: {s.study_name}", "",
-             f"{len(rows)} trials ({', '.join(f'{n} {k}' for k, n in counts.items() if n)}), sampler {s.sampler}, "
-             f"objective {name} ({s.direction}).", "",
-             f"Base: model {base.model}, task {base.task}, method {base.method}, "
-             f"{base.max_train_samples or 'all'} train / {base.max_eval_samples or 'all'} eval examples, "
-             f"max_length {base.max_length}, epochs {base.epochs}, batch size {base.batch_size}, seed {base.seed}.", ""]
-    if done:
-        best = done[0]
-        lines += [f"**Best: trial {best['trial']}, {name} {best['objective']:.4f}** with "
-                  f"{_shown({k: best[k] for k in space})} ({best.get('trainable_params', 0):,} trainable parameters): "
-                  "`lorakit train --config best.yaml`", ""]
-    columns = {"trial": "trial", **{k: k for k in space}, "objective": name, "trainable_params": "trainable params",
-               "train_seconds": "train s", "peak_memory_mb": "peak MB", "status": "status"}
-    shown = done[:30]
-    lines += [f"## Trials by {name}" + (f" (best 30 of {len(done)})" if len(done) > 30 else ""), "",
-              report.markdown_table(shown, columns), ""]
-    failed = [r for r in rows if r["status"] in ("fail", "pruned")]
-    if failed:
-        lines += ["## Failed and pruned trials", "",
-                  report.markdown_table(failed, {"trial": "trial", **{k: k for k in space}, "status": "status",
-                                                 "error": "error"}), ""]
-    if plots:
-        lines += ["## Plots", ""] + [f"![{key}]({path.name})" for key, path in plots.items()] + [""]
-    return "\n".join(lines)
-
-
-def write_reports(study: optuna.Study, s: SearchSettings, curves: int = 5) -> dict[str, Path]:
-    """results.csv, best.yaml, summary.md and the plots, from the whole study. Returns {name: path}."""
-    rows = trial_rows(study, s.space)
-    name = objective_name(study, s.metric)
-    out = {"results": report.write_csv(rows, s.output / "results.csv")}
-    best = best_trial(study)
-    if best is not None:
-        (s.output / "best.yaml").write_text(best_yaml(best, name, s.study_name))
-        out["best"] = s.output / "best.yaml"
-    maximize = s.direction == "maximize"
-    done = [r for r in rows if r["status"] == "complete"]
-    done.sort(key=lambda r: r["objective"], reverse=maximize)
-    plots = {
-        "heatmap": report.plot_heatmap(done, "objective", s.output / PLOTS["heatmap"], label=name, maximize=maximize),
-        "pareto": report.plot_pareto(done, "objective", s.output / PLOTS["pareto"], label=name, maximize=maximize),
-        "curves": report.plot_curves({f"trial {r['trial']}: {_shown({k: r[k] for k in s.space})} "
-                                      f"({r['objective']:.3f})": Path(r["output"]) / "log.jsonl"
-                                      for r in done[:curves] if r.get("output")}, s.output / PLOTS["curves"],
-                                     title=f"training loss of the {min(curves, len(done))} best trials"),
-    }
-    plots = {key: path for key, path in plots.items() if path is not None}
-    (s.output / "summary.md").write_text(summary_markdown(rows, s.space, name, s, plots))
-    out.update(summary=s.output / "summary.md", **plots)
-    return out
-
 
 def run_search(s: SearchSettings) -> tuple[optuna.Study, int]:
     """Run this process's share of the study; returns the study and the number of trials this process ran."""
@@ -786,5 +429,5 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
-if __name__ == "__main__":  # the trial process started by launch()
+if __name__ == "__main__":  # `python -m lorakit.search <job.json>`, as launched before lorakit.jobs
     _job_main(sys.argv[1])

@@ -1,0 +1,134 @@
+"""One training run in its own process (so its peak memory and torch threads are its own): `lorakit search`'s
+trials and `lorakit compare`'s methods.
+
+    result = run_job(cfg, Path("runs/compare/lora"), threads=cpu_count())  # {status, metrics?, error?, start, end}
+    process = launch(cfg, directory, threads, cuda_device="0")            # or start it, then collect() the result
+
+The process is `python -m lorakit.jobs <directory>/job.json`: it trains the job's config (reporting each evaluation
+to the Optuna trial with --prune) and writes result.json; its output goes to train.log, both in <directory>.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+
+from .train_config import TrainConfig
+
+JOB, RESULT, LOG = "job.json", "result.json", "train.log"  # in each trial directory
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def launch(cfg: TrainConfig, directory: Path, threads: int, cuda_device: str | None = None,
+           prune: dict | None = None) -> subprocess.Popen:
+    """Start `python -m lorakit.jobs <directory>/job.json`: train(cfg) with `threads` torch threads (and only
+    `cuda_device` visible), output to <directory>/train.log, the outcome to <directory>/result.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / RESULT).unlink(missing_ok=True)
+    job = {"config": cfg.to_dict(), "threads": threads, "prune": prune}
+    (directory / JOB).write_text(json.dumps(job, indent=2) + "\n")
+    # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on a CPU shared with other jobs the
+    # spinning made 2-thread steps 4-20x slower than 1-thread ones (measured on 2 busy cores), and costs little alone
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    if cuda_device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_device
+    with open(directory / LOG, "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "lorakit.jobs", str(directory / JOB)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def collect(directory: Path, returncode: int) -> dict:
+    """The job's result.json: {status: complete | pruned | fail, metrics?, error?, start, end}."""
+    path = directory / RESULT
+    if path.is_file():
+        return json.loads(path.read_text())
+    lines = (directory / LOG).read_text(errors="replace").strip().splitlines() if (directory / LOG).is_file() else []
+    return {"status": "fail", "error": f"the training process exited with status {returncode}"
+                                       f"{': ' + lines[-1] if lines else ''} (see {directory / LOG})"}
+
+
+def run_job(cfg: TrainConfig, directory: Path, threads: int) -> dict:
+    """launch + wait + collect: one training run in a fresh process (so its peak memory is its own)."""
+    process = launch(cfg, directory, threads)
+    try:
+        return collect(directory, process.wait())
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait()
+        raise
+
+
+def _job_main(job_file: str) -> None:
+    """The trial process: train the job's config and write result.json beside the job file (never raises)."""
+    import torch
+
+    from . import train as training
+
+    job_path = Path(job_file)
+    job = json.loads(job_path.read_text())
+    torch.set_num_threads(job["threads"])
+    result = {"start": _now()}
+    try:
+        cfg = TrainConfig.from_dict(job["config"])
+        if job["prune"]:
+            metrics = _train_with_pruning(training, cfg, job["prune"])
+        else:
+            metrics = training.train(cfg)
+        result.update(status="complete", metrics=metrics)
+    except optuna.TrialPruned as err:
+        result.update(status="pruned", error=str(err))
+    except Exception as err:  # a failed trial is recorded with its error; the search goes on
+        traceback.print_exc()
+        result.update(status="fail", error=f"{type(err).__name__}: {err}")
+    result["end"] = _now()
+    tmp = job_path.parent / (RESULT + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    tmp.replace(job_path.parent / RESULT)
+
+
+def _train_with_pruning(training, cfg: TrainConfig, prune: dict) -> dict:
+    """train(cfg), reporting the best main metric after each evaluation to the Optuna trial; TrialPruned when the
+    pruner says stop. train() has no evaluation callback yet, so this wraps train._evaluate_and_track in this
+    (single-trial) process."""
+    storage = optuna.storages.RDBStorage(prune["storage"], engine_kwargs=_engine_kwargs(prune["storage"]))
+    study = optuna.load_study(study_name=prune["study"], storage=storage, pruner=_pruner(True))
+    trial = optuna.Trial(study, prune["trial_id"])
+    evaluate_and_track = training._evaluate_and_track
+
+    def evaluate_and_report(model, evaluate, eval_sets, spec, state, out, run_cfg, progress):
+        stop = evaluate_and_track(model, evaluate, eval_sets, spec, state, out, run_cfg, progress)
+        trial.report(state.best_metric, state.step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {state.step}: best {spec.main_metric} {state.best_metric:.4f} "
+                                     "is below the median of earlier trials")
+        return stop
+
+    training._evaluate_and_track = evaluate_and_report
+    return training.train(cfg)
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="milliseconds")
+
+
+# the study's storage and pruner settings, for the trial process (search.open_study uses them too)
+def _engine_kwargs(url: str) -> dict | None:
+    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out other writers
+
+
+def _pruner(prune: bool) -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if prune else optuna.pruners.NopPruner()
+
+
+if __name__ == "__main__":  # the trial process started by launch()
+    _job_main(sys.argv[1])
