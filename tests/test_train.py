@@ -476,6 +476,8 @@ def test_instruction_tuning_trains_through_the_loop(tmp_path, capsys):
     validation = next(iter(metrics["eval"].values()))
     assert {"token_accuracy", "loss", "perplexity"} <= set(validation) and metrics["main_metric"] == "token_accuracy"
     assert validation["perplexity"] == pytest.approx(math.exp(validation["loss"]), rel=1e-6)
+    before = next(iter(metrics["eval_before_training"].values()))  # the untrained model's held-out loss
+    assert math.isfinite(before["loss"]) and before["perplexity"] == pytest.approx(math.exp(before["loss"]), rel=1e-6)
     for name in ("generations_before.jsonl", "generations_after.jsonl"):
         lines = [json.loads(x) for x in (tmp_path / "out" / name).read_text().splitlines()]
         assert len(lines) == 4 and all(isinstance(x["generated"], str) and "prompt" in x for x in lines)

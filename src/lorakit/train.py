@@ -273,7 +273,10 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
     progress = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                     disable=not out.main, mininterval=0.2 if sys.stderr.isatty() else 30)  # log files: sparse
     stop_reason = None
-    if resume_from is None:
+    before = None
+    if resume_from is None and kind.generate is not None:  # causal LMs: where the held-out loss starts
+        before = evaluate(raw, eval_sets)
+        out.log({"step": 0, "eval_before_training": before})
         _write_generations(kind, evaluate, raw, eval_sets, out, "generations_before.jsonl")
     try:
         out.open_reporters(cfg.report_to, cfg.to_dict())
@@ -344,6 +347,8 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                                  artifact, stop_reason)
         metrics["world_size"] = world
         metrics["global_batch_size"] = cfg.batch_size * world * cfg.grad_accum
+        if before is not None:
+            metrics["eval_before_training"] = before
         out.write_json("metrics.json", metrics)
         distributed.barrier()  # every file is written before any rank returns
         return metrics
