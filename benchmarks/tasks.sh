@@ -6,6 +6,7 @@
 #     bash benchmarks/tasks.sh squad       # SQuAD v1.1 dev split by article: head, lora, full
 #     bash benchmarks/tasks.sh instruct    # SmolLM2-135M-Instruct on Code Alpaca records: lora, qlora
 #     bash benchmarks/tasks.sh padding     # examples/s: length-grouped dynamic padding vs padding to 128 tokens
+#     bash benchmarks/tasks.sh report      # the markdown tables of RESULTS.md from the finished runs
 #
 # Every suite is `lorakit compare` (one process per method, each with its own peak memory) into runs/bench/<name>/,
 # which writes comparison.md / .csv / .png there; a finished run with the same settings is reused. THREADS (default 1)
@@ -60,6 +61,10 @@ instruct() {
 
 padding() {
   .venv/bin/python benchmarks/padding.py --threads "$THREADS"
+}
+
+report() {
+  .venv/bin/python benchmarks/collect.py --runs "$OUT"
 }
 
 for suite in "${@:-sst2}"; do
