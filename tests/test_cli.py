@@ -114,6 +114,7 @@ def test_a_runs_config_yaml_is_a_config_file(tmp_path):
     ("no head", "has no sequence_classification head"),
     ("unknown config key", "unknown setting(s) ['learning_rate']"),
     ("bad value", "--batch-size must be a positive integer"),
+    ("bad threads", "--threads must be >= 1, got 0"),
     ("missing reporter", "pip install"),
 ])
 def test_bad_input_exits_2_with_one_line(case, expected, tiny, tmp_path, capsys):
@@ -140,6 +141,8 @@ def test_bad_input_exits_2_with_one_line(case, expected, tiny, tmp_path, capsys)
         flags += ["--config", str(tmp_path / "c.yaml")]
     elif case == "bad value":
         flags += ["--batch-size", "0"]
+    elif case == "bad threads":
+        flags += ["--threads", "0"]
     elif case == "missing reporter":
         if importlib.util.find_spec("wandb") is not None:
             pytest.skip("wandb is installed")

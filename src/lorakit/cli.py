@@ -315,6 +315,8 @@ def _runtime_flags(p: argparse.ArgumentParser) -> None:
                    help="auto = bf16 autocast on a CUDA GPU that supports it, else fp32 (default: auto)")
     g.add_argument("--seed", type=int, help=f"seed of data order, subsets, initialisation, dropout (default: {D.seed})")
     g.add_argument("--eval-batch-size", type=int, metavar="N", help=f"(default: {D.eval_batch_size})")
+    g.add_argument("--threads", type=int, metavar="N", help="CPU threads of torch's intra-op pool (default: torch's "
+                   "choice, usually the number of physical cores); not part of the run's recorded settings")
 
 
 def _source_flags(p: argparse.ArgumentParser) -> None:
@@ -472,6 +474,11 @@ def _params_defaults(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("train", "eval", "predict") and args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+            torch.set_num_threads(args.threads)
         if args.command == "params" and args.config:  # train, eval, merge, predict merge their files themselves
             args = build_parser(_params_defaults(args)).parse_args(argv)
         return args.func(args)
