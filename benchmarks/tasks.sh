@@ -30,6 +30,7 @@ sst2() {
 
 glue() {
   compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 2 --methods lora full --output "$OUT/cola"
+  compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 4 --methods lora --output "$OUT/cola-4ep"
   compare --model minilm --task stsb --data-dir "$DATA/sts_b" --epochs 2 --methods lora --output "$OUT/stsb"
   compare --model minilm --task mrpc --data-dir "$DATA/mrpc" --epochs 2 --methods lora --output "$OUT/mrpc"
   compare --model minilm --task rte --data-dir "$DATA/rte_superglue" --epochs 2 --methods lora --output "$OUT/rte"
