@@ -16,7 +16,8 @@ from pathlib import Path
 from lorakit.report import human_bytes
 
 WEIGHTS = (".safetensors", ".bin", ".pt")
-GLUE = [("cola", "CoLA", "matthews_correlation"), ("stsb", "STS-B", "pearson"), ("mrpc", "MRPC", "accuracy"),
+GLUE = [("cola", "CoLA", "matthews_correlation"), ("cola-4ep", "CoLA", "matthews_correlation"),
+        ("stsb", "STS-B", "pearson"), ("mrpc", "MRPC", "accuracy"),
         ("rte", "RTE", "accuracy"), ("imdb", "IMDB (reduced)", "accuracy")]
 
 
