@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test demo install bench clean
+.PHONY: test demo install bench bench-tasks clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/qlora_bench.py all
+
+bench-tasks: $(STAMP)  # the real runs behind RESULTS.md: hours on 2 CPU cores
+	bash benchmarks/tasks.sh sst2 glue imdb squad instruct padding report
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

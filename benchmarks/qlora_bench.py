@@ -1,7 +1,7 @@
 """QLoRA on MiniLM: storage, peak memory and step time against LoRA and PEFT + bitsandbytes; cost of int8 adapters.
 
     .venv/bin/python benchmarks/qlora_bench.py bits                  # bits per base-linear parameter
-    .venv/bin/python benchmarks/qlora_bench.py steps                 # peak memory + step time, 3 alternating rounds
+    .venv/bin/python benchmarks/qlora_bench.py steps                 # peak memory + step time, 4 alternating rounds
     .venv/bin/python benchmarks/qlora_bench.py accuracy              # SST-2: fp32 vs int8 adapters (and QLoRA)
     .venv/bin/python benchmarks/qlora_bench.py steps --before-src /tmp/lorakit-head/src   # also an older lorakit
 
@@ -328,14 +328,14 @@ def accuracy_table(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("part", choices=["bits", "steps", "accuracy", "all", "worker"])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--configs", nargs="+", default=STEP_CONFIGS, choices=STEP_CONFIGS)
     ap.add_argument("--lora-dropout", type=float, default=0.1)
     ap.add_argument("--before-src", help="also run the QLoRA configurations with lorakit imported from this directory")
     ap.add_argument("--config", choices=STEP_CONFIGS, help=argparse.SUPPRESS)
     ap.add_argument("--accuracy-configs", nargs="+", default=ACCURACY_CONFIGS, choices=ACCURACY_CONFIGS)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--max-length", type=int, default=64)
     args = ap.parse_args()
