@@ -37,8 +37,9 @@ glue() {
 }
 
 imdb() {
-  # reduced: 2,000 training reviews and 1,000 test reviews (seeded samples), the first 256 tokens of each
-  compare --model minilm --task imdb --data-dir "$DATA/imdb" --epochs 1 --max-length 256 \
+  # reduced: 2,000 training reviews; evaluated on 1,000 reviews of the validation split carved from train and on
+  # 1,000 of the official test split (seeded samples); the first 256 tokens of each review
+  compare --model minilm --task imdb --data-dir "$DATA/imdb" --epochs 1 --max-length 256 --eval-test \
     --max-train-samples 2000 --max-eval-samples 1000 --methods lora --output "$OUT/imdb"
 }
 

@@ -249,3 +249,10 @@ def test_acceptance_lora_minilm_sst2(minilm_path, tmp_path, capsys):
         print(f"\nacceptance: SST-2 dev accuracy {accuracy:.4f} after {trained['steps']} steps; training "
               f"{trained['train_seconds']:.0f} s ({trained['train_examples_per_s']:.0f} examples/s); "
               f"whole test {time.perf_counter() - began:.0f} s")
+
+
+def test_eval_test_flag_reaches_the_config(tmp_path):
+    """--eval-test sets TrainConfig.eval_test (train and eval pass it to load_splits as include_test)."""
+    args = build_parser().parse_args(["train", "--task", "imdb", "--eval-test"])
+    assert train_config_from_args(args).eval_test is True
+    assert train_config_from_args(build_parser().parse_args(["train"])).eval_test is False

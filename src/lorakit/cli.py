@@ -167,7 +167,7 @@ def _inference_setup(args: argparse.Namespace):
         data = load_splits(cfg.task, data_dir=cfg.data_dir, train_file=cfg.train_file, eval_file=cfg.eval_file,
                            text_columns=cfg.text_columns, label_column=cfg.label_column,
                            split_from_eval=cfg.split_from_eval, max_train_samples=cfg.max_train_samples,
-                           max_eval_samples=cfg.max_eval_samples, seed=cfg.seed)
+                           max_eval_samples=cfg.max_eval_samples, include_test=cfg.eval_test, seed=cfg.seed)
     spec = data.spec if data is not None else get_task(cfg.task)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # no "newly initialized head" notes: the adapter loads the head
@@ -303,6 +303,8 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    help="carve a share F of the evaluation split into train (tasks without a train split)")
     g.add_argument("--max-train-samples", type=int, metavar="N", help="seeded random subset of the train split")
     g.add_argument("--max-eval-samples", type=int, metavar="N", help="seeded random subset of each eval split")
+    g.add_argument("--eval-test", action="store_true", default=None,
+                   help="also evaluate on the labelled test split where the data has one (IMDB, SST-2, MRPC)")
     g.add_argument("--max-length", type=int, metavar="T", help=f"tokens per example (default: {D.max_length})")
     g.add_argument("--pad-to-max-length", action="store_true", default=None,
                    help="pad every batch to --max-length (throughput baseline; default: pad to the batch's longest)")

@@ -84,7 +84,7 @@ def _reusable(directory: Path, cfg: TrainConfig) -> dict | None:
     if not (job.is_file() and result.is_file()):
         return None
     done = json.loads(result.read_text())
-    same = json.loads(job.read_text())["config"] == json.loads(json.dumps(cfg.to_dict()))
+    same = TrainConfig.from_dict(json.loads(job.read_text())["config"]) == cfg  # settings added since: defaults
     return done if same and done["status"] == "complete" else None
 
 

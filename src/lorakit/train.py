@@ -227,7 +227,7 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
     data = load_splits(cfg.task, data_dir=cfg.data_dir, train_file=cfg.train_file, eval_file=cfg.eval_file,
                        text_columns=cfg.text_columns, label_column=cfg.label_column,
                        split_from_eval=cfg.split_from_eval, max_train_samples=cfg.max_train_samples,
-                       max_eval_samples=cfg.max_eval_samples, seed=cfg.seed)
+                       max_eval_samples=cfg.max_eval_samples, include_test=cfg.eval_test, seed=cfg.seed)
     spec, kind = data.spec, kind_of(data.spec)
     model, tokenizer = load_base(cfg.model, spec, new_head=True)
     setup_method(model, cfg)

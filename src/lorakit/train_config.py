@@ -44,6 +44,7 @@ class TrainConfig(_JsonMixin):
     split_from_eval: float | None = None  # carve this share of the eval split into train (tasks without one)
     max_train_samples: int | None = None  # seeded random subset, for quick runs
     max_eval_samples: int | None = None
+    eval_test: bool = False  # also evaluate on the labelled test split where one exists (IMDB, SST-2, MRPC)
     max_length: int = 128  # tokens per example after truncation
     pad_to_max_length: bool = False  # pad every batch to max_length (throughput baseline; off = dynamic padding)
     group_by_length: bool = True  # batches of similar lengths (less padding); off = plain shuffle
