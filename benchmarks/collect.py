@@ -43,6 +43,8 @@ def split_metrics(metrics: dict, skip=("loss",)) -> dict:
 def sst2_table(root: Path) -> str:
     rows = [("head", root / "sst2/head"), ("last-layers", root / "sst2/last-layers"),
             ("lora, query + value", root / "sst2-qv/lora"), ("lora, all-linear", root / "sst2/lora"),
+            ("lora, all-linear, alpha 16", root / "sst2-alpha16/lora"),
+            ("lora+head (all-linear; pooler and classifier in full)", root / "sst2-lora-head/lora+head"),
             ("full", root / "sst2/full")]
     out = ["| method | dev accuracy | trainable params | % of model | train time (min) | examples/s | "
            "peak memory (MB) | saved weights |", "|---|---:|---:|---:|---:|---:|---:|---:|"]

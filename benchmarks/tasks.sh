@@ -26,6 +26,9 @@ sst2() {
   local common=(--model minilm --task sst2 --data-dir "$DATA/sst2" --epochs 1 --max-length 64)
   compare "${common[@]}" --methods head last-layers lora full --output "$OUT/sst2"
   compare "${common[@]}" --methods lora --lora-query --lora-value --output "$OUT/sst2-qv"
+  # all-linear LoRA with the pooler and classifier trained in full; and with alpha 16 (alpha / r = 2)
+  compare "${common[@]}" --methods lora+head --output "$OUT/sst2-lora-head"
+  compare "${common[@]}" --methods lora --lora-alpha 16 --output "$OUT/sst2-alpha16"
 }
 
 glue() {
