@@ -50,8 +50,9 @@ class Evaluator:
 
     @torch.no_grad()
     def run(self, model: nn.Module, features: Dataset, fetch: Callable[[Any, dict], Any],
-            collator: PaddingCollator | None = None) -> list[tuple[list[int], Any]]:
-        """[(row indices of a batch, fetch(model output, batch))] for every batch, longest first.
+            collator: PaddingCollator | None = None, batch_size: int | None = None) -> list[tuple[list[int], Any]]:
+        """[(row indices of a batch, fetch(model output, batch))] for every batch, longest first; batches of
+        `batch_size` rows (default: self.batch_size).
 
         Data-parallel: each rank runs every world-th batch (the same batches, so the same padding, as one
         process) and the results of all ranks are gathered, so every rank gets the single-process list.
@@ -59,7 +60,7 @@ class Evaluator:
         was_training = model.training
         model.eval()
         collator = collator or self.collator
-        sampler = LengthGroupedBatchSampler(sequence_lengths(features), self.batch_size, shuffle=False)
+        sampler = LengthGroupedBatchSampler(sequence_lengths(features), batch_size or self.batch_size, shuffle=False)
         world, rank = distributed.world_size(), distributed.rank()
         batches = sampler.batches()
         done = []  # (batch index, row indices, fetched)
@@ -228,8 +229,11 @@ def _evaluate_causal(run: Evaluator, model: nn.Module, rows: Dataset, features: 
                                                  ignore_index=LABEL_PAD_ID, reduction="sum").item()
         return loss, int(scored.sum()), int(((logits.argmax(dim=-1) == labels) & scored).sum())
 
+    # logits are (rows, T, vocab) in fp32, and the loss makes two more of that size: with SmolLM2's 49,152-token
+    # vocabulary, 64 rows of 256 tokens are 3.2 GB each. Rows per batch are capped to keep them near LOGITS_BYTES.
+    rows = max(1, min(run.batch_size, LOGITS_BYTES // (4 * run.max_length * model.config.vocab_size)))
     total_loss, tokens, correct = 0.0, 0, 0
-    for _, (loss, n, right) in run.run(model, features, fetch):
+    for _, (loss, n, right) in run.run(model, features, fetch, batch_size=rows):
         total_loss, tokens, correct = total_loss + loss, tokens + n, correct + right
     if tokens == 0:
         raise TaskError("no labelled token to score: the evaluation rows hold no response tokens")
@@ -238,6 +242,7 @@ def _evaluate_causal(run: Evaluator, model: nn.Module, rows: Dataset, features: 
             "tokens": float(tokens)}
 
 
+LOGITS_BYTES = 512 * 2**20  # causal-LM evaluation: the size of one batch's logits to stay near
 GENERATION_SAMPLES = 4  # evaluation rows whose responses are generated before and after training
 GENERATION_TOKENS = 32
 
