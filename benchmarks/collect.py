@@ -59,14 +59,15 @@ def sst2_table(root: Path) -> str:
 
 
 def glue_table(root: Path) -> str:
-    out = ["| task | method | official metrics (dev / test split) | training examples x epochs | train time (min) |",
+    out = ["| task | method | official metrics per evaluation split | training examples x epochs | train time (min) |",
            "|---|---|---|---|---:|"]
     for name, label, _ in GLUE:
         for method in ("lora", "full"):
             m = load(root / name / method) if (root / name / method).is_dir() else None
             if m is None:
                 continue
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in split_metrics(m).items())
+            shown = "; ".join(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "loss")
+                              for split, values in m["eval"].items())
             per_epoch = m["examples_seen"] / m["epochs"]
             out.append(f"| {label} | {method} | {shown} | {per_epoch:,.0f} x {m['epochs']:g} | "
                        f"{m['train_seconds'] / 60:.1f} |")
