@@ -19,12 +19,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BATCH = 32
 SETTINGS = {"length-grouped, dynamic padding": [], "padded to 128 tokens": ["--pad-to-max-length"]}
 
 
 def run(flags: list[str], steps: int, threads: int, data: Path, output: Path) -> dict:
     cmd = [sys.executable, "-m", "lorakit", "train", "--model", "minilm", "--task", "sst2", "--data-dir", str(data),
-           "--method", "lora", "--max-steps", str(steps), "--max-length", "128", "--batch-size", "32",
+           "--method", "lora", "--max-steps", str(steps), "--max-length", "128", "--batch-size", str(BATCH),
            "--max-eval-samples", "64", "--output", str(output), *flags]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -33,9 +34,9 @@ def run(flags: list[str], steps: int, threads: int, data: Path, output: Path) ->
 
 
 def padded_tokens_per_row(output: Path) -> float:
-    """Tokens per row the model saw, padding included, from the step log (padded_tokens / batch of 32)."""
+    """Tokens per row the model saw, padding included, from the step log (padded_tokens / BATCH)."""
     rows = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
-    return statistics.mean(r["padded_tokens"] / 32 for r in rows if "padded_tokens" in r)
+    return statistics.mean(r["padded_tokens"] / BATCH for r in rows if "padded_tokens" in r)
 
 
 def main() -> None:

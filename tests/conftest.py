@@ -44,6 +44,18 @@ def tiny_model(kind: str) -> torch.nn.Module:
 KINDS = ["bert", "distilbert", "roberta", "gpt2", "llama"]
 
 
+def save_tiny_bert_classifier(directory: Path, tokenizer_path: str) -> Path:
+    """A seeded 2-layer, 32-wide BertForSequenceClassification with the tokenizer at tokenizer_path, saved to
+    directory (a fast stand-in for MiniLM in real training runs)."""
+    tokenizer = tf.AutoTokenizer.from_pretrained(tokenizer_path)
+    torch.manual_seed(0)
+    config = tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=37, max_position_embeddings=64, num_labels=2)
+    tf.BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def inputs(batch: int = 3, length: int = 11, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 99, (batch, length), generator=g)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import save_tiny_bert_classifier
 from lorakit import compare
 from lorakit.compare import artifact_bytes, method_configs
 
@@ -54,16 +55,8 @@ def test_parser_help():
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory, minilm_path) -> dict:
-    import torch
-    import transformers as tf
-
     root = tmp_path_factory.mktemp("tiny")
-    tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path)
-    torch.manual_seed(0)
-    config = tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=37, max_position_embeddings=64, num_labels=2)
-    tf.BertForSequenceClassification(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save_tiny_bert_classifier(root / "model", minilm_path)
     if SST2.is_dir():
         train, dev = SST2.joinpath("train.tsv").read_text().splitlines()[:301], \
             SST2.joinpath("dev.tsv").read_text().splitlines()[:41]

@@ -16,6 +16,7 @@ import optuna
 import pytest
 import yaml
 
+from conftest import save_tiny_bert_classifier
 from lorakit import jobs, search
 from lorakit.search import Range, SearchSettings, grid_points, parse_space, toggled_targets, trial_config
 from lorakit.train_config import TrainConfig
@@ -118,16 +119,8 @@ def test_cli_parser_help_and_base_values():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, minilm_path) -> dict:
     """Base values for a fast trial: a 2-layer, 32-wide BERT, 500 train / 48 eval sentences, max_length 32."""
-    import torch
-    import transformers as tf
-
     root = tmp_path_factory.mktemp("tiny")
-    tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path)
-    torch.manual_seed(0)
-    config = tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=37, max_position_embeddings=64, num_labels=2)
-    tf.BertForSequenceClassification(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save_tiny_bert_classifier(root / "model", minilm_path)
     if SST2.is_dir():  # small files of real SST-2 sentences: each trial reads them faster than the full split
         train = SST2.joinpath("train.tsv").read_text().splitlines()[:501]
         dev = SST2.joinpath("dev.tsv").read_text().splitlines()[:49]
