@@ -14,8 +14,9 @@ import pytest
 import torch
 import transformers as tf
 
-from lorakit import train as train_module
-from lorakit.cli import build_parser, main, train_config_from_args
+from lorakit import train_step
+from lorakit.cli import build_parser, main
+from lorakit.cli_flags import train_config_from_args
 from lorakit.train_config import TrainConfig
 from test_train import make_tiny_run_inputs
 
@@ -177,14 +178,14 @@ def test_eval_of_a_model_with_another_head_exits_2(tiny, tmp_path, capsys):
 
 
 def test_diverging_run_exits_1_naming_the_checkpoint(tiny, tmp_path, monkeypatch, capsys):
-    real = train_module.training_loss
+    real = train_step.training_loss
     steps = []
 
     def nan_from_step_3(model, batch):
         steps.append(1)
         return real(model, batch) * (float("inf") if len(steps) >= 3 else 1.0)
 
-    monkeypatch.setattr(train_module, "training_loss", nan_from_step_3)
+    monkeypatch.setattr(train_step, "training_loss", nan_from_step_3)
     capsys.readouterr()
     assert main(tiny_flags(tiny, tmp_path / "run", "--eval-steps", "2")) == 1
     line = error_line(capsys)

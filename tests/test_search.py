@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from conftest import save_tiny_bert_classifier
-from lorakit import jobs, search
-from lorakit.search import Range, SearchSettings, grid_points, parse_space, toggled_targets, trial_config
+from lorakit import jobs, search, search_cli, search_report
+from lorakit.search import Range, SearchSettings, grid_points, toggled_targets, trial_config
+from lorakit.search_space import parse_space
 from lorakit.train_config import TrainConfig
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2" / "glue"
@@ -102,14 +103,14 @@ def test_claims_are_exclusive_and_duplicates_skipped(tmp_path):
 def test_cli_parser_help_and_base_values():
     parser = argparse.ArgumentParser(prog="lorakit")
     sub = parser.add_subparsers(dest="command")
-    search.add_search_parser(sub)
+    search_cli.add_search_parser(sub)
     text = sub.choices["search"].format_help()
     for flag in ("--space", "--space-file", "--sampler", "--n-trials", "--workers", "--storage", "--prune",
                  "--config", "--model", "--data-dir", "--max-train-samples", "--epochs", "--lora-r", "--method"):
         assert flag in text
     args = parser.parse_args(["search", "--model", "minilm", "--epochs", "1", "--lora-query", "--lora-value",
                               "--space", "lora_r=1,2", "--output", "runs/s"])
-    settings = search.settings_from_args(args)
+    settings = search_cli.settings_from_args(args)
     assert settings.base == {"model": "minilm", "epochs": 1, "output": "runs/s", "target_modules": ("query", "value")}
     assert settings.space == {"lora_r": (1, 2)} and settings.output == Path("runs/s")
 
@@ -146,7 +147,7 @@ def _overlap(a: dict, b: dict) -> bool:
 
 CLI = textwrap.dedent("""
     import argparse, sys
-    from lorakit.search import add_search_parser
+    from lorakit.search_cli import add_search_parser
     parser = argparse.ArgumentParser(prog="lorakit")
     add_search_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(sys.argv[1:])
@@ -165,7 +166,7 @@ def test_grid_search_resumes_extends_and_runs_in_parallel(tiny_run, tmp_path):
     output = tmp_path / "search"
     settings = SearchSettings(base=tiny_run, space=parse_space(["lora_r=2,4"]), output=output, workers=2)
     study, ran = search.run_search(settings)
-    paths = search.write_reports(study, settings)
+    paths = search_report.write_reports(study, settings)
     rows = _rows(output)
     assert ran == 2 and [r["status"] for r in rows] == ["complete", "complete"]
     assert {"trial", "lora_r", "objective", "validation_accuracy", "validation_loss", "trainable_params",
@@ -201,7 +202,7 @@ def test_grid_search_resumes_extends_and_runs_in_parallel(tiny_run, tmp_path):
     # the grid raised to 4 points: only the 2 new ones run
     bigger = SearchSettings(base=tiny_run, space=parse_space(["lora_r=2,4,8,16"]), output=output, workers=2)
     study, ran = search.run_search(bigger)
-    search.write_reports(study, bigger)
+    search_report.write_reports(study, bigger)
     rows = _rows(output)
     assert ran == 2 and sorted(int(r["lora_r"]) for r in rows) == [2, 4, 8, 16]
     assert all(r["status"] == "complete" for r in rows)
@@ -214,12 +215,12 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(tiny_run, tmp_path):
     settings = SearchSettings(base=tiny_run, output=tmp_path,
                               space=parse_space(["lora_dropout=1.5,0.0", f"model={tmp_path / 'no-such-model'}"]))
     study, ran = search.run_search(settings)
-    search.write_reports(study, settings)
+    search_report.write_reports(study, settings)
     rows = {r["lora_dropout"]: r for r in _rows(tmp_path)}
     assert ran == 1 and [r["status"] for r in rows.values()] == ["fail", "fail"]
     assert "dropout" in rows["1.5"]["error"] and "no-such-model" in rows["0.0"]["error"]
     assert "Failed and pruned trials" in (tmp_path / "summary.md").read_text()
-    assert search.best_trial(study) is None and not (tmp_path / "best.yaml").exists()
+    assert search_report.best_trial(study) is None and not (tmp_path / "best.yaml").exists()
 
 
 def test_interrupted_and_stale_trials_are_retried(tmp_path, monkeypatch):
@@ -241,7 +242,7 @@ def test_interrupted_and_stale_trials_are_retried(tmp_path, monkeypatch):
     assert [t.state.name for t in trials] == ["FAIL", "FAIL", "WAITING", "WAITING"]
     assert [t.system_attrs["fixed_params"] for t in trials[2:]] == [{"lora_r": 1}, {"lora_r": 2}]
     assert search._replaced(trials) == {trial.number, stale.number}
-    assert search.trial_rows(first.study, settings.space) == []  # retries still waiting: no rows yet
+    assert search_report.trial_rows(first.study, settings.space) == []  # retries still waiting: no rows yet
     assert search.Search(settings).enqueue_grid() == 0  # the grid points exist: nothing new
 
 

@@ -12,15 +12,15 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file
 
-from lorakit import train as train_module
+from lorakit import train_step
 from lorakit.checkpoint import atomic_dir, load_checkpoint
 from lorakit.cli import main
 from lorakit.methods import load_artifact, setup_method
 from lorakit.quant_linear import QuantLinear
 from lorakit.tasks import get_task
-from lorakit.train import (TrainingDiverged, accumulate_gradients, build_optimizer, enable_gradient_checkpointing,
-                           linear_schedule, train)
+from lorakit.train import TrainingDiverged, enable_gradient_checkpointing, train
 from lorakit.train_config import DEFAULT_LR, TrainConfig, resolve_device, resolve_precision
+from lorakit.train_step import accumulate_gradients, build_optimizer, linear_schedule
 
 WORDS = [f"w{i}" for i in range(94)]
 
@@ -205,14 +205,14 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_inputs, tmp_path, monkeypatch):
-    real, calls = train_module.training_loss, []
+    real, calls = train_step.training_loss, []
 
     def nan_at_third_step(model, batch):
         calls.append(1)
         loss = real(model, batch)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(train_module, "training_loss", nan_at_third_step)
+    monkeypatch.setattr(train_step, "training_loss", nan_at_third_step)
     cfg = tiny_config(tiny_inputs, tmp_path / "run", max_steps=6)
     with pytest.raises(TrainingDiverged) as caught:
         train(cfg)
@@ -222,20 +222,20 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_inputs, tmp_path
     assert checkpoints == ["step-000002"]
     log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "diverged" and log[-1]["step"] == 3
-    monkeypatch.setattr(train_module, "training_loss", real)  # the kept checkpoint resumes cleanly
+    monkeypatch.setattr(train_step, "training_loss", real)  # the kept checkpoint resumes cleanly
     metrics = train(cfg.__class__.from_dict({**cfg.to_dict(), "resume": "auto"}))
     assert metrics["steps"] == 6
 
 
 def test_batches_are_padded_per_batch_unless_asked(tiny_inputs, tmp_path, monkeypatch):
-    real, widths = train_module.training_loss, []
+    real, widths = train_step.training_loss, []
 
     def record(model, batch):
         mask = batch["attention_mask"]
         widths.append((mask.shape[1], int(mask.sum(1).max())))  # (padded width, longest row)
         return real(model, batch)
 
-    monkeypatch.setattr(train_module, "training_loss", record)
+    monkeypatch.setattr(train_step, "training_loss", record)
     train(tiny_config(tiny_inputs, tmp_path / "dynamic", max_steps=3, eval_steps=0))
     assert widths and all(width == longest for width, longest in widths)
     assert max(w for w, _ in widths) < 32

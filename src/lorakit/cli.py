@@ -12,107 +12,22 @@ Every command but demo takes `--config file.yaml`: keys are the long flag names 
 `target_modules: all-linear`); flags given on the command line override it. A run's own config.yaml is such a
 file. eval / merge / predict start from the settings recorded with the trained model, then the file, then flags.
 Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1.
-Run `lorakit <command> --help` for every flag.
+Run `lorakit <command> --help` for every flag. The flags and the settings precedence are in cli_flags.py;
+search and compare add their own subcommands (search_cli.py, compare.py).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-import yaml
-
-from .config import LoraConfig
+from .cli_flags import (RAW, _config_flag, _data_flags, _given, _read_config_file, _runtime_flags, _source_flags,
+                        _train_parser, _train_values, add_lora_flags, lora_config_from_args, train_config_from_args)
+from .compare import add_compare_parser
+from .search_cli import add_search_parser
 from .tasks.base import SEQUENCE_CLASSIFICATION
-from .train_config import DEFAULT_LR, METHODS, PRECISIONS, REPORTERS, TrainConfig
-
-TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
-D = TrainConfig()  # defaults, quoted in --help
-RAW = argparse.RawDescriptionHelpFormatter
-TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-TARGET_KEYS = ("target_modules", "target_regex", *(f"lora_{t}" for t in TOGGLES))
-
-
-def add_lora_flags(parser: argparse.ArgumentParser, default_alpha: float = 16.0) -> None:
-    g = parser.add_argument_group("LoRA")
-    g.add_argument("--lora-r", type=int, default=8, help="rank r of the update B·A (default: 8)")
-    g.add_argument("--lora-alpha", type=float, default=default_alpha,
-                   help=f"alpha; the update is scaled by alpha/r (default: {default_alpha:g})")
-    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA branch input (default: 0)")
-    for t in TOGGLES:
-        g.add_argument(f"--lora-{t}", action="store_true", help=f"adapt the {t} layers (resolved per architecture)")
-    g.add_argument("--target-modules", nargs="+", metavar="NAME",
-                   help="module names ('.name' suffix match), or 'all-linear'; overrides the toggles")
-    g.add_argument("--target-regex", metavar="REGEX", help="one regex that must match the whole module path")
-    g.add_argument("--use-rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
-    g.add_argument("--lora-init", choices=("gaussian", "kaiming"), default="gaussian", help="init of A (B = 0)")
-
-
-def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:
-    if args.target_regex:
-        targets = args.target_regex
-    elif args.target_modules:
-        targets = "all-linear" if args.target_modules == ["all-linear"] else tuple(args.target_modules)
-    else:
-        targets = tuple(t for t in TOGGLES if getattr(args, f"lora_{t}")) or ("query", "value")
-    return LoraConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets,
-                      use_rslora=args.use_rslora, init=args.lora_init)
-
-
-# --- settings: recorded config < --config file < flags -------------------------------------------------------
-
-def _given(args: argparse.Namespace) -> dict:
-    """The flags given on the command line (every option of train/eval/merge/predict defaults to None)."""
-    return {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "func", "config")}
-
-
-def _read_config_file(args: argparse.Namespace) -> dict:
-    """--config YAML as {setting: value}; keys are long flag names ('-' or '_'), checked against known ones."""
-    if args.config is None:
-        return {}
-    path = Path(args.config)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"--config {path} is not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {path} must be a mapping of settings (lr: 1.0e-3, ...), got {type(data).__name__}")
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    known = set(TRAIN_FIELDS) | set(TARGET_KEYS) | set(vars(args))
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"--config {path}: unknown setting(s) {unknown}; settings are the long flag names of "
-                         f"`lorakit {args.command} --help` (e.g. lr, batch_size, lora_r)")
-    return data
-
-
-def _targets(values: dict) -> tuple[str, ...] | str | None:
-    """target_modules from --target-regex, --target-modules or the toggles, in that order; None if none given."""
-    if values.get("target_regex"):
-        return values["target_regex"]
-    modules = values.get("target_modules")
-    if modules:
-        if isinstance(modules, str):
-            return modules  # "all-linear" or a regex (a run's config.yaml)
-        return "all-linear" if list(modules) == ["all-linear"] else tuple(modules)
-    return tuple(t for t in TOGGLES if values.get(f"lora_{t}")) or None
-
-
-def _train_values(values: dict) -> dict:
-    """The TrainConfig fields among `values`, with the LoRA target flags folded into target_modules."""
-    out = {k: v for k, v in values.items() if k in TRAIN_FIELDS and k != "target_modules"}
-    targets = _targets(values)
-    if targets is not None:
-        out["target_modules"] = targets
-    return out
-
-
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.from_dict({**_train_values(_read_config_file(args)), **_train_values(_given(args))})
+from .train_config import TrainConfig
 
 
 # --- commands ---------------------------------------------------------------------------------------------
@@ -284,120 +199,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- the parser ---------------------------------------------------------------------------------------------
 
-def _config_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML of settings (long flag names as keys); flags override it")
-
-
-def _data_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--task", help=f"task name: sst2, cola, mrpc, stsb, qnli, rte, mnli, qqp, imdb, ... or csv "
-                                  f"(default: {D.task})")
-    g.add_argument("--data-dir", metavar="DIR", help="the task's original files (e.g. ../shared/data/sst2); "
-                                                     "default: the Hugging Face hub")
-    g.add_argument("--train-file", metavar="FILE", help=".csv/.tsv/.jsonl training file (task csv, or any task)")
-    g.add_argument("--eval-file", metavar="FILE", help=".csv/.tsv/.jsonl evaluation file")
-    g.add_argument("--text-column", "--text-columns", dest="text_columns", action="append", metavar="NAME",
-                   help="text column of the files; give it twice for sentence pairs (default: text)")
-    g.add_argument("--label-column", metavar="NAME", help="label column of the files (default: label)")
-    g.add_argument("--split-from-eval", type=float, metavar="F",
-                   help="carve a share F of the evaluation split into train (tasks without a train split)")
-    g.add_argument("--max-train-samples", type=int, metavar="N", help="seeded random subset of the train split")
-    g.add_argument("--max-eval-samples", type=int, metavar="N", help="seeded random subset of each eval split")
-    g.add_argument("--eval-test", action="store_true", default=None,
-                   help="also evaluate on the labelled test split where the data has one (IMDB, SST-2, MRPC)")
-    g.add_argument("--max-length", type=int, metavar="T", help=f"tokens per example (default: {D.max_length})")
-    g.add_argument("--pad-to-max-length", action="store_true", default=None,
-                   help="pad every batch to --max-length (throughput baseline; default: pad to the batch's longest)")
-
-
-def _runtime_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("runtime")
-    g.add_argument("--device", help=f"auto | cpu | cuda | cuda:N | mps (default: {D.device})")
-    g.add_argument("--precision", choices=PRECISIONS,
-                   help="auto = bf16 autocast on a CUDA GPU that supports it, else fp32 (default: auto)")
-    g.add_argument("--seed", type=int, help=f"seed of data order, subsets, initialisation, dropout (default: {D.seed})")
-    g.add_argument("--eval-batch-size", type=int, metavar="N", help=f"(default: {D.eval_batch_size})")
-    g.add_argument("--threads", type=int, metavar="N", help="CPU threads of torch's intra-op pool (default: torch's "
-                   "choice, usually the number of physical cores); not part of the run's recorded settings")
-
-
-def _source_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adapter", metavar="DIR", help="a `lorakit train` output directory, or its adapter/ (or "
-                                                    "weights/, model/) directory")
-    p.add_argument("--model", help="the base model for --adapter (default: the one it was trained on), or, "
-                                   "without --adapter, a merged model directory / hub id")
-
-
-def _train_parser(sub) -> None:
-    lrs = ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items())
-    p = sub.add_parser("train", help="fine-tune a model on a task", formatter_class=RAW, description=(
-        "Fine-tune a model on a task and write an output directory with the trained adapter (or weights), "
-        "metrics.json, config.yaml, log.jsonl (one JSON line per step) and versions.json.\n\n"
-        "examples:\n"
-        "  lorakit train --model minilm --task sst2 --data-dir ../shared/data/sst2 --epochs 1\n"
-        "  lorakit train --task csv --train-file train.csv --text-column review --label-column stars\n"
-        "  lorakit train --config run.yaml --lr 5e-4          # flags override the file\n"
-        "  lorakit train --output runs/x --resume auto         # continue an interrupted run"))
-    _config_flag(p)
-    p.add_argument("--model", help=f"hub id, local directory, or 'minilm' (default: {D.model})")
-    _data_flags(p)
-    g = p.add_argument_group("method")
-    g.add_argument("--method", choices=METHODS, help=(
-        "what trains: lora (LoRA + the task head), qlora (lora over a 4/8-bit base), lora+head (LoRA + the layers "
-        "below the head, e.g. BERT's pooler, in full), head (the classifier only), last-layers (the head and the "
-        f"layer below it), full (default: {D.method}). LoRA adapts every linear layer below the head unless the "
-        "--lora-<toggle> flags, --target-modules or --target-regex say otherwise"))
-    g.add_argument("--init-adapter", metavar="DIR", help="start from a saved adapter (e.g. LoRA first, then "
-                                                         "--method head trains the head on top of it); its LoRA "
-                                                         "settings replace the --lora-* flags")
-    add_lora_flags(p, default_alpha=D.lora_alpha)
-    p.set_defaults(lora_r=None, lora_alpha=None, lora_dropout=None, lora_init=None, use_rslora=None,
-                   **{f"lora_{t}": None for t in TOGGLES})
-    q = p.add_argument_group("QLoRA (--method qlora)")
-    q.add_argument("--quant-kind", choices=("nf4", "fp4", "int8"), help=f"(default: {D.quant_kind})")
-    q.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=None,
-                   help="keep the absmax constants in fp32 (default: quantize them too)")
-    q.add_argument("--quant-compute-dtype", choices=("float32", "bfloat16", "float16"),
-                   help=f"dtype the base weights are dequantized to (default: {D.quant_compute_dtype})")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, help=f"(default: {D.epochs})")
-    o.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps; overrides --epochs")
-    o.add_argument("--lr", type=float, help=f"peak learning rate (default per method: {lrs})")
-    o.add_argument("--loraplus-ratio", type=float, metavar="R",
-                   help="LoRA+: the B matrices learn at lr x R (e.g. 16; default: off)")
-    o.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on matrices (default: {D.weight_decay})")
-    o.add_argument("--batch-size", type=int, metavar="N", help=f"examples per micro-batch (default: {D.batch_size})")
-    o.add_argument("--grad-accum", type=int, metavar="K",
-                   help=f"micro-batches per optimizer step (default: {D.grad_accum})")
-    o.add_argument("--warmup-ratio", type=float, help=f"share of steps in linear warmup (default: {D.warmup_ratio})")
-    o.add_argument("--warmup-steps", type=int, metavar="N", help="warmup steps; overrides --warmup-ratio")
-    o.add_argument("--max-grad-norm", type=float, help=f"gradient clipping, 0 = off (default: {D.max_grad_norm})")
-    o.add_argument("--gradient-checkpointing", action="store_true", default=None,
-                   help="recompute activations in backward: less memory, ~30%% slower")
-    o.add_argument("--no-group-by-length", dest="group_by_length", action="store_false", default=None,
-                   help="plain shuffled batches (default: batches of similar lengths)")
-    e = p.add_argument_group("evaluation, checkpoints, output")
-    e.add_argument("--eval-steps", type=int, metavar="N", help="also evaluate every N steps (default: epoch ends only)")
-    e.add_argument("--save-steps", type=int, metavar="N",
-                   help="checkpoint every N steps (default: at every evaluation)")
-    e.add_argument("--save-total-limit", type=int, metavar="N",
-                   help=f"step checkpoints kept (default: {D.save_total_limit})")
-    e.add_argument("--early-stopping-patience", type=int, metavar="N",
-                   help="stop after N evaluations without improvement (default: off)")
-    e.add_argument("--output", metavar="DIR", help="output directory (default: runs/<task>-<method>)")
-    e.add_argument("--resume", metavar="CHECKPOINT", help="a checkpoint directory (<output>/checkpoints/step-*), or "
-                                                          "'auto': the newest one under --output")
-    e.add_argument("--report-to", nargs="+", choices=REPORTERS,
-                   help="also log to wandb / tensorboard (JSON Lines always)")
-    _runtime_flags(p)
-    p.set_defaults(func=cmd_train)
-
-
 def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser:
     """params_defaults: values of a --config file for `lorakit params`, whose flags have ordinary defaults."""
     parser = argparse.ArgumentParser(prog="lorakit", description="LoRA and QLoRA fine-tuning, written from scratch.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
+    _train_parser(sub).set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained adapter or a (merged) model", formatter_class=RAW,
                        description="Evaluate on the task's evaluation splits. Task, data and max length default to "
@@ -454,9 +260,6 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
     p.set_defaults(func=cmd_params, **(params_defaults or {}))
     d = sub.add_parser("demo", help="the main job (see `make demo`)")
     d.set_defaults(func=cmd_demo)
-    from .compare import add_compare_parser  # imported here: they import the CLI's train flags
-    from .search import add_search_parser
-
     add_search_parser(sub)
     add_compare_parser(sub)
     return parser

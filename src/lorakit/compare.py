@@ -23,8 +23,8 @@ from pathlib import Path
 import yaml
 
 from . import report
+from .cli_flags import given_train_values, train_flags_parser
 from .jobs import JOB, RESULT, cpu_count, run_job
-from .search import given_train_values, train_flags_parser
 from .train_config import METHODS, TrainConfig
 
 BEST = "lora-best"  # the pseudo-method: LoRA with the settings of a search's best.yaml

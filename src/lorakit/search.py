@@ -37,13 +37,13 @@ metric so far and Optuna's MedianPruner stops it when that is below the median o
 Outputs in <output>/: results.csv (a row per trial), best.yaml (`lorakit train --config best.yaml`), summary.md,
 heatmap.png (metric over lora_r x lora_alpha), pareto.png (metric vs trainable parameters), curves.png (training loss
 of the best trials).
+
+The command line (the parser, SearchSettings from the flags, the command) is in lorakit.search_cli.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -59,11 +59,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from .jobs import JOB, RESULT, run_job  # noqa: F401  (re-exported)
 from .jobs import LOG, _engine_kwargs, _job_main, _now, _pruner, collect, cpu_count, launch
 from .search_report import PLOTS, best_yaml, summary_markdown  # noqa: F401  (re-exported)
-from .search_report import _replaced, _shown, best_trial, flat_metrics, objective_name, trial_rows, write_reports
+from .search_report import _replaced, _shown, flat_metrics
 from .search_space import (ALL_LINEAR_TOGGLES, NOT_SEARCHABLE, TOGGLE_NAMES, TOGGLE_PARAMS,  # noqa: F401  (re-exported)
                            TRAIN_FIELDS, parse_value, toggled_targets)
-from .search_space import Range, grid_points, parse_space, trial_config
-from .train_config import TrainConfig
+from .search_space import Range, grid_points, trial_config
 
 SAMPLERS = ("grid", "random", "tpe")
 DEFAULT_STUDY = "lorakit-search"
@@ -305,128 +304,11 @@ class Search:
         self.running.clear()
 
 
-
 def run_search(s: SearchSettings) -> tuple[optuna.Study, int]:
     """Run this process's share of the study; returns the study and the number of trials this process ran."""
     search = Search(s)
     search.run()
     return search.study, search.ran
-
-
-# --- command line -----------------------------------------------------------------------------------------------
-
-def train_flags_parser() -> argparse.ArgumentParser:
-    """`lorakit train`'s parser, whose flags search and compare take over (cli declares them in _train_parser)."""
-    from .cli import _train_parser
-
-    holder = argparse.ArgumentParser(add_help=False).add_subparsers()
-    _train_parser(holder)
-    return holder.choices["train"]
-
-
-def given_train_values(args: argparse.Namespace) -> dict:
-    """The TrainConfig values the user gave: the --config file, then the train flags (cli's precedence)."""
-    from .cli import _given, _read_config_file, _train_values
-
-    return {**_train_values(_read_config_file(args)), **_train_values(_given(args))}
-
-
-def add_search_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "search", parents=[train_flags_parser()], conflict_handler="resolve",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="hyperparameter search over train options (grid, random, TPE; resumable, parallel)",
-        description=(
-            "Run many `lorakit train` trials over a space of training options, on Optuna. Every train flag below is "
-            "the base of each trial; the trial's values override it. The study is stored (default "
-            "<output>/study.db), so the same command again skips finished trials and runs only new ones.\n\n"
-            "examples:\n"
-            "  lorakit search --model minilm --task sst2 --data-dir ../shared/data/sst2 --max-train-samples 1000 \\\n"
-            "      --epochs 1 --max-length 64 --space lora_r=1,2,4,8,16,32 --space lora_alpha=1,4,8,16,32,64 \\\n"
-            "      --workers 2 --output runs/search\n"
-            "  lorakit search --config base.yaml --space-file space.yaml --output runs/search2\n"
-            "  lorakit search --config base.yaml --sampler tpe --n-trials 30 --space lr=1e-4..1e-2:log \\\n"
-            "      --space lora_r=4,8,16 --space lora_dropout=0,0.1 --output runs/tpe\n"
-            "  lorakit search ... --lora-query --lora-value --space lora_key=on,off --space lora_mlp=on,off\n\n"
-            "several machines: give every machine the same command with --storage postgresql://user:pw@host/db "
-            "(and a --study-name); see the lorakit.search module docstring.\n\n"
-            "outputs in --output: results.csv, best.yaml, summary.md, heatmap.png, pareto.png, curves.png, "
-            "trials/<number>/ (each trial's run directory and train.log)."))
-    g = p.add_argument_group("search")
-    g.add_argument("--space", action="append", default=[], metavar="NAME=VALUES",
-                   help="a searched option and its values, repeatable: lora_r=1,2,4,8 | lora_key=on,off | "
-                        "target_modules=all-linear,query+value | lr=1e-4..1e-2:log (a range: random / tpe only)")
-    g.add_argument("--space-file", metavar="FILE",
-                   help="YAML with a `space:` mapping (lora_r: [1, 2, 4], lr: {low: 1.0e-4, high: 1.0e-2, log: true})"
-                        "; --space flags override its entries")
-    g.add_argument("--sampler", choices=SAMPLERS, default="grid",
-                   help="grid: every combination; random; tpe: Optuna's TPE (default: grid)")
-    g.add_argument("--n-trials", type=int, metavar="N",
-                   help="random / tpe: trials the study should hold (a second run adds up to N)")
-    g.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="trials run at once, each in its own process: CPU cores // N torch threads each, "
-                        "one GPU each when CUDA is used (default: 1)")
-    g.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads per trial (default: CPU cores // --workers). Float sums depend on the thread "
-                        "count: the same --threads gives bitwise-identical trials whatever --workers")
-    g.add_argument("--prune", action="store_true",
-                   help="stop trials whose best main metric after an evaluation is below the median of earlier "
-                        "trials at that step (MedianPruner; evaluations: each epoch end and every --eval-steps)")
-    g.add_argument("--metric", metavar="NAME",
-                   help="the column of results.csv to optimise, e.g. validation_f1 (default: the task's main metric "
-                        "on its first evaluation split)")
-    g.add_argument("--direction", choices=("maximize", "minimize"),
-                   help="(default: minimize for a --metric ending in 'loss', else maximize)")
-    g.add_argument("--storage", metavar="URL",
-                   help="Optuna storage URL shared by all workers, e.g. postgresql://user:pw@host/db "
-                        "(default: sqlite:///<output>/study.db)")
-    g.add_argument("--study-name", default=DEFAULT_STUDY, help=f"(default: {DEFAULT_STUDY})")
-    g.add_argument("--search-seed", type=int, default=0, metavar="N", help="seed of the random / tpe sampler "
-                                                                            "(default: 0)")
-    g.add_argument("--output", default="runs/search", metavar="DIR",
-                   help="search directory: study.db, results, plots, trials/<number> (default: runs/search)")
-    p.add_argument("--resume", help=argparse.SUPPRESS)  # every trial starts fresh; the search itself resumes
-    p.set_defaults(func=cmd_search)
-    return p
-
-
-def settings_from_args(args: argparse.Namespace) -> SearchSettings:
-    direction = args.direction or ("minimize" if args.metric and args.metric.endswith("loss") else "maximize")
-    return SearchSettings(base=given_train_values(args), space=parse_space(args.space, args.space_file),
-                          output=Path(args.output), sampler=args.sampler, n_trials=args.n_trials,
-                          workers=args.workers, threads=args.threads, storage=args.storage,
-                          study_name=args.study_name, prune=args.prune,
-                          metric=args.metric, direction=direction, seed=args.search_seed)
-
-
-def _interrupt_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # `kill PID` stops the search like Ctrl-C: running trials are failed and retried later
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-    settings = settings_from_args(args)
-    TrainConfig.from_dict({**settings.base, "output": None})  # a bad base setting fails here, not in every trial
-    interrupted = False
-    try:
-        study, ran = run_search(settings)
-    except KeyboardInterrupt:
-        interrupted = True
-        _, study = open_study(settings)
-        ran = None
-    paths = write_reports(study, settings)
-    rows = trial_rows(study, settings.space)
-    if interrupted:
-        print("lorakit search: interrupted; the same command continues the search (unfinished trials are retried)")
-    else:
-        print(f"lorakit search: {ran} trial(s) run now, {len(rows)} in the study")
-    best = best_trial(study)
-    if best is not None:
-        print(f"best: trial {best.number}, {objective_name(study, settings.metric)} {best.value:.4f}, "
-              f"{_shown(best.user_attrs['params'])}")
-    for key, path in paths.items():
-        print(f"  {key:8s} {path}")
-    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":  # `python -m lorakit.search <job.json>`, as launched before lorakit.jobs

@@ -11,18 +11,17 @@
      the model is wrapped for the device and, under torchrun / accelerate launch, in DistributedDataParallel
      (distributed.py: every rank builds the same seeded global batches of batch_size x world rows and trains
      on its shard; evaluation is sharded and gathered; only rank 0 writes);
-  3. AdamW with LoRA+ parameter groups, linear warmup then linear decay;
-  4. the loop over optimizer steps: each step accumulates grad_accum micro-batches, their losses weighted by
-     rows (the gradient equals that of one big batch), then clips and steps. One JSON line per step; evaluation
-     every eval_steps and at each epoch end; the best weights by the task's main metric kept in
-     checkpoints/best; early stopping; a resumable step checkpoint at every evaluation (or every save_steps);
-     a NaN or infinite loss stops the run with TrainingDiverged, the last step checkpoint untouched;
+  3. AdamW with LoRA+ parameter groups, linear warmup then linear decay (train_step.py);
+  4. the loop over optimizer steps: each step (train_step.optimizer_step) accumulates grad_accum micro-batches,
+     their losses weighted by rows (the gradient equals that of one big batch), then clips and steps. One JSON
+     line per step; evaluation every eval_steps and at each epoch end; the best weights by the task's main
+     metric kept in checkpoints/best; early stopping; a resumable step checkpoint at every evaluation (or every
+     save_steps); a NaN or infinite loss stops the run with TrainingDiverged, the last step checkpoint untouched;
   5. the best weights are loaded back and saved as the artifact (adapter/, weights/ or model/);
      metrics.json, config.yaml, versions.json and log.jsonl complete the output directory.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -47,8 +46,8 @@ from .kinds import Evaluator, kind_of
 from .methods import load_base, save_artifact, setup_method
 from .params import parameter_report
 from .tasks import LengthGroupedBatchSampler, PaddingCollator, TaskSpec, load_splits, sequence_lengths
-from .tasks.batching import LABEL_PAD_ID
-from .train_config import TrainConfig, autocast, resolve_device, resolve_precision, to_device
+from .train_config import TrainConfig, resolve_device, resolve_precision
+from .train_step import build_optimizer, linear_schedule, optimizer_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -60,59 +59,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def training_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The loss of one micro-batch, a scalar averaged over its examples (transformers heads compute it)."""
-    return model(**batch).loss
-
-
-def loss_weight(batch: dict[str, torch.Tensor]) -> int:
-    """What a micro-batch's mean loss averages over: its rows, or for token labels (B, T) (causal LMs, whose
-    transformers loss is the mean over the labelled tokens after the one-token shift) its labelled tokens."""
-    labels = batch.get("labels")
-    if labels is not None and labels.ndim == 2:
-        return int((labels[:, 1:] != LABEL_PAD_ID).sum())
-    return len(batch["input_ids"])
-
-
-def accumulate_gradients(model: nn.Module, micro_batches, rows: int, device: torch.device, precision: str,
-                         counts: list[int] | None = None) -> float:
-    """Forward and backward over one step's micro-batches; returns the mean loss over their `rows` examples.
-
-    Each micro-batch's mean loss is weighted by its share of the step's rows (causal LMs: of its labelled tokens,
-    `loss_weight`), so the summed gradient is that of one batch of all rows. A non-finite micro-batch loss is
-    returned at once, before its backward.
-
-    Data-parallel (the model a DistributedDataParallel, world W > 1): counts[i] is this rank's number of rows in
-    micro-batch i (0: a stand-in row that only keeps the collectives in step, weighted 0); the weights are summed
-    over all ranks (one all-reduce), and as DDP averages the gradients over ranks, each share is scaled by W. The
-    returned loss is the mean over all ranks' rows (tokens), the same on every rank. Gradients are synchronized
-    once per step: the micro-steps before the last run under no_sync(). Every rank runs every backward (a NaN is
-    only returned after the loss all-reduce).
-    """
-    world = distributed.world_size() if isinstance(model, nn.parallel.DistributedDataParallel) else 1
-    micro_batches = list(micro_batches)  # dicts of (B, T) tensors, on the CPU until their turn
-    weights = [loss_weight(b) if counts is None or counts[i] else 0 for i, b in enumerate(micro_batches)]
-    weight_total = sum(weights)
-    if world > 1:
-        weight_total = distributed.sum_across(float(weight_total))
-    weight_total = max(weight_total, 1)
-    total = 0.0
-    for i, batch in enumerate(micro_batches):
-        batch = to_device(batch, device)
-        last = i == len(micro_batches) - 1
-        sync = model.no_sync() if world > 1 and not last else contextlib.nullcontext()
-        with sync:
-            with autocast(device, precision):
-                loss = training_loss(model, batch)
-            value = loss.item()
-            if world == 1 and not math.isfinite(value):
-                return value
-            share = weights[i] * world / weight_total
-            (loss * share).backward()
-        total += value * share if weights[i] else 0.0
-    return distributed.sum_across(total) / world if world > 1 else total
 
 
 def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -145,61 +91,6 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable({"use_reentrant": False})
     model.enable_input_require_grads()
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters. LoRA+: the B matrices learn at lr * loraplus_ratio.
-
-    Weight decay applies to matrices only (never to biases and LayerNorm weights).
-    """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_b = bool(cfg.loraplus_ratio) and (".lora_B." in name or name.endswith("lora_embedding_B"))
-        groups.setdefault((is_b, param.ndim >= 2), []).append(param)
-    if not groups:
-        raise ValueError(f"method {cfg.method} left no trainable parameter in this model")
-    param_groups = [
-        {"params": params, "name": ("lora_B" if is_b else "main") + ("" if decay else "_no_decay"),
-         "lr": cfg.lr * (cfg.loraplus_ratio if is_b else 1.0), "weight_decay": cfg.weight_decay if decay else 0.0}
-        for (is_b, decay), params in sorted(groups.items())
-    ]
-    return torch.optim.AdamW(param_groups, lr=cfg.lr)
-
-
-def linear_schedule(warmup: int, total: int):
-    """The lr factor of 0-based step s: (s+1)/(warmup+1) rising, then (total-s)/(total-warmup) falling.
-
-    No step has lr 0: the first warmup step already learns, and the last step still does.
-    """
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
-def optimizer_step(model: nn.Module, micro_batches, rows: int, optimizer, scheduler, cfg: TrainConfig,
-                   device: torch.device, precision: str, counts: list[int] | None = None) -> tuple[float, float]:
-    """One optimizer step over a group of micro-batches: (mean loss, gradient norm before clipping).
-
-    A NaN or infinite loss or gradient norm is returned without stepping (the weights stay as they were).
-    Data-parallel: the loss is all-reduced and the gradients are identical on every rank, so every rank decides
-    alike.
-    """
-    loss = accumulate_gradients(model, micro_batches, rows, device, precision, counts)
-    if not math.isfinite(loss):
-        optimizer.zero_grad(set_to_none=True)
-        return loss, math.nan
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf))
-    if math.isfinite(grad_norm):
-        optimizer.step()
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss, grad_norm
 
 
 def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = None) -> dict:
