@@ -44,8 +44,15 @@ def sst2_table(root: Path) -> str:
     rows = [("head", root / "sst2/head"), ("last-layers", root / "sst2/last-layers"),
             ("lora, query + value", root / "sst2-qv/lora"), ("lora, all-linear", root / "sst2/lora"),
             ("lora, all-linear, alpha 16", root / "sst2-alpha16/lora"),
+            ("lora, all-linear, lr 5e-4", root / "sst2-lr5e-4/lora"),
+            ("lora, all-linear, lr 3e-4", root / "sst2-lr3e-4/lora"),
+            ("lora, all-linear, lr 2e-4", root / "sst2-lr2e-4/lora"),
             ("lora+head (all-linear; pooler and classifier in full)", root / "sst2-lora-head/lora+head"),
-            ("full", root / "sst2/full")]
+            ("full", root / "sst2/full"),
+            ("lora, all-linear, lr 3e-4, seed 1", root / "sst2-lr3e-4-seed1/lora"),
+            ("full, seed 1", root / "sst2-full-seed1/full"),
+            ("lora, all-linear, LoRA+ (lr 2e-4, B at 8x), seed 0", root / "sst2-loraplus-seed0/lora"),
+            ("lora, all-linear, LoRA+ (lr 2e-4, B at 8x), seed 1", root / "sst2-loraplus-seed1/lora")]
     out = ["| method | dev accuracy | trainable params | % of model | train time (min) | examples/s | "
            "peak memory (MB) | saved weights |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, run in rows:

@@ -29,11 +29,24 @@ sst2() {
   # all-linear LoRA with the pooler and classifier trained in full; and with alpha 16 (alpha / r = 2)
   compare "${common[@]}" --methods lora+head --output "$OUT/sst2-lora-head"
   compare "${common[@]}" --methods lora --lora-alpha 16 --output "$OUT/sst2-alpha16"
+  # all-linear LoRA at lower learning rates than the default 1e-3; lr 3e-4 and full again with seed 1
+  for lr in 5e-4 3e-4 2e-4; do
+    compare "${common[@]}" --methods lora --lr "$lr" --output "$OUT/sst2-lr$lr"
+  done
+  compare "${common[@]}" --seed 1 --methods lora --lr 3e-4 --output "$OUT/sst2-lr3e-4-seed1"
+  compare "${common[@]}" --seed 1 --methods full --output "$OUT/sst2-full-seed1"
+  # LoRA+ (B at 8x the learning rate of A), seeds 0 and 1
+  for seed in 0 1; do
+    compare "${common[@]}" --seed "$seed" --methods lora --lr 2e-4 --loraplus-ratio 8 --output "$OUT/sst2-loraplus-seed$seed"
+  done
 }
 
 glue() {
   compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 2 --methods lora full --output "$OUT/cola"
   compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 4 --methods lora --output "$OUT/cola-4ep"
+  # CoLA: LoRA at the defaults predicts the majority class; twice the learning rate with alpha 8 and 16, 4 epochs
+  "$LORAKIT" search --model minilm --task cola --data-dir "$DATA/cola" --epochs 4 --method lora \
+    --space lr=2e-3 --space lora_alpha=8,16 --workers 2 --threads "$THREADS" --output "$OUT/cola-search"
   compare --model minilm --task stsb --data-dir "$DATA/sts_b" --epochs 2 --methods lora --output "$OUT/stsb"
   compare --model minilm --task mrpc --data-dir "$DATA/mrpc" --epochs 2 --methods lora --output "$OUT/mrpc"
   compare --model minilm --task rte --data-dir "$DATA/rte_superglue" --epochs 2 --methods lora --output "$OUT/rte"
