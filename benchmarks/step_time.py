@@ -10,7 +10,8 @@ the frozen model with the gradient carried down to the embeddings' output and on
 forward and input-gradient work that every LoRA step does whatever its low-rank layers cost (slightly more: it
 also computes the input gradient of layer 0's query/key/value, which a LoRA step skips). Every configuration runs
 in its own process (several models in one process distort each other's timings), the configurations alternate
-round by round, and the medians over rounds are compared: single runs on this machine vary by +-30%. Peak memory
+round by round (the order rotates each round), and the medians over rounds are compared, both as a ratio of
+medians and as the median of the ratios within each round: single runs on this machine vary by +-30%. Peak memory
 is the process's maximum resident set size (model, optimizer state and activations).
 """
 from __future__ import annotations
@@ -97,7 +98,8 @@ def main() -> None:
         return
     results: dict[str, list[dict]] = {c: [] for c in args.configs}
     for r in range(args.rounds):
-        for config in args.configs:
+        # rotate the order each round so that no configuration always runs first or right after the same one
+        for config in args.configs[r % len(args.configs):] + args.configs[: r % len(args.configs)]:
             cmd = [sys.executable, __file__, "--worker", config, "--steps", str(args.steps), "--lora-dropout", str(args.lora_dropout),
                    "--threads", str(args.threads)]
             cmd += ["--eval-mode"] if args.eval_mode else []
@@ -110,13 +112,18 @@ def main() -> None:
     mode = "eval mode (dropout off)" if args.eval_mode else f"train mode (dropout on, lora_dropout={args.lora_dropout})"
     threads = args.threads or "default"
     print(f"\nMiniLM-L6, batch 32 x 128, r=8, {mode}, {args.rounds} rounds x {args.steps} steps, threads {threads}, medians\n")
-    print("| configuration | trainable | s/step | vs full | vs PEFT (same targets) | peak MB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| configuration | trainable | s/step | vs full | vs PEFT (same targets) | vs PEFT, paired | peak MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for c in args.configs:
         full = f"{med[c] / med['full']:.2f}x" if "full" in med else "-"
         peer = c.replace("lorakit", "peft")
-        vs_peft = f"{med[c] / med[peer]:.2f}x" if c.startswith("lorakit") and peer in med else "-"
-        print(f"| {c} | {results[c][0]['trainable']:,} | {med[c]:.3f} | {full} | {vs_peft} | {mem[c]:.0f} |")
+        vs_peft = paired = "-"
+        if c.startswith("lorakit") and peer in med:
+            vs_peft = f"{med[c] / med[peer]:.2f}x"
+            paired = f"{statistics.median(a['median_s'] / b['median_s'] for a, b in zip(results[c], results[peer])):.2f}x"
+        print(f"| {c} | {results[c][0]['trainable']:,} | {med[c]:.3f} | {full} | {vs_peft} | {paired} | {mem[c]:.0f} |")
+    print("\nvs full, vs PEFT: ratio of the medians over rounds. paired: the median over rounds of the ratio measured"
+          " within each round (two processes run minutes apart, so slow drifts of the machine cancel).")
 
 
 if __name__ == "__main__":
