@@ -50,6 +50,8 @@ def sst2_table(root: Path) -> str:
             ("lora+head (all-linear; pooler and classifier in full)", root / "sst2-lora-head/lora+head"),
             ("full", root / "sst2/full"),
             ("lora, all-linear, lr 3e-4, seed 1", root / "sst2-lr3e-4-seed1/lora"),
+            ("lora, all-linear, lr 3e-4, seed 2", root / "sst2-lr3e-4-seed2/lora"),
+            ("lora, all-linear, r 16, alpha 16, lr 3e-4", root / "sst2-r16-lr3e-4/lora"),
             ("full, seed 1", root / "sst2-full-seed1/full"),
             ("lora, all-linear, LoRA+ (lr 2e-4, B at 8x), seed 0", root / "sst2-loraplus-seed0/lora"),
             ("lora, all-linear, LoRA+ (lr 2e-4, B at 8x), seed 1", root / "sst2-loraplus-seed1/lora")]
