@@ -17,6 +17,10 @@ from lorakit.report import human_bytes
 
 WEIGHTS = (".safetensors", ".bin", ".pt")
 GLUE = [("cola", "CoLA", "matthews_correlation"), ("cola-4ep", "CoLA", "matthews_correlation"),
+        ("cola-lr5e-4", "CoLA, lr 5e-4", "matthews_correlation"),
+        ("cola-lr3e-4", "CoLA, lr 3e-4", "matthews_correlation"),
+        ("cola-kaiming", "CoLA, kaiming init, lr 1e-3", "matthews_correlation"),
+        ("cola-lora-head-lr3e-4", "CoLA, lr 3e-4", "matthews_correlation"),
         ("stsb", "STS-B", "pearson"), ("mrpc", "MRPC", "accuracy"),
         ("rte", "RTE", "accuracy"), ("imdb", "IMDB (reduced)", "accuracy")]
 
@@ -52,6 +56,10 @@ def sst2_table(root: Path) -> str:
             ("lora, all-linear, lr 3e-4, seed 1", root / "sst2-lr3e-4-seed1/lora"),
             ("lora, all-linear, lr 3e-4, seed 2", root / "sst2-lr3e-4-seed2/lora"),
             ("lora, all-linear, r 16, alpha 16, lr 3e-4", root / "sst2-r16-lr3e-4/lora"),
+            ("lora, all-linear, kaiming init of A (PEFT's), lr 1e-3", root / "sst2-kaiming/lora"),
+            ("lora, all-linear, kaiming init of A (PEFT's), lr 1e-3, seed 1", root / "sst2-kaiming-seed1/lora"),
+            ("lora, all-linear, kaiming init of A (PEFT's), lr 1e-3, seed 2", root / "sst2-kaiming-seed2/lora"),
+            ("lora+head, lr 3e-4", root / "sst2-lora-head-lr3e-4/lora+head"),
             ("full, seed 1", root / "sst2-full-seed1/full"),
             ("lora, all-linear, LoRA+ (lr 2e-4, B at 8x), seed 0", root / "sst2-loraplus-seed0/lora"),
             ("lora, all-linear, LoRA+ (lr 2e-4, B at 8x), seed 1", root / "sst2-loraplus-seed1/lora")]
@@ -71,7 +79,7 @@ def glue_table(root: Path) -> str:
     out = ["| task | method | official metrics per evaluation split | training examples x epochs | train time (min) |",
            "|---|---|---|---|---:|"]
     for name, label, _ in GLUE:
-        for method in ("lora", "full"):
+        for method in ("lora", "lora+head", "full"):
             m = load(root / name / method) if (root / name / method).is_dir() else None
             if m is None:
                 continue

@@ -6,7 +6,7 @@
 Runs `lorakit compare` (lorakit.compare) for head, last-layers, lora, qlora and full with the same data, epochs and
 seed (DEMO below), prints the comparison table and says where the chart and the trained adapters are (runs/demo).
 all-MiniLM-L6-v2 was trained for mean pooling, so the CLS pooler under the classifier needs adapting: the head alone
-stays near chance while all-linear LoRA (r 8, lr 1e-3) reaches ~80% with 1.5% of the parameters. The data is
+stays near chance while all-linear LoRA (r 8, lr 5e-4) reaches ~80% with 1.5% of the parameters. The data is
 ../shared/data/sst2 next to this repository (or to the current directory), else the Hugging Face hub. Running the
 demo again reuses the finished runs in runs/demo (delete it to train again).
 """
