@@ -61,6 +61,7 @@ def sst2_table(root: Path) -> str:
             ("lora, all-linear, kaiming init of A (PEFT's), lr 1e-3, seed 2", root / "sst2-kaiming-seed2/lora"),
             ("lora+head, lr 3e-4", root / "sst2-lora-head-lr3e-4/lora+head"),
             ("full, seed 1", root / "sst2-full-seed1/full"),
+            ("full, seed 2 (2 threads)", root / "sst2-full-seed2/full"),
             ("lora, all-linear, LoRA+ (lr 2e-4, B at 8x), seed 0", root / "sst2-loraplus-seed0/lora"),
             ("lora, all-linear, LoRA+ (lr 2e-4, B at 8x), seed 1", root / "sst2-loraplus-seed1/lora")]
     out = ["| method | dev accuracy | trainable params | % of model | train time (min) | examples/s | "

@@ -47,6 +47,7 @@ sst2() {
   # rank 16 (alpha 16: the same alpha / r = 1) at lr 3e-4
   compare "${common[@]}" --methods lora --lr 3e-4 --lora-r 16 --lora-alpha 16 --output "$OUT/sst2-r16-lr3e-4"
   compare "${common[@]}" --seed 1 --methods full --output "$OUT/sst2-full-seed1"
+  compare "${common[@]}" --seed 2 --methods full --output "$OUT/sst2-full-seed2"
   # LoRA+ (B at 8x the learning rate of A), seeds 0 and 1
   for seed in 0 1; do
     compare "${common[@]}" --seed "$seed" --methods lora --lr 2e-4 --loraplus-ratio 8 --output "$OUT/sst2-loraplus-seed$seed"
