@@ -42,12 +42,14 @@ sst2() {
   for lr in 5e-4 3e-4 2e-4; do
     compare "${common[@]}" --methods lora --lr "$lr" --output "$OUT/sst2-lr$lr"
   done
-  compare "${common[@]}" --seed 1 --methods lora --lr 3e-4 --output "$OUT/sst2-lr3e-4-seed1"
-  compare "${common[@]}" --seed 2 --methods lora --lr 3e-4 --output "$OUT/sst2-lr3e-4-seed2"
+  for seed in 1 2; do
+    compare "${common[@]}" --seed "$seed" --methods lora --lr 3e-4 --output "$OUT/sst2-lr3e-4-seed$seed"
+  done
   # rank 16 (alpha 16: the same alpha / r = 1) at lr 3e-4
   compare "${common[@]}" --methods lora --lr 3e-4 --lora-r 16 --lora-alpha 16 --output "$OUT/sst2-r16-lr3e-4"
-  compare "${common[@]}" --seed 1 --methods full --output "$OUT/sst2-full-seed1"
-  compare "${common[@]}" --seed 2 --methods full --output "$OUT/sst2-full-seed2"
+  for seed in 1 2; do
+    compare "${common[@]}" --seed "$seed" --methods full --output "$OUT/sst2-full-seed$seed"
+  done
   # LoRA+ (B at 8x the learning rate of A), seeds 0 and 1
   for seed in 0 1; do
     compare "${common[@]}" --seed "$seed" --methods lora --lr 2e-4 --loraplus-ratio 8 --output "$OUT/sst2-loraplus-seed$seed"
@@ -55,21 +57,20 @@ sst2() {
 }
 
 glue() {
-  compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 2 --methods full --output "$OUT/cola"
-  compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 2 --methods lora --lr "$LORA_LR" --output "$OUT/cola"
-  compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 4 --methods lora --lr "$LORA_LR" --output "$OUT/cola-4ep"
+  local cola=(--model minilm --task cola --data-dir "$DATA/cola")
+  compare "${cola[@]}" --epochs 2 --methods full --output "$OUT/cola"
+  compare "${cola[@]}" --epochs 2 --methods lora --lr "$LORA_LR" --output "$OUT/cola"
+  compare "${cola[@]}" --epochs 4 --methods lora --lr "$LORA_LR" --output "$OUT/cola-4ep"
   # CoLA: LoRA at lr 1e-3 predicts the majority class; twice that learning rate with alpha 8 and 16, 4 epochs
-  "$LORAKIT" search --model minilm --task cola --data-dir "$DATA/cola" --epochs 4 --method lora \
+  "$LORAKIT" search "${cola[@]}" --epochs 4 --method lora \
     --space lr=2e-3 --space lora_alpha=8,16 --workers 2 --threads "$THREADS" --output "$OUT/cola-search"
   # 3 epochs at lower learning rates: LoRA at 5e-4 and 3e-4, LoRA with the pooler and classifier trained in full
   # (lora+head) at 3e-4, and LoRA with PEFT's kaiming init of A at 1e-3
   for lr in 5e-4 3e-4; do
-    compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 3 --methods lora --lr "$lr" --output "$OUT/cola-lr$lr"
+    compare "${cola[@]}" --epochs 3 --methods lora --lr "$lr" --output "$OUT/cola-lr$lr"
   done
-  compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 3 --methods lora --lr 1e-3 --lora-init kaiming \
-    --output "$OUT/cola-kaiming"
-  compare --model minilm --task cola --data-dir "$DATA/cola" --epochs 3 --methods lora+head --lr 3e-4 \
-    --output "$OUT/cola-lora-head-lr3e-4"
+  compare "${cola[@]}" --epochs 3 --methods lora --lr 1e-3 --lora-init kaiming --output "$OUT/cola-kaiming"
+  compare "${cola[@]}" --epochs 3 --methods lora+head --lr 3e-4 --output "$OUT/cola-lora-head-lr3e-4"
   compare --model minilm --task stsb --data-dir "$DATA/sts_b" --epochs 2 --methods lora --lr "$LORA_LR" --output "$OUT/stsb"
   compare --model minilm --task mrpc --data-dir "$DATA/mrpc" --epochs 2 --methods lora --lr "$LORA_LR" --output "$OUT/mrpc"
   compare --model minilm --task rte --data-dir "$DATA/rte_superglue" --epochs 2 --methods lora --lr "$LORA_LR" --output "$OUT/rte"
@@ -85,12 +86,10 @@ imdb() {
 squad() {
   # ../shared/data has only the dev set: half of its articles train, the other half evaluate (--split-from-eval);
   # 2,000 training questions and 500 evaluation questions of those halves (seeded samples)
-  compare --model minilm --task squad --data-dir "$DATA/squad_v1.1" --split-from-eval 0.5 --max-length 256 \
-    --max-train-samples 2000 --max-eval-samples 500 --epochs 1 --batch-size 16 --methods head full \
-    --output "$OUT/squad"
-  compare --model minilm --task squad --data-dir "$DATA/squad_v1.1" --split-from-eval 0.5 --max-length 256 \
-    --max-train-samples 2000 --max-eval-samples 500 --epochs 1 --batch-size 16 --methods lora --lr "$LORA_LR" \
-    --output "$OUT/squad"
+  local squad=(--model minilm --task squad --data-dir "$DATA/squad_v1.1" --split-from-eval 0.5 --max-length 256
+               --max-train-samples 2000 --max-eval-samples 500 --epochs 1 --batch-size 16 --output "$OUT/squad")
+  compare "${squad[@]}" --methods head full
+  compare "${squad[@]}" --methods lora --lr "$LORA_LR"
 }
 
 instruct() {
