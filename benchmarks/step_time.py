@@ -4,11 +4,15 @@
     .venv/bin/python benchmarks/step_time.py --lora-dropout 0.1
     .venv/bin/python benchmarks/step_time.py --eval-mode    # dropout off everywhere
     .venv/bin/python benchmarks/step_time.py --rounds 6 --steps 6 --configs full lorakit-qv peft-qv
+    .venv/bin/python benchmarks/step_time.py --torch-dropout  # lorakit's configs with torch's dropout layers
 
 One step = forward + backward + AdamW on a batch of 32 x 128 tokens. "backprop-floor" is a control, not a method:
 the frozen model with the gradient carried down to the embeddings' output and only the head trained, i.e. the
 forward and input-gradient work that every LoRA step does whatever its low-rank layers cost (slightly more: it
-also computes the input gradient of layer 0's query/key/value, which a LoRA step skips). Every configuration runs
+also computes the input gradient of layer 0's query/key/value, which a LoRA step skips). The lorakit-* configurations
+run the model as `lorakit train` does: with lorakit's cheap CPU dropout (fast_dropout.py) in place of torch's
+dropout layers unless --torch-dropout. "lorakit-full" is full fine-tuning so, the control that shows how much of
+lorakit's gain is that dropout rather than LoRA. Every configuration runs
 in its own process (several models in one process distort each other's timings), the configurations alternate
 round by round (the order rotates each round), and the medians over rounds are compared, both as a ratio of
 medians and as the median of the ratios within each round: single runs on this machine vary by +-30%. Peak memory
@@ -25,10 +29,10 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ["full", "head", "backprop-floor", "peft-qv", "peft-all", "lorakit-qv", "lorakit-all"]
+CONFIGS = ["full", "head", "backprop-floor", "lorakit-full", "peft-qv", "peft-all", "lorakit-qv", "lorakit-all"]
 
 
-def build(config: str, lora_dropout: float):
+def build(config: str, lora_dropout: float, torch_dropout: bool = False):
     import torch
     import transformers as tf
 
@@ -51,19 +55,23 @@ def build(config: str, lora_dropout: float):
         model = peft.get_peft_model(model, cfg)
     elif config.startswith("lorakit"):
         from lorakit import LoraConfig, add_lora
+        from lorakit.fast_dropout import fast_dropout
 
-        add_lora(model, LoraConfig(r=8, alpha=16, dropout=lora_dropout, target_modules=targets))
+        if config != "lorakit-full":
+            add_lora(model, LoraConfig(r=8, alpha=16, dropout=lora_dropout, target_modules=targets))
+        if not torch_dropout:
+            fast_dropout(model)
     torch.manual_seed(0)
     return model
 
 
-def worker(config: str, steps: int, eval_mode: bool, lora_dropout: float, threads: int) -> dict:
+def worker(config: str, steps: int, eval_mode: bool, lora_dropout: float, threads: int, torch_dropout: bool) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build(config, lora_dropout)
+    model = build(config, lora_dropout, torch_dropout)
     model.eval() if eval_mode else model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -91,10 +99,11 @@ def main() -> None:
     ap.add_argument("--eval-mode", action="store_true", help="dropout off (model.eval()) instead of train mode")
     ap.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout for PEFT and lorakit (default 0: both libraries' default)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
+    ap.add_argument("--torch-dropout", action="store_true", help="lorakit-* with torch's dropout layers (as --torch-dropout)")
     ap.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, args.eval_mode, args.lora_dropout, args.threads)))
+        print(json.dumps(worker(args.worker, args.steps, args.eval_mode, args.lora_dropout, args.threads, args.torch_dropout)))
         return
     results: dict[str, list[dict]] = {c: [] for c in args.configs}
     for r in range(args.rounds):
@@ -103,6 +112,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", config, "--steps", str(args.steps), "--lora-dropout", str(args.lora_dropout),
                    "--threads", str(args.threads)]
             cmd += ["--eval-mode"] if args.eval_mode else []
+            cmd += ["--torch-dropout"] if args.torch_dropout else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results[config].append(res)
@@ -111,17 +121,20 @@ def main() -> None:
     mem = {c: statistics.median(x["peak_mb"] for x in v) for c, v in results.items()}
     mode = "eval mode (dropout off)" if args.eval_mode else f"train mode (dropout on, lora_dropout={args.lora_dropout})"
     threads = args.threads or "default"
-    print(f"\nMiniLM-L6, batch 32 x 128, r=8, {mode}, {args.rounds} rounds x {args.steps} steps, threads {threads}, medians\n")
-    print("| configuration | trainable | s/step | vs full | vs PEFT (same targets) | vs PEFT, paired | peak MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    dropout = "torch's" if args.torch_dropout else "lorakit's"
+    print(f"\nMiniLM-L6, batch 32 x 128, r=8, {mode}, {args.rounds} rounds x {args.steps} steps, threads {threads}, "
+          f"{dropout} dropout in lorakit-*, medians\n")
+    print("| configuration | trainable | s/step | vs full | vs lorakit-full | vs PEFT (same targets) | vs PEFT, paired | peak MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for c in args.configs:
         full = f"{med[c] / med['full']:.2f}x" if "full" in med else "-"
+        own = f"{med[c] / med['lorakit-full']:.2f}x" if c.startswith("lorakit") and "lorakit-full" in med else "-"
         peer = c.replace("lorakit", "peft")
         vs_peft = paired = "-"
         if c.startswith("lorakit") and peer in med:
             vs_peft = f"{med[c] / med[peer]:.2f}x"
             paired = f"{statistics.median(a['median_s'] / b['median_s'] for a, b in zip(results[c], results[peer])):.2f}x"
-        print(f"| {c} | {results[c][0]['trainable']:,} | {med[c]:.3f} | {full} | {vs_peft} | {paired} | {mem[c]:.0f} |")
+        print(f"| {c} | {results[c][0]['trainable']:,} | {med[c]:.3f} | {full} | {own} | {vs_peft} | {paired} | {mem[c]:.0f} |")
     print("\nvs full, vs PEFT: ratio of the medians over rounds. paired: the median over rounds of the ratio measured"
           " within each round (two processes run minutes apart, so slow drifts of the machine cancel).")
 

@@ -203,6 +203,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     o.add_argument("--max-grad-norm", type=float, help=f"gradient clipping, 0 = off (default: {D.max_grad_norm})")
     o.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute activations in backward: less memory, ~30%% slower")
+    o.add_argument("--torch-dropout", action="store_true", default=None,
+                   help="the model's dropout as torch runs it (default: lorakit's cheaper CPU dropout, the same "
+                        "distribution from another random stream; on CUDA both are torch's)")
     o.add_argument("--no-group-by-length", dest="group_by_length", action="store_false", default=None,
                    help="plain shuffled batches (default: batches of similar lengths)")
     e = p.add_argument_group("evaluation, checkpoints, output")

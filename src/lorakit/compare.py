@@ -33,7 +33,8 @@ CHOICES = (*METHODS, BEST)
 # settings every method shares (the comparison's conditions); a search's best.yaml contributes everything else
 SHARED = ("model", "task", "data_dir", "train_file", "eval_file", "text_columns", "label_column", "split_from_eval",
           "max_train_samples", "max_eval_samples", "max_length", "pad_to_max_length", "group_by_length", "epochs",
-          "max_steps", "batch_size", "grad_accum", "eval_batch_size", "eval_steps", "seed", "device", "precision")
+          "max_steps", "batch_size", "grad_accum", "eval_batch_size", "eval_steps", "seed", "device", "precision",
+          "torch_dropout")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 NOT_METRICS = ("method", "status", "main_metric", "trainable_params", "total_params", "trainable_percent",
                "train_seconds", "peak_memory_mb", "adapter_bytes", "artifact", "lr", "error")

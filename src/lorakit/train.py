@@ -7,7 +7,8 @@
 `train` does, in order:
   1. seeds, device, precision; the data (load_splits, tokenized by the task kind), batched by length and padded
      per batch (PaddingCollator; --pad-to-max-length pads to max_length instead);
-  2. the model for the method (methods.setup_method), gradient checkpointing, and `wrap_model`: the one place
+  2. the model for the method (methods.setup_method), gradient checkpointing, the cheap CPU dropout
+     (fast_dropout.py; --torch-dropout keeps torch's), and `wrap_model`: the one place
      the model is wrapped for the device and, under torchrun / accelerate launch, in DistributedDataParallel
      (distributed.py: every rank builds the same seeded global batches of batch_size x world rows and trains
      on its shard; evaluation is sharded and gathered; only rank 0 writes);
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, load_checkpoint, load_trainable,
                          versions)
+from .fast_dropout import fast_dropout
 from .kinds import Evaluator, kind_of
 from .methods import load_base, save_artifact, setup_method
 from .params import parameter_report
@@ -136,6 +138,8 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
 
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if not cfg.torch_dropout:
+        fast_dropout(model)  # the model's dropout layers cost more than LoRA's work on CPU (fast_dropout.py)
     model = wrap_model(model, device)
     raw = unwrap_model(model)  # saved, loaded and evaluated without the DDP wrapper
     model.train()

@@ -78,6 +78,9 @@ class TrainConfig(_JsonMixin):
     max_grad_norm: float = 1.0  # gradient clipping; 0 = off
     precision: str = "auto"  # auto (bf16 on CUDA that supports it, else fp32) | fp32 | bf16
     gradient_checkpointing: bool = False
+    # the model's own dropout (hidden states, attention probabilities) from torch instead of lorakit's cheaper CPU
+    # one (fast_dropout.py: same distribution, another random stream; no change on CUDA)
+    torch_dropout: bool = False
     # evaluation, checkpoints, stopping
     eval_steps: int = 0  # also evaluate every N steps (always at each epoch end); 0 = epoch ends only
     save_steps: int = 0  # checkpoint every N steps; 0 = at every evaluation
