@@ -84,17 +84,20 @@ def test_bias_and_rank_pattern_parity(tmp_path):
     assert torch.equal(logits(again, batch), ours)
 
 
-def test_lora_on_head_keeps_its_base(tmp_path):
-    """LoRA on a randomly initialised classifier: the frozen random base travels with the adapter."""
-    model = add_lora(tiny_model("bert"), LoraConfig(r=2, alpha=4, target_modules=["query", "head"]))
+def test_target_inside_the_head_loads_in_peft(tmp_path):
+    """`dense` matches RoBERTa's classifier.dense too: the head is saved in full, without LoRA or base_layer keys,
+    so PEFT reads the file (it raised KeyError on classifier.dense.base_layer.weight before) and both agree."""
+    model = add_lora(tiny_model("roberta"), LoraConfig(r=2, alpha=4, target_modules=["dense"]))
     randomize_lora(model)
+    with torch.no_grad():
+        model.classifier.out_proj.weight.normal_()  # a trained head
     batch = inputs()
-    expected = logits(model, batch)
+    expected = logits(model.eval(), batch)
     save_adapter(model, tmp_path)
-    torch.manual_seed(123)  # a different random head in the fresh model
-    fresh = tiny_model("bert")
-    torch.nn.init.normal_(fresh.classifier.weight)
-    assert torch.equal(logits(load_adapter(fresh, tmp_path).eval(), batch), expected)
+    assert not [k for k in load_file(str(tmp_path / "adapter_model.safetensors")) if "base_layer" in k]
+    theirs = peft.PeftModel.from_pretrained(tiny_model("roberta"), tmp_path).eval()
+    assert (logits(theirs, batch) - expected).abs().max() <= 1e-5
+    assert torch.equal(logits(load_adapter(tiny_model("roberta"), tmp_path).eval(), batch), expected)
 
 
 def test_config_file_fields(tmp_path):

@@ -132,14 +132,27 @@ def test_plain_torch_module():
     assert trainable == ["0.lora_A.weight", "0.lora_B.weight", "2.lora_A.weight", "2.lora_B.weight"]
 
 
-def test_heads_trainable_by_default_and_on_request():
+def test_heads_always_train_in_full_as_in_peft():
+    """PEFT's rule: the task head trains in full whatever modules_to_save says (it is added to them); DistilBERT's
+    pre_classifier too (PEFT matches head names as path suffixes without a dot)."""
     model = add_lora(tiny_model("distilbert"), LoraConfig(target_modules=["q_lin"]))
-    assert model.lorakit_config.modules_to_save == ("classifier", "pre_classifier")
+    assert set(model.lorakit_config.modules_to_save) == {"classifier", "pre_classifier"}
     assert model.classifier.weight.requires_grad and model.pre_classifier.weight.requires_grad
-    model = add_lora(tiny_model("bert"), LoraConfig(target_modules=["query"], modules_to_save=()))
-    assert not model.classifier.weight.requires_grad
+    model = add_lora(tiny_model("bert"), LoraConfig(target_modules=["query"], modules_to_save=("pooler",)))
+    assert model.lorakit_config.modules_to_save == ("pooler", "classifier")
+    assert model.classifier.weight.requires_grad and model.bert.pooler.dense.weight.requires_grad
     lm = add_lora(tiny_model("llama"), LoraConfig(target_modules="all-linear"))
     assert lm.lorakit_config.modules_to_save == ()
+
+
+def test_target_inside_the_head_is_left_to_the_full_copy():
+    """`dense` also names RoBERTa's classifier.dense: the head trains in full and gets no LoRA (PEFT's rule)."""
+    model = add_lora(tiny_model("roberta"), LoraConfig(target_modules=["dense"]))
+    adapted = [p for p, _ in lora_layers(model)]
+    assert adapted and not any(p.startswith("classifier") for p in adapted)
+    assert model.classifier.dense.weight.requires_grad and model.classifier.out_proj.weight.requires_grad
+    with pytest.raises(ValueError, match="lies inside modules_to_save"):
+        add_lora(tiny_model("bert"), LoraConfig(target_modules=["head"]))
 
 
 def test_bias_options():

@@ -12,7 +12,7 @@ from lorakit import LoRAEmbedding, LoRALinear
 from lorakit import fused
 
 
-def _layer(base, r=4, alpha=8.0, dropout=0.0, init="gaussian"):
+def _layer(base, r=4, alpha=8.0, dropout=0.0, init="normal_1_over_r"):
     torch.manual_seed(0)
     layer = LoRALinear(base, r=r, alpha=alpha, dropout=dropout, init=init)
     with torch.no_grad():
@@ -36,15 +36,42 @@ def test_b_zero_equals_base():
     assert torch.count_nonzero(layer.lora_B.weight) == 0
 
 
-def test_init_gaussian_and_kaiming():
+@pytest.mark.parametrize("init, peft_init", [("kaiming", True), ("gaussian", "gaussian")])
+def test_init_equals_peft(init, peft_init):
+    """PEFT is the oracle: from the same seed, its layer draws the same A (and B = 0)."""
+    import peft
+    base, peft_base = nn.Linear(64, 48), nn.Sequential(nn.Linear(64, 48))
+    torch.manual_seed(0)
+    ours = LoRALinear(base, r=8, alpha=16, init=init)
+    torch.manual_seed(0)
+    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["0"], init_lora_weights=peft_init)
+    theirs = peft.get_peft_model(peft_base, config).base_model.model[0]
+    assert torch.equal(ours.lora_A.weight, theirs.lora_A["default"].weight)
+    assert torch.count_nonzero(ours.lora_B.weight) == 0 and torch.count_nonzero(theirs.lora_B["default"].weight) == 0
+
+
+def test_init_statistics():
     torch.manual_seed(0)
     g = LoRALinear(nn.Linear(512, 512), r=16, alpha=16, init="gaussian")
-    assert abs(g.lora_A.weight.std().item() - 1 / math.sqrt(16)) < 0.01  # A ~ N(0, 1/r)
-    k = LoRALinear(nn.Linear(512, 512), r=16, alpha=16, init="kaiming")
+    assert abs(g.lora_A.weight.std().item() - 1 / 16) < 0.003  # PEFT's gaussian: A ~ N(0, 1/r^2)
+    n = LoRALinear(nn.Linear(512, 512), r=16, alpha=16, init="normal_1_over_r")
+    assert abs(n.lora_A.weight.std().item() - 1 / math.sqrt(16)) < 0.01  # A ~ N(0, 1/r)
+    k = LoRALinear(nn.Linear(512, 512), r=16, alpha=16)  # the default: kaiming
     bound = 1 / math.sqrt(512)  # kaiming_uniform(a=sqrt(5)) on fan_in 512
-    assert k.lora_A.weight.abs().max() <= bound + 1e-6
+    assert k.lora_A.weight.abs().max() <= bound + 1e-6 and k.lora_A.weight.abs().max() > 0.9 * bound
     with pytest.raises(ValueError, match="init='xavier'"):
         LoRALinear(nn.Linear(4, 4), r=2, alpha=2, init="xavier")
+
+
+def test_weight_and_bias_answer_for_the_base():
+    """Model code that reads `layer.weight.dtype` works on a wrapped layer (as on PEFT's); both are read-only."""
+    base = nn.Linear(8, 6)
+    layer = LoRALinear(base, r=2, alpha=4)
+    assert layer.weight is base.weight and layer.bias is base.bias
+    assert LoRALinear(nn.Linear(8, 6, bias=False), r=2, alpha=4).bias is None
+    assert "weight" not in dict(layer.named_parameters())  # no second name for the base weight in state dicts
+    with pytest.raises(AttributeError):
+        layer.weight = torch.zeros(6, 8)
 
 
 def test_scaling_rslora():

@@ -27,7 +27,7 @@ from torch import nn
 
 from . import adapter_int8
 from .config import LoraConfig
-from .inject import TASK_HEADS, add_lora, lora_layers
+from .inject import add_lora, lora_layers
 from .lora import LoRALinear
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,12 @@ _MUST_BE_OFF = {
     "kasa_config", "lora_ga_config", "monteclora_config", "velora_config", "use_bdlora", "qalora_group_size",
     "ensure_weight_tying",
 }
-_OFF_VALUES = (None, False, {}, [], 16)  # 16: PEFT's qalora_group_size default, unused unless use_qalora
+_OFF_VALUES = (None, False, {}, [], 16)
+# init_lora_weights as PEFT reads it. lorakit's own N(0, 1/r) has no PEFT name: false ("A and B are not PEFT's
+# zero-product init", which PEFT accepts and which only matters before the file's weights are loaded) rather than an
+# extra field, which PEFT would warn about. Reading: PEFT's other inits ("pissa", "olora", ...) leave trained
+# weights in the file too, so they load as kaiming (the init is only used before the weights are copied in).
+INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "normal_1_over_r": False}  # 16: PEFT's qalora_group_size default, unused unless use_qalora
 
 
 def _task_type(model: nn.Module) -> str | None:
@@ -99,10 +104,6 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             keep = keep or name[: -len(".base_layer.bias")] in lora_paths
         if keep:
             state[name] = param
-    for path, layer in lora_layers(model):  # a LoRA-adapted task head keeps its (frozen, random) base with it
-        if path.split(".")[0] in TASK_HEADS and _task_type(model) in ("SEQ_CLS", "QUESTION_ANS", "TOKEN_CLS"):
-            for name, tensor in layer.base_layer.named_parameters():
-                state[f"{path}.base_layer.{name}"] = tensor
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
@@ -128,7 +129,7 @@ def peft_config_dict(model: nn.Module) -> dict:
         "use_rslora": config.use_rslora,
         "use_dora": False,
         "fan_in_fan_out": fan_in_fan_out,
-        "init_lora_weights": True if config.init == "kaiming" else "gaussian",
+        "init_lora_weights": INIT_TO_PEFT[config.init],
         "modules_to_save": list(config.modules_to_save) or None,
         "inference_mode": True,
         "revision": None,
@@ -180,7 +181,8 @@ def config_from_peft(data: dict) -> LoraConfig:
     if unknown:
         logger.warning("adapter_config.json: ignoring fields lorakit does not know: %s", ", ".join(unknown))
     kwargs = {ours: data[theirs] for theirs, ours in _FIELD_MAP.items() if data.get(theirs) is not None}
-    kwargs["init"] = "kaiming" if data.get("init_lora_weights", True) is True else "gaussian"
+    kwargs["init"] = {value: name for name, value in INIT_TO_PEFT.items()}.get(data.get("init_lora_weights", True),
+                                                                                 "kaiming")
     if "modules_to_save" not in kwargs:
         kwargs["modules_to_save"] = ()
     kwargs["adapter_dtype"] = "int8" if peft_type == adapter_int8.PEFT_TYPE else "float32"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import LoraConfig
+from .config import INITS, LoraConfig
 from .train_config import DEFAULT_LR, METHODS, PRECISIONS, REPORTERS, TrainConfig
 
 TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
@@ -25,7 +25,7 @@ TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 TARGET_KEYS = ("target_modules", "target_regex", *(f"lora_{t}" for t in TOGGLES))
 
 
-def add_lora_flags(parser: argparse.ArgumentParser, default_alpha: float = 16.0) -> None:
+def add_lora_flags(parser: argparse.ArgumentParser, default_alpha: float = LoraConfig.alpha) -> None:
     g = parser.add_argument_group("LoRA")
     g.add_argument("--lora-r", type=int, default=8, help="rank r of the update B·A (default: 8)")
     g.add_argument("--lora-alpha", type=float, default=default_alpha,
@@ -37,7 +37,9 @@ def add_lora_flags(parser: argparse.ArgumentParser, default_alpha: float = 16.0)
                    help="module names ('.name' suffix match), or 'all-linear'; overrides the toggles")
     g.add_argument("--target-regex", metavar="REGEX", help="one regex that must match the whole module path")
     g.add_argument("--use-rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
-    g.add_argument("--lora-init", choices=("gaussian", "kaiming"), default="gaussian", help="init of A (B = 0)")
+    g.add_argument("--lora-init", choices=INITS, default=LoraConfig.init,
+                   help=f"init of A (B = 0): kaiming (PEFT's), gaussian (PEFT's, std 1/r) or normal_1_over_r "
+                        f"(std 1/sqrt(r)) (default: {LoraConfig.init})")
 
 
 def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:

@@ -12,7 +12,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-INITS = ("gaussian", "kaiming")
+# Init of A (B starts at 0 in all three). "kaiming": kaiming-uniform with a=sqrt(5), PEFT's and loralib's default
+# (bound 1/sqrt(in_features)); "gaussian": PEFT's init_lora_weights="gaussian", N(0, 1/r^2) (std 1/r);
+# "normal_1_over_r": N(0, 1/r) (std 1/sqrt(r)), lorakit's default before kaiming. Run configs written before the
+# rename say "gaussian" for that last one: they load, and now mean PEFT's gaussian (see README, "The idea").
+INITS = ("kaiming", "gaussian", "normal_1_over_r")
 BIASES = ("none", "all", "lora_only")
 ADAPTER_DTYPES = ("float32", "int8")
 QUANT_KINDS = ("nf4", "fp4", "int8")
@@ -59,7 +63,9 @@ class LoraConfig(_JsonMixin):
     """Where and how to inject LoRA: h = W0·x + (alpha/r)·B·A·dropout(x)  (Hu et al. 2021, eq. 3)."""
 
     r: int = 8  # rank of the update B·A
-    alpha: float = 16.0  # scaling numerator: the update is multiplied by alpha / r (or alpha / sqrt(r))
+    # scaling numerator: the update is multiplied by alpha / r (or alpha / sqrt(r)). 8 = PEFT's default; with
+    # kaiming init at lr 1e-3 it gave the best all-linear LoRA on SST-2 (benchmarks/RESULTS.md)
+    alpha: float = 8.0
     dropout: float = 0.0  # dropout on the LoRA branch's input, in [0, 1)
     # which modules: a list of names (exact or ".suffix"), one regex string (full match), "all-linear",
     # or the architecture toggles "query", "key", "value", "projection", "mlp", "head" (resolved per model)
@@ -70,8 +76,9 @@ class LoraConfig(_JsonMixin):
     alpha_pattern: dict[str, float] = field(default_factory=dict)  # regex on module path -> alpha
     bias: str = "none"  # "none" | "all" (every bias trains) | "lora_only" (biases of adapted layers train)
     use_rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)
-    init: str = "gaussian"  # A ~ N(0, 1/r) ("gaussian") or PEFT's kaiming-uniform ("kaiming"); B = 0
-    # modules trained and saved in full; None = the task head of classification / QA models
+    init: str = "kaiming"  # init of A, one of INITS (kaiming = PEFT's default); B = 0
+    # modules trained and saved in full, besides the task head of classification / QA models, which always is
+    # (PEFT's rule); nothing inside them gets LoRA
     modules_to_save: tuple[str, ...] | None = None
     adapter_dtype: str = "float32"  # "int8" stores A and B as int8 with per-row scales (QLoRA issue)
 

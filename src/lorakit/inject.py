@@ -7,8 +7,9 @@
     merge_lora(model); unmerge_lora(model)   # fold the update into W0 and back (idempotent)
     plain = merge_and_unload(model)    # no lorakit module left: save_pretrained / from_pretrained round-trip
 
-After `add_lora` only `lora_*` parameters, the `modules_to_save` (by default the task head of a classification or
-QA model, so a reloaded adapter never predicts with a random head) and the biases chosen by `bias` train.
+After `add_lora` only `lora_*` parameters, the `modules_to_save` and the biases chosen by `bias` train. As in PEFT,
+the task head of a classification / QA model is always among the modules_to_save (so a reloaded adapter never
+predicts with a random head), and no module inside a module trained in full gets LoRA.
 The resolved configuration is kept on the model as `model.lorakit_config`; `save_adapter` writes it.
 """
 from __future__ import annotations
@@ -26,8 +27,14 @@ from .targets import compact_targets, find_targets, pattern_value
 
 logger = logging.getLogger(__name__)
 
-TASK_HEADS = ("classifier", "pre_classifier", "qa_outputs", "score")
-_HEADED_SUFFIXES = ("ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification", "ForMultipleChoice")
+# The modules PEFT trains in full for a task model (PeftModelForSequenceClassification, ...ForTokenClassification,
+# ...ForQuestionAnswering add them to modules_to_save); lorakit treats multiple-choice models like classifiers.
+TASK_HEADS = {
+    "ForSequenceClassification": ("classifier", "score"),
+    "ForTokenClassification": ("classifier", "score"),
+    "ForQuestionAnswering": ("qa_outputs",),
+    "ForMultipleChoice": ("classifier",),
+}
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -35,12 +42,18 @@ def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(p, m) for p, m in model.named_modules() if isinstance(m, LORA_LAYERS)]
 
 
-def default_modules_to_save(model: nn.Module, lora_paths: list[str]) -> tuple[str, ...]:
-    """The task heads of a classification / QA model that are not themselves LoRA targets."""
-    if not type(model).__name__.endswith(_HEADED_SUFFIXES):
-        return ()
-    children = dict(model.named_children())
-    return tuple(h for h in TASK_HEADS if h in children and not any(_inside(p, h) for p in lora_paths))
+def default_modules_to_save(model: nn.Module) -> tuple[str, ...]:
+    """The task head(s) of a classification / QA model, as PEFT picks them: every module whose path ends with a
+    head name, with or without a dot before it (so DistilBERT's pre_classifier too, a fresh layer like the head)."""
+    name = type(model).__name__
+    heads = next((h for suffix, h in TASK_HEADS.items() if name.endswith(suffix)), ())
+    found: list[str] = []
+    for head in heads:
+        for path, _ in model.named_modules():
+            leaf = path.rsplit(".", 1)[-1]
+            if path.endswith(head) and leaf not in found:
+                found.append(leaf)
+    return tuple(found)
 
 
 def _inside(path: str, module_name: str) -> bool:
@@ -64,13 +77,13 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     if lora_layers(model):
         raise ValueError("this model already has LoRA layers; merge_and_unload(model) first, or start from a fresh model")
     paths = find_targets(model, config.target_modules, config.exclude_modules, config.layers_to_transform)
-    to_save = config.modules_to_save
-    if to_save is None:
-        to_save = default_modules_to_save(model, paths)
-    # A module trained in full needs no adapter inside it (PEFT, too, computes with its full copy).
+    # PEFT's rule: the task head always trains in full (added to any modules_to_save given), and a module trained
+    # in full gets no adapter inside it: targets within it are skipped.
+    to_save = tuple(dict.fromkeys((*(config.modules_to_save or ()), *default_modules_to_save(model))))
     paths = [p for p in paths if not any(_inside(p, name) for name in to_save)]
     if not paths:
-        raise ValueError(f"every target of {config.target_modules!r} lies inside modules_to_save={to_save!r}")
+        raise ValueError(f"every target of {config.target_modules!r} lies inside modules_to_save={to_save!r}, which "
+                         "train in full (the task head always does); target modules outside them")
     compact = compact_targets(model, paths)
     model.requires_grad_(False)
     for path in paths:

@@ -2,7 +2,8 @@
 
     h = W0·x + b + (alpha / r) · B·A·dropout(x)          (Hu et al. 2021, "LoRA", eq. 3 and section 4.1)
 
-    A: (r, in_features)   initialised N(0, 1/r) ("gaussian") or kaiming-uniform ("kaiming", PEFT's default)
+    A: (r, in_features)   initialised kaiming-uniform ("kaiming", a=sqrt(5): U(-1/sqrt(in), 1/sqrt(in)), PEFT's and
+                          loralib's default), N(0, 1/r^2) ("gaussian", PEFT's) or N(0, 1/r) ("normal_1_over_r")
     B: (out_features, r)  initialised to zero, so the adapted layer starts exactly equal to the base layer
 
 `LoRALinear` wraps (does not subclass) an `nn.Linear`, a transformers GPT-2 `Conv1D` (weight stored fan-in first,
@@ -64,7 +65,7 @@ class LoRALinear(nn.Module):
         alpha: float,
         dropout: float = 0.0,
         use_rslora: bool = False,
-        init: str = "gaussian",
+        init: str = "kaiming",
         adapter_dtype: str = "float32",
     ):
         super().__init__()
@@ -86,15 +87,32 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Linear(r, out_features, bias=False, device=device, dtype=dtype)  # B: (out, r)
         self.reset_lora_parameters(init)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight, read-only (PEFT's layers answer so; some models read e.g. `layer.weight.dtype`).
+
+        A QuantLinear base answers its packed codes `qweight`, as PEFT's layers do for quantized bases (bnb's
+        Linear4bit.weight is its packed Params4bit): the dtype and device of the storage, not a dense matrix.
+        """
+        base = self.base_layer
+        return base.qweight if isinstance(base, QuantLinear) else base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base layer's bias (None when it has none), read-only."""
+        return self.base_layer.bias
+
     @torch.no_grad()
-    def reset_lora_parameters(self, init: str = "gaussian") -> None:
+    def reset_lora_parameters(self, init: str = "kaiming") -> None:
         """A random, B = 0: the product B·A starts at zero, so training starts from the base model."""
-        if init == "gaussian":
-            nn.init.normal_(self.lora_A.weight, mean=0.0, std=1.0 / math.sqrt(self.r))  # A ~ N(0, 1/r)
-        elif init == "kaiming":
+        if init == "kaiming":
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # PEFT's init_lora_weights=True
+        elif init == "gaussian":
+            nn.init.normal_(self.lora_A.weight, mean=0.0, std=1.0 / self.r)  # PEFT's "gaussian": N(0, 1/r^2)
+        elif init == "normal_1_over_r":
+            nn.init.normal_(self.lora_A.weight, mean=0.0, std=1.0 / math.sqrt(self.r))  # N(0, 1/r)
         else:
-            raise ValueError(f"init={init!r} is not supported; accepted: ['gaussian', 'kaiming']")
+            raise ValueError(f"init={init!r} is not supported; accepted: ['kaiming', 'gaussian', 'normal_1_over_r']")
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
