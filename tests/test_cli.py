@@ -257,3 +257,65 @@ def test_eval_test_flag_reaches_the_config(tmp_path):
     args = build_parser().parse_args(["train", "--task", "imdb", "--eval-test"])
     assert train_config_from_args(args).eval_test is True
     assert train_config_from_args(build_parser().parse_args(["train"])).eval_test is False
+
+
+# --- one set of LoRA defaults; damaged artifacts (issue 13) ---------------------------------------------------------
+
+def test_params_reports_the_trainable_count_train_trains(tiny, tmp_path, capsys):
+    """No LoRA flags: `params` describes the adapter `train` builds (TrainConfig's defaults), and search / compare
+    start from the same LoRA settings."""
+    from lorakit.compare import method_configs
+    from lorakit.search_cli import settings_from_args
+
+    capsys.readouterr()
+    assert main(["params", "--model", str(tiny / "model")]) == 0
+    shown = capsys.readouterr().out.split("trainable params: ")[1].split(" ")[0]
+    assert main(tiny_flags(tiny, tmp_path / "run", "--max-steps", "1")) == 0
+    assert int(shown.replace(",", "")) == json.loads((tmp_path / "run" / "metrics.json").read_text())["trainable_params"]
+
+    default = TrainConfig().lora_config()
+    assert train_config_from_args(build_parser().parse_args(["train"])).lora_config() == default
+    search = settings_from_args(build_parser().parse_args(["search", "--space", "lr=1e-3,2e-3"]))
+    assert TrainConfig.from_dict(search.base).lora_config() == default
+    assert method_configs({}, ["lora"], tmp_path / "c")["lora"].lora_config() == default
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory) -> Path:
+    """Two finished one-step runs (lora: adapter/, head: weights/) to damage copies of."""
+    root = tmp_path_factory.mktemp("trained")
+    for method in ("lora", "head"):
+        assert main(tiny_flags(tiny, root / method, "--method", method, "--max-steps", "1")) == 0
+    return root
+
+
+NO_BASE_NAME = '{"peft_type": "LORA", "r": 8, "lora_alpha": 8, "target_modules": ["query"]}'
+
+
+@pytest.mark.parametrize("run, damage, expected", [
+    ("head", {"weights/lorakit.json": None}, "does not name the base model it was trained on"),
+    ("lora", {"adapter/lorakit.json": None, "adapter/adapter_config.json": NO_BASE_NAME},
+     "does not name the base model it was trained on"),
+    ("lora", {"adapter/adapter_config.json": "[]"}, "adapter_config.json must hold a JSON object"),
+    ("head", {"weights/lorakit.json": "{oops"}, "lorakit.json is not valid JSON"),
+    ("head", {"weights/lorakit.json": "[1]"}, "lorakit.json must hold a JSON object, not a list"),
+    ("head", {"weights/trainable.safetensors": "junk"}, "trainable.safetensors is not a readable safetensors file"),
+    ("lora", {"adapter/adapter_model.safetensors": "junk"}, "adapter_model.safetensors is not a readable safetensors"),
+], ids=["weights-no-record", "adapter-no-base", "config-list", "record-bad-json", "record-list", "weights-junk",
+        "adapter-junk"])
+def test_a_damaged_artifact_is_one_line_and_exit_2(run, damage, expected, trained, tiny, tmp_path, capsys):
+    """`lorakit eval` / `merge --adapter D` on an artifact whose record is gone (was a bare KeyError) or whose files
+    are damaged (None: the file is deleted)."""
+    import shutil
+
+    shutil.copytree(trained / run, tmp_path / run)
+    for name, text in damage.items():
+        if text is None:
+            (tmp_path / run / name).unlink()
+        else:
+            (tmp_path / run / name).write_text(text + "\n")
+    capsys.readouterr()
+    for command in (["eval", "--task", "csv", "--train-file", str(tiny / "train.csv"), "--eval-file",
+                     str(tiny / "dev.csv")], ["merge", "--output", str(tmp_path / "merged")]):
+        assert main([*command, "--adapter", str(tmp_path / run)]) == 2
+        assert expected in error_line(capsys)

@@ -23,11 +23,14 @@ import sys
 from pathlib import Path
 
 from .cli_flags import (RAW, _config_flag, _data_flags, _given, _read_config_file, _runtime_flags, _source_flags,
-                        _train_parser, _train_values, add_lora_flags, lora_config_from_args, train_config_from_args)
+                        _train_parser, _train_values, add_lora_flags, train_config_from_args)
 from .compare import add_compare_parser
+from .extras import missing_extra
 from .search_cli import add_search_parser
-from .tasks.base import SEQUENCE_CLASSIFICATION
 from .train_config import TrainConfig
+
+# Only argparse and the settings dataclasses are imported at start (`lorakit --help` in well under a second); each
+# command imports torch, transformers, datasets, optuna, ... when it runs.
 
 
 # --- commands ---------------------------------------------------------------------------------------------
@@ -166,6 +169,8 @@ def _predict_inputs(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .tasks.base import SEQUENCE_CLASSIFICATION
+
     texts = _predict_inputs(args)
     cfg, spec, _, model, tokenizer = _inference_setup(args)
     evaluate = _evaluator(cfg, spec, tokenizer, model)
@@ -183,8 +188,9 @@ def cmd_params(args: argparse.Namespace) -> int:
     from .models import load_classifier
     from .params import parameter_report
 
+    lora = TrainConfig.from_dict(_train_values(_given(args))).lora_config()  # train's LoRA defaults, flags over them
     model, _ = load_classifier(args.model, args.num_labels)
-    add_lora(model, lora_config_from_args(args))
+    add_lora(model, lora)
     report = parameter_report(model)
     print(report.table(only_trainable=not args.all))
     print(report.summary())
@@ -253,7 +259,8 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
 
     p = sub.add_parser("params", help="the per-module trainable-parameter table for a model and LoRA settings")
     _config_flag(p)
-    p.add_argument("--model", default="minilm", help="hub id, local directory, or 'minilm' (default)")
+    p.add_argument("--model", default=TrainConfig.model, help=f"hub id, local directory, or 'minilm' (default: "
+                                                                 f"{TrainConfig.model})")
     p.add_argument("--num-labels", type=int, default=2, help="outputs of the classification head (default: 2)")
     p.add_argument("--all", action="store_true", help="list frozen parameters too")
     add_lora_flags(p)
@@ -278,6 +285,10 @@ def _params_defaults(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = missing_extra(args.command)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 2
     try:
         if args.command in ("train", "eval", "predict") and args.threads is not None:
             if args.threads < 1:

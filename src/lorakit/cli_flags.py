@@ -4,8 +4,9 @@
     cfg = train_config_from_args(args)     # the --config file, then the flags given, as a TrainConfig
 
 The flag groups (data, runtime, LoRA, the adapter or model to load) are shared by train / eval / merge / predict /
-params. Every option of train / eval / merge / predict defaults to None, so the flags given on the command line are
-told apart from the defaults and override the --config file.
+params. Every option of train / eval / merge / predict, and every LoRA flag, defaults to None, so the flags given on
+the command line are told apart from the defaults and override the --config file; the defaults themselves are
+TrainConfig's, quoted in --help, never repeated here.
 """
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import yaml
-
-from .config import INITS, LoraConfig
+from .config import INITS
 from .train_config import DEFAULT_LR, METHODS, PRECISIONS, REPORTERS, TrainConfig
 
 TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
@@ -25,32 +24,25 @@ TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 TARGET_KEYS = ("target_modules", "target_regex", *(f"lora_{t}" for t in TOGGLES))
 
 
-def add_lora_flags(parser: argparse.ArgumentParser, default_alpha: float = LoraConfig.alpha) -> None:
+def add_lora_flags(parser: argparse.ArgumentParser) -> None:
+    """The LoRA flags of train / search / compare / params. None = not given: the TrainConfig default applies (the
+    one set of LoRA defaults of every command; --help quotes it)."""
+    targets = D.target_modules if isinstance(D.target_modules, str) else " ".join(D.target_modules)
     g = parser.add_argument_group("LoRA")
-    g.add_argument("--lora-r", type=int, default=8, help="rank r of the update B·A (default: 8)")
-    g.add_argument("--lora-alpha", type=float, default=default_alpha,
-                   help=f"alpha; the update is scaled by alpha/r (default: {default_alpha:g})")
-    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA branch input (default: 0)")
+    g.add_argument("--lora-r", type=int, help=f"rank r of the update B·A (default: {D.lora_r})")
+    g.add_argument("--lora-alpha", type=float, help=f"alpha; the update is scaled by alpha/r (default: {D.lora_alpha:g})")
+    g.add_argument("--lora-dropout", type=float, help=f"dropout on the LoRA branch input (default: {D.lora_dropout:g})")
     for t in TOGGLES:
-        g.add_argument(f"--lora-{t}", action="store_true", help=f"adapt the {t} layers (resolved per architecture)")
+        g.add_argument(f"--lora-{t}", action="store_true", default=None,
+                       help=f"adapt the {t} layers (resolved per architecture)")
     g.add_argument("--target-modules", nargs="+", metavar="NAME",
-                   help="module names ('.name' suffix match), or 'all-linear'; overrides the toggles")
+                   help=f"module names ('.name' suffix match), or 'all-linear'; overrides the toggles (default: "
+                        f"{targets})")
     g.add_argument("--target-regex", metavar="REGEX", help="one regex that must match the whole module path")
-    g.add_argument("--use-rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
-    g.add_argument("--lora-init", choices=INITS, default=LoraConfig.init,
+    g.add_argument("--use-rslora", action="store_true", default=None, help="scale by alpha/sqrt(r) instead of alpha/r")
+    g.add_argument("--lora-init", choices=INITS,
                    help=f"init of A (B = 0): kaiming (PEFT's), gaussian (PEFT's, std 1/r) or normal_1_over_r "
-                        f"(std 1/sqrt(r)) (default: {LoraConfig.init})")
-
-
-def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:
-    if args.target_regex:
-        targets = args.target_regex
-    elif args.target_modules:
-        targets = "all-linear" if args.target_modules == ["all-linear"] else tuple(args.target_modules)
-    else:
-        targets = tuple(t for t in TOGGLES if getattr(args, f"lora_{t}")) or ("query", "value")
-    return LoraConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets,
-                      use_rslora=args.use_rslora, init=args.lora_init)
+                        f"(std 1/sqrt(r)) (default: {D.lora_init})")
 
 
 # --- settings: recorded config < --config file < flags -------------------------------------------------------
@@ -67,6 +59,8 @@ def _read_config_file(args: argparse.Namespace) -> dict:
     path = Path(args.config)
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -181,9 +175,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--init-adapter", metavar="DIR", help="start from a saved adapter (e.g. LoRA first, then "
                                                          "--method head trains the head on top of it); its LoRA "
                                                          "settings replace the --lora-* flags")
-    add_lora_flags(p, default_alpha=D.lora_alpha)
-    p.set_defaults(lora_r=None, lora_alpha=None, lora_dropout=None, lora_init=None, use_rslora=None,
-                   **{f"lora_{t}": None for t in TOGGLES})
+    add_lora_flags(p)
     q = p.add_argument_group("QLoRA (--method qlora)")
     q.add_argument("--quant-kind", choices=("nf4", "fp4", "int8"), help=f"(default: {D.quant_kind})")
     q.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=None,

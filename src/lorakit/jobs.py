@@ -16,10 +16,12 @@ import sys
 import traceback
 from datetime import datetime
 from pathlib import Path
-
-import optuna
+from typing import TYPE_CHECKING
 
 from .train_config import TrainConfig
+
+if TYPE_CHECKING:  # imported where a trial prunes (search): `lorakit compare` runs without optuna
+    import optuna
 
 JOB, RESULT, LOG = "job.json", "result.json", "train.log"  # in each trial directory
 
@@ -77,6 +79,7 @@ def _job_main(job_file: str) -> None:
     job_path = Path(job_file)
     job = json.loads(job_path.read_text())
     torch.set_num_threads(job["threads"])
+    pruned = _trial_pruned() if job["prune"] else ()  # `except ()` catches nothing
     result = {"start": _now()}
     try:
         cfg = TrainConfig.from_dict(job["config"])
@@ -85,7 +88,7 @@ def _job_main(job_file: str) -> None:
         else:
             metrics = training.train(cfg)
         result.update(status="complete", metrics=metrics)
-    except optuna.TrialPruned as err:
+    except pruned as err:
         result.update(status="pruned", error=str(err))
     except Exception as err:  # a failed trial is recorded with its error; the search goes on
         traceback.print_exc()
@@ -100,6 +103,8 @@ def _train_with_pruning(training, cfg: TrainConfig, prune: dict) -> dict:
     """train(cfg), reporting the best main metric after each evaluation to the Optuna trial; TrialPruned when the
     pruner says stop. train() has no evaluation callback yet, so this wraps train._evaluate_and_track in this
     (single-trial) process."""
+    import optuna
+
     storage = optuna.storages.RDBStorage(prune["storage"], engine_kwargs=_engine_kwargs(prune["storage"]))
     study = optuna.load_study(study_name=prune["study"], storage=storage, pruner=_pruner(True))
     trial = optuna.Trial(study, prune["trial_id"])
@@ -126,7 +131,15 @@ def _engine_kwargs(url: str) -> dict | None:
     return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out other writers
 
 
+def _trial_pruned() -> type[Exception]:
+    import optuna
+
+    return optuna.TrialPruned
+
+
 def _pruner(prune: bool) -> optuna.pruners.BasePruner:
+    import optuna
+
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if prune else optuna.pruners.NopPruner()
 
 

@@ -29,10 +29,11 @@ import json
 from pathlib import Path
 
 import transformers as tf
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adapter import CONFIG_NAME, load_adapter, save_adapter
+from .adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
 from .checkpoint import TRAINABLE, atomic_dir, trainable_state
 from .config import QuantConfig
 from .inject import add_lora, lora_layers, merge_and_unload
@@ -183,7 +184,40 @@ def find_artifact(path: str | Path) -> Path:
 def read_record(path: str | Path) -> dict:
     """lorakit.json of an artifact (empty for directories lorakit did not write, e.g. a hub model)."""
     file = Path(path) / RECORD
-    return json.loads(file.read_text()) if file.is_file() else {}
+    return _read_json(file) if file.is_file() else {}
+
+
+def _read_json(file: Path) -> dict:
+    """The JSON object in `file`; ValueError naming the file when it holds something else."""
+    try:
+        data = json.loads(file.read_text())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{file} is not valid JSON ({err}); the artifact is damaged: restore it or train again"
+                         ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} must hold a JSON object, not a {type(data).__name__}; the artifact is damaged")
+    return data
+
+
+def _base_model(art: Path, *names: str | None) -> str:
+    """The first base model name given (the caller's, the record's, the adapter config's)."""
+    for name in names:
+        if isinstance(name, str) and name:
+            return name
+    raise ValueError(f"{art} does not name the base model it was trained on (no {RECORD} with base_model); "
+                     "give the base model (lorakit: --model NAME)")
+
+
+def _load_tensors(file: Path) -> dict:
+    try:
+        return load_file(str(file))
+    except SafetensorError as err:
+        raise _damaged(file, err) from None
+
+
+def _damaged(file: Path, err: Exception) -> ValueError:
+    return ValueError(f"{file} is not a readable safetensors file ({err}); the artifact is damaged: restore it or "
+                      "train again")
 
 
 def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = None):
@@ -194,19 +228,23 @@ def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = Non
     art = find_artifact(path)
     record = read_record(art)
     if (art / CONFIG_NAME).is_file():
-        recorded = record.get("base_model") or json.loads((art / CONFIG_NAME).read_text())["base_model_name_or_path"]
-        base = base_model or recorded
+        adapter_config = _read_json(art / CONFIG_NAME)
+        base = _base_model(art, base_model, record.get("base_model"), adapter_config.get("base_model_name_or_path"))
         model, tokenizer = load_base(base, spec)
         if record.get("quantization"):
             quantize_model(model, QuantConfig.from_dict(record["quantization"]))
-        load_adapter(model, art)
+        try:
+            load_adapter(model, art)
+        except SafetensorError as err:
+            raise _damaged(art / WEIGHTS_NAME, err) from None
     elif (art / TRAINABLE).is_file():
-        model, tokenizer = load_base(base_model or record["base_model"], spec)
-        tensors = load_file(str(art / TRAINABLE))
+        base = _base_model(art, base_model, record.get("base_model"))
+        model, tokenizer = load_base(base, spec)
+        tensors = _load_tensors(art / TRAINABLE)
         missing = sorted(set(tensors) - set(model.state_dict()))
         if missing:
             raise ValueError(f"{art / TRAINABLE} holds tensors this base model lacks ({missing[:3]}); "
-                             f"is {base_model or record['base_model']!r} the model it was trained on?")
+                             f"is {base!r} the model it was trained on?")
         model.load_state_dict(tensors, strict=False)
     else:
         model, tokenizer = load_base(str(art), spec)

@@ -62,10 +62,8 @@ from .search_report import PLOTS, best_yaml, summary_markdown  # noqa: F401  (re
 from .search_report import _replaced, _shown, flat_metrics
 from .search_space import (ALL_LINEAR_TOGGLES, NOT_SEARCHABLE, TOGGLE_NAMES, TOGGLE_PARAMS,  # noqa: F401  (re-exported)
                            TRAIN_FIELDS, parse_value, toggled_targets)
-from .search_space import Range, grid_points, trial_config
+from .search_space import DEFAULT_STUDY, SAMPLERS, Range, grid_points, trial_config  # noqa: F401  (re-exported)
 
-SAMPLERS = ("grid", "random", "tpe")
-DEFAULT_STUDY = "lorakit-search"
 HEARTBEAT_S = 20  # a running trial's heartbeat is written this often
 GRACE_S = 180  # a running trial whose heartbeat is older is failed and retried (its process or machine died)
 POLL_S = 0.5

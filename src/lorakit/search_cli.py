@@ -10,11 +10,14 @@ import argparse
 import signal
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from .cli_flags import given_train_values, train_flags_parser
-from .search import DEFAULT_STUDY, SAMPLERS, SearchSettings, open_study, run_search
-from .search_report import _shown, best_trial, objective_name, trial_rows, write_reports
-from .search_space import parse_space
+from .search_space import DEFAULT_STUDY, SAMPLERS, parse_space
 from .train_config import TrainConfig
+
+if TYPE_CHECKING:  # optuna (search, search_report) is imported when the command runs, not for `lorakit --help`
+    from .search import SearchSettings
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
@@ -77,6 +80,8 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    from .search import SearchSettings
+
     direction = args.direction or ("minimize" if args.metric and args.metric.endswith("loss") else "maximize")
     return SearchSettings(base=given_train_values(args), space=parse_space(args.space, args.space_file),
                           output=Path(args.output), sampler=args.sampler, n_trials=args.n_trials,
@@ -90,6 +95,9 @@ def _interrupt_on_sigterm(signum, frame):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from .search import open_study, run_search
+    from .search_report import _shown, best_trial, objective_name, trial_rows, write_reports
+
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     settings = settings_from_args(args)
     TrainConfig.from_dict({**settings.base, "output": None})  # a bad base setting fails here, not in every trial

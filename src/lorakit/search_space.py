@@ -30,6 +30,8 @@ TOGGLE_PARAMS = tuple(f"lora_{t}" for t in TOGGLE_NAMES)
 ALL_LINEAR_TOGGLES = ("query", "key", "value", "projection", "mlp")  # what "all-linear" adapts, as toggles
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 NOT_SEARCHABLE = ("output", "resume")  # set by the search for every trial
+SAMPLERS = ("grid", "random", "tpe")
+DEFAULT_STUDY = "lorakit-search"  # here, not in search.py, so `lorakit search --help` needs no optuna
 
 
 @dataclass(frozen=True)

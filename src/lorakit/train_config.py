@@ -15,9 +15,7 @@ prints and records what it actually used, and the two helpers that apply them (`
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-
-import torch
-import yaml
+from typing import TYPE_CHECKING
 
 from .config import LoraConfig, QuantConfig, _JsonMixin, _tupled
 
@@ -31,6 +29,9 @@ METHODS = ("lora", "qlora", "lora+head", "head", "last-layers", "full")
 DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "lora+head": 1e-3, "head": 1e-3, "last-layers": 5e-4, "full": 5e-5}
 PRECISIONS = ("auto", "fp32", "bf16")
 REPORTERS = ("wandb", "tensorboard")
+
+if TYPE_CHECKING:  # torch and yaml are imported where used: `lorakit train --help` reads TrainConfig without them
+    import torch
 
 
 @dataclass(frozen=True)
@@ -147,15 +148,21 @@ class TrainConfig(_JsonMixin):
         return QuantConfig(kind=self.quant_kind, double_quant=self.double_quant, compute_dtype=self.quant_compute_dtype)
 
     def to_yaml(self) -> str:
+        import yaml
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> TrainConfig:
+        import yaml
+
         return cls.from_dict(yaml.safe_load(text) or {})
 
 
 def resolve_device(name: str) -> torch.device:
     """"auto" picks cuda, then mps, then cpu; an explicit choice must be available (ValueError otherwise)."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -183,6 +190,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     CPU bf16 autocast exists but is slower than fp32 on most CPUs without AMX, so auto keeps fp32 there.
     """
+    import torch
+
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -197,4 +206,6 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for precision "bf16", a no-op context for "fp32"."""
+    import torch
+
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

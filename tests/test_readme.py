@@ -1,0 +1,146 @@
+"""README.md cannot drift from the code: every ```python block runs (tiny local models in place of hub names), every
+`lorakit` line of its ```bash blocks parses with the real parser, and its quick commands run on tiny data.
+
+Substitutions, and nothing else: hub names -> tiny saved models of the same family; `...train...` -> non-zero LoRA
+weights (what training would give); `batch` -> a tiny batch of token ids; `...` in a command line -> nothing;
+`minilm` -> the tiny model; run directories -> tmp_path.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+
+from conftest import inputs, logits, randomize_lora, tiny_model
+from lorakit.cli import build_parser, main
+from test_train import make_tiny_run_inputs
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
+HUB_FAMILIES = {"bert-base-uncased": "bert", "HuggingFaceTB/SmolLM2-135M-Instruct": "llama"}
+TRAINING = "...train..."
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def command_lines() -> list[str]:
+    """The `lorakit ...` commands of the bash blocks: continuations joined, comments dropped."""
+    lines = []
+    for block in blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("lorakit "):
+                lines.append(line)
+    return lines
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def hub(tmp_path) -> dict[str, str]:
+    """Each hub name of the README -> a tiny saved random model of its family."""
+    paths = {}
+    for name, family in HUB_FAMILIES.items():
+        path = tmp_path / "hub" / family
+        model = tiny_model(family)
+        if family == "bert":  # the README asks for num_labels=2
+            model = tf.BertForSequenceClassification(tf.BertConfig(**{**model.config.to_dict(), "num_labels": 2}))
+        model.save_pretrained(path)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_python_block_runs(index, hub, tmp_path, monkeypatch, capsys):
+    code = blocks("python")[index]
+    assert TRAINING in code  # each block shows the whole cycle around training
+    for name, path in hub.items():
+        code = code.replace(f'"{name}"', repr(path))
+    unknown = set(re.findall(r'from_pretrained\("([^"]+)"', code))
+    assert not unknown, f"README names hub models this test has no tiny stand-in for: {unknown}"
+    code = code.replace(TRAINING, "randomize_lora(model)")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"batch": inputs(), "randomize_lora": randomize_lora}
+    exec(compile(code, f"README.md python block {index}", "exec"), namespace)
+
+    out = capsys.readouterr().out
+    if "print(parameter_report(model))" in code:
+        assert re.search(r"trainable params: [\d,]+ \|\| all params: [\d,]+", out)
+    plain = namespace["plain"]  # every block ends in a plain transformers model with LoRA folded in
+    assert not any("lora_" in name for name, _ in plain.named_parameters())
+    assert (tmp_path / "out").is_dir() and any((tmp_path / "out").rglob("adapter_model.safetensors"))
+    if "fresh" in namespace:  # the reloaded adapter answers as the merged model does
+        # .eval(): the injected LoRA layers are new modules, in training mode (LoRA dropout on), as PEFT's are
+        reloaded, merged = logits(namespace["model"].eval(), inputs()), logits(plain.eval(), inputs())
+        torch.testing.assert_close(reloaded, merged, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(namespace["base_logits"], logits(plain, inputs()))
+
+
+def test_every_command_line_parses():
+    lines = command_lines()
+    assert len(lines) >= 20  # the blocks were found
+    parser = build_parser()
+    for line in lines:
+        argv = [arg for arg in shlex.split(line)[1:] if arg != "..."]
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"README command does not parse: {line}")
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "merge", "predict", "params", "demo", "search", "compare"])
+def test_help_of_every_command_the_readme_shows(command, capsys):
+    assert any(line.startswith(f"lorakit {command} ") for line in command_lines()) or command == "demo"
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and f"usage: lorakit {command}" in capsys.readouterr().out
+
+
+def readme_command(prefix: str) -> list[str]:
+    """The README's first command line starting with `prefix`, as argv."""
+    line = next(line for line in command_lines() if line.startswith(prefix))
+    return shlex.split(line)[1:]
+
+
+def test_the_quick_commands_run_on_tiny_data(tmp_path, monkeypatch, capsys):
+    """The CSV training line, then the SST-2 training line (2 steps of a tiny BERT) and eval / merge / eval / predict /
+    params as the README writes them (the CSV run stands in for SST-2 where ../shared/data is absent)."""
+    tiny = make_tiny_run_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for name in ("train.csv", "dev.csv"):  # the README's columns: review, stars
+        (tmp_path / name).write_text((tmp_path / name).read_text().replace("text,label", "review,stars", 1))
+    model = str(tiny / "model")
+
+    def substituted(argv: list[str]) -> list[str]:
+        return [{"minilm": model, "../shared/data/sst2": str(SST2)}.get(arg, arg) for arg in argv]
+
+    quick = ["--model", model, "--max-steps", "2", "--batch-size", "8", "--max-length", "32", "--max-eval-samples", "64"]
+    assert main([*readme_command("lorakit train --task csv"), *quick]) == 0
+    assert (tmp_path / "runs" / "csv-lora" / "metrics.json").is_file()
+    if SST2.is_dir():
+        assert main([*substituted(readme_command("lorakit train --model minilm --task sst2")), *quick]) == 0
+    else:
+        assert main([*readme_command("lorakit train --task csv"), *quick, "--output", "runs/sst2-lora"]) == 0
+    assert main(readme_command("lorakit eval    --adapter")) == 0
+    assert main(readme_command("lorakit merge")) == 0
+    assert not any("lora" in n for n, _ in tf.AutoModelForSequenceClassification.from_pretrained(
+        "runs/sst2-merged").named_parameters())
+    if SST2.is_dir():
+        assert main([*substituted(readme_command("lorakit eval    --model")), "--max-eval-samples", "64"]) == 0
+    capsys.readouterr()
+    assert main(readme_command("lorakit predict --adapter runs/sst2-lora")) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2  # one line per text
+    assert main(substituted(readme_command("lorakit params"))) == 0
+    assert "trainable params:" in capsys.readouterr().out
