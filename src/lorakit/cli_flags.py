@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 import yaml
@@ -106,8 +107,30 @@ def given_train_values(args: argparse.Namespace) -> dict:
     return {**_train_values(_read_config_file(args)), **_train_values(_given(args))}
 
 
+def recorded_run_values(given: dict) -> dict:
+    """Resuming (--resume auto or a checkpoint): the settings of the run it continues, from the run's config.yaml
+    (else the checkpoint's state.json); {} when not resuming or nothing is recorded. `resume` itself is left out."""
+    resume = given.get("resume")
+    if resume is None:
+        return {}
+    if resume == "auto":
+        run, checkpoint = Path(given.get("output") or TrainConfig.from_dict(given).output), None
+    else:
+        checkpoint = Path(resume)
+        run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    if run is not None and (run / "config.yaml").is_file():
+        recorded = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    elif checkpoint is not None and (checkpoint / "state.json").is_file():
+        recorded = json.loads((checkpoint / "state.json").read_text()).get("config", {})
+    else:
+        return {}
+    return {k: v for k, v in recorded.items() if k in TRAIN_FIELDS and k != "resume"}
+
+
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.from_dict(given_train_values(args))
+    """The --config file, then the flags given; resuming starts from the resumed run's recorded settings."""
+    given = given_train_values(args)
+    return TrainConfig.from_dict({**recorded_run_values(given), **given})
 
 
 # --- the flags ----------------------------------------------------------------------------------------------
@@ -218,7 +241,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="stop after N evaluations without improvement (default: off)")
     e.add_argument("--output", metavar="DIR", help="output directory (default: runs/<task>-<method>)")
     e.add_argument("--resume", metavar="CHECKPOINT", help="a checkpoint directory (<output>/checkpoints/step-*), or "
-                                                          "'auto': the newest one under --output")
+                                                          "'auto': the newest one under --output; every setting "
+                                                          "comes from the run's config.yaml, flags given override")
     e.add_argument("--report-to", nargs="+", choices=REPORTERS,
                    help="also log to wandb / tensorboard (JSON Lines always)")
     _runtime_flags(p)

@@ -307,7 +307,8 @@ def _adopt_best(checkpoint: Path, output: Path) -> None:
 def _note_changed_settings(checkpoint: Path, cfg: TrainConfig) -> None:
     """Resuming with other settings is allowed (e.g. more epochs, a lower lr after a divergence); say which."""
     saved = json.loads((checkpoint / "state.json").read_text())["config"]
-    changed = [k for k, v in cfg.to_dict().items() if k not in ("output", "resume") and saved.get(k) != v]
+    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in cfg.to_dict().items()
+               if k not in ("output", "resume") and saved.get(k) != v]
     if changed:
         print(f"lorakit train: note: resuming with settings that differ from the checkpoint's: {', '.join(changed)}")
 
