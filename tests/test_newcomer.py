@@ -155,3 +155,35 @@ def test_ties_go_to_the_lower_loss_then_fewer_parameters(tmp_path):
     assert "**Best: trial 1," in summary and TIE_BREAK in summary
     order = [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ") and "---" not in line]
     assert order[1:] == ["1", "2", "3", "0"]  # the table in the same order
+
+
+# --- 6. --storage postgresql://... without a PostgreSQL driver --------------------------------------------------
+
+def test_postgres_storage_without_a_driver_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    for driver in ("psycopg", "psycopg2"):  # `import psycopg2` now fails, installed or not
+        monkeypatch.setitem(sys.modules, driver, None)
+    argv = ["search", "--storage", "postgresql://user:secret@db-host/lorakit", "--space", "lora_r=1,2",
+            "--output", str(tmp_path / "search")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "no Python driver" in err and "psycopg2" in err and "pip install 'lorakit[postgres]'" in err
+    assert "secret" not in err  # the password is not echoed
+    assert not (tmp_path / "search").exists()
+    assert main(argv[:2] + ["nosuchdb://x"] + argv[3:]) == 2
+    assert "not a database URL" in capsys.readouterr().err
+
+
+def test_a_bare_postgresql_url_takes_the_installed_psycopg2(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from lorakit.search import SearchSettings
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # SQLAlchemy 2.1's default driver missing
+    monkeypatch.setitem(sys.modules, "psycopg2", types.ModuleType("psycopg2"))  # what lorakit[postgres] installs
+    settings = SearchSettings(base={}, space={"lora_r": (1,)}, output=tmp_path,
+                              storage="postgresql://user:pw@db-host/lorakit")
+    assert settings.storage_url == "postgresql+psycopg2://user:pw@db-host/lorakit"
