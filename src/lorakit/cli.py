@@ -23,10 +23,11 @@ import sys
 from pathlib import Path
 
 from .cli_flags import (RAW, _config_flag, _data_flags, _given, _read_config_file, _runtime_flags, _source_flags,
-                        _train_parser, _train_values, add_lora_flags, lora_config_from_args, train_config_from_args)
+                        _train_parser, _train_values, add_lora_flags, given_train_values, lora_config_from_args,
+                        train_config_from_args)
 from .compare import add_compare_parser
 from .search_cli import add_search_parser
-from .tasks.base import SEQUENCE_CLASSIFICATION
+from .tasks.base import CAUSAL_LM, SEQUENCE_CLASSIFICATION
 from .train_config import TrainConfig
 
 
@@ -58,7 +59,8 @@ def _inference_setup(args: argparse.Namespace):
     import transformers
 
     from .methods import find_artifact, load_artifact, load_base, read_record
-    from .tasks import get_task, load_splits
+    from .tasks import CAUSAL_LM, get_task, load_splits
+    from .train_config import eval_sample_cap
 
     from_file, flags = _read_config_file(args), _given(args)
     for values in (from_file, flags):
@@ -82,7 +84,8 @@ def _inference_setup(args: argparse.Namespace):
         data = load_splits(cfg.task, data_dir=cfg.data_dir, train_file=cfg.train_file, eval_file=cfg.eval_file,
                            text_columns=cfg.text_columns, label_column=cfg.label_column,
                            split_from_eval=cfg.split_from_eval, max_train_samples=cfg.max_train_samples,
-                           max_eval_samples=cfg.max_eval_samples, include_test=cfg.eval_test, seed=cfg.seed)
+                           max_eval_samples=eval_sample_cap(cfg.max_eval_samples, get_task(cfg.task).kind == CAUSAL_LM),
+                           include_test=cfg.eval_test, seed=cfg.seed)
     spec = data.spec if data is not None else get_task(cfg.task)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # no "newly initialized head" notes: the adapter loads the head
@@ -110,8 +113,23 @@ def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
                      resolve_precision(cfg.precision, device))
 
 
+def _eval_cap_line(cfg: TrainConfig, spec, given: dict) -> str:
+    """eval's first line: the task and the examples per split it evaluates, and where that cap comes from."""
+    from .train_config import eval_sample_cap
+
+    cap = eval_sample_cap(cfg.max_eval_samples, spec.kind == CAUSAL_LM)
+    if cap is None:
+        return f"lorakit eval: {spec.name}: every example of each evaluation split"
+    source = ("--max-eval-samples" if "max_eval_samples" in given else
+              "the training run's --max-eval-samples" if cfg.max_eval_samples is not None else
+              "the default for instruction data")
+    return (f"lorakit eval: {spec.name}: a seeded subset of up to {cap} examples per split ({source}; "
+            "--max-eval-samples all evaluates every example)")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     cfg, spec, data, model, tokenizer = _inference_setup(args)
+    print(_eval_cap_line(cfg, spec, given_train_values(args)), flush=True)
     evaluate = _evaluator(cfg, spec, tokenizer, model)
     splits = {name: (rows, evaluate.kind.eval_features(rows, tokenizer, cfg.max_length))
               for name, rows in data.eval.items()}
@@ -209,10 +227,11 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
                        description="Evaluate on the task's evaluation splits. Task, data and max length default to "
                                    "the recorded run's settings.\n\nexamples:\n"
                                    "  lorakit eval --adapter runs/sst2-lora\n"
-                                   "  lorakit eval --model runs/sst2-merged --max-eval-samples 200")
+                                   "  lorakit eval --model runs/sst2-merged --max-eval-samples 200\n"
+                                   "  lorakit eval --adapter runs/sst2-lora --max-eval-samples all")
     _config_flag(p)
     _source_flags(p)
-    _data_flags(p)
+    _data_flags(p, recorded=True)
     _runtime_flags(p)
     p.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
     p.set_defaults(func=cmd_eval)

@@ -47,8 +47,9 @@ from .fast_dropout import fast_dropout
 from .kinds import Evaluator, kind_of
 from .methods import load_base, save_artifact, setup_method
 from .params import parameter_report
-from .tasks import LengthGroupedBatchSampler, PaddingCollator, TaskSpec, load_splits, sequence_lengths
-from .train_config import TrainConfig, resolve_device, resolve_precision
+from .tasks import (CAUSAL_LM, LengthGroupedBatchSampler, PaddingCollator, TaskSpec, get_task, load_splits,
+                    sequence_lengths)
+from .train_config import TrainConfig, eval_sample_cap, resolve_device, resolve_precision
 from .train_step import build_optimizer, linear_schedule, optimizer_step
 
 
@@ -120,7 +121,8 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
     data = load_splits(cfg.task, data_dir=cfg.data_dir, train_file=cfg.train_file, eval_file=cfg.eval_file,
                        text_columns=cfg.text_columns, label_column=cfg.label_column,
                        split_from_eval=cfg.split_from_eval, max_train_samples=cfg.max_train_samples,
-                       max_eval_samples=cfg.max_eval_samples, include_test=cfg.eval_test, seed=cfg.seed)
+                       max_eval_samples=eval_sample_cap(cfg.max_eval_samples, get_task(cfg.task).kind == CAUSAL_LM),
+                       include_test=cfg.eval_test, seed=cfg.seed)
     spec, kind = data.spec, kind_of(data.spec)
     model, tokenizer = load_base(cfg.model, spec, new_head=True)
     setup_method(model, cfg)
