@@ -183,13 +183,44 @@ def _predict_inputs(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+GENERATION_FLAGS = ("max_new_tokens", "temperature", "top_p")
+
+
+def _print_generations(args: argparse.Namespace, cfg: TrainConfig, model, tokenizer, texts: list[str]) -> None:
+    """Causal LMs: each answer as generated (newlines kept), a blank line between answers; on a terminal the
+    tokens are printed as they come (transformers' TextStreamer)."""
+    import torch
+    import transformers
+
+    from .tasks.lm_eval import generate_samples
+
+    torch.manual_seed(cfg.seed)  # --seed: the same sampled answers again (greedy ignores it)
+    stream = sys.stdout.isatty()
+    for i, text in enumerate(texts):
+        if i:
+            print()
+        streamer = transformers.TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+        (answer,) = generate_samples(model, tokenizer, [text], max_new_tokens=args.max_new_tokens or 128,
+                                     temperature=args.temperature or 0.0,
+                                     top_p=args.top_p if args.top_p is not None else 1.0, streamer=streamer)
+        if not stream:
+            print(answer, flush=True)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     texts = _predict_inputs(args)
     cfg, spec, _, model, tokenizer = _inference_setup(args)
+    given = [f"--{name.replace('_', '-')}" for name in GENERATION_FLAGS if getattr(args, name) is not None]
+    if given and spec.kind != CAUSAL_LM:
+        raise ValueError(f"{', '.join(given)}: generation settings apply to instruction-tuned (causal LM) runs; "
+                         f"task {spec.name} is {spec.kind.replace('_', ' ')}")
     evaluate = _evaluator(cfg, spec, tokenizer, model)
+    if spec.kind == CAUSAL_LM:
+        _print_generations(args, cfg, model, tokenizer, texts)
+        return 0
     if spec.kind != SEQUENCE_CLASSIFICATION:
         for line in evaluate.kind.predict(evaluate, model, texts):
-            print(line)  # an answer span or a generation: the output alone, one line per input
+            print(line)  # an answer span: the output alone, one line per input
         return 0
     for line, text in zip(evaluate.kind.predict(evaluate, model, texts), texts):
         print(f"{line}\t{text}")
@@ -249,13 +280,16 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
 
     p = sub.add_parser("predict", help="classify texts, answer questions or follow prompts", formatter_class=RAW,
                        description="Classification: one line per text: label, probability (or score), text.\n"
-                                   "Question answering and instruction tuning: the answer / generation, one line "
-                                   "per input.\n\nexamples:\n"
+                                   "Question answering: the answer, one line per input. Instruction tuning: each "
+                                   "answer as generated, a blank line between answers (streamed on a "
+                                   "terminal).\n\nexamples:\n"
                                    "  lorakit predict --adapter runs/sst2-lora \"a gripping film\" \"flat and dull\"\n"
                                    "  lorakit predict --adapter runs/mrpc-lora --file pairs.txt  # TAB-separated\n"
                                    "  lorakit predict --adapter runs/squad --question \"Who wrote it?\" "
                                    "--context \"It was written by Ann.\"\n"
-                                   "  lorakit predict --adapter runs/instruct --prompt \"Name three colours.\"")
+                                   "  lorakit predict --adapter runs/instruct --prompt \"Name three colours.\"\n"
+                                   "  lorakit predict --adapter runs/instruct --prompt \"Write a haiku.\" "
+                                   "--temperature 0.7 --top-p 0.9 --seed 1")
     _config_flag(p)
     _source_flags(p)
     p.add_argument("texts", nargs="*", help="texts to classify (sentence pairs: 'first<TAB>second'; "
@@ -264,7 +298,13 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
     p.add_argument("--question", help="question answering: the question (with --context)")
     p.add_argument("--context", help="question answering: the passage that holds the answer")
     p.add_argument("--prompt", action="append", metavar="TEXT", help="instruction tuning: a prompt to answer "
-                   "(repeatable); generation is greedy")
+                   "(repeatable); answers are printed as generated, a blank line between them")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="instruction tuning: tokens to generate at most "
+                                                                   "(default: 128)")
+    p.add_argument("--temperature", type=float, metavar="T", help="instruction tuning: 0 = greedy (default), "
+                                                                  "> 0 samples (with --seed)")
+    p.add_argument("--top-p", type=float, metavar="P", help="instruction tuning, with --temperature: nucleus "
+                                                            "sampling over the top tokens of mass P (default: 1)")
     p.add_argument("--task", help="the task (default: the recorded one)")
     p.add_argument("--max-length", type=int, metavar="T", help="tokens per text (default: the recorded one)")
     _runtime_flags(p)
