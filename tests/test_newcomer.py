@@ -312,3 +312,48 @@ def test_generation_flags_are_for_instruction_runs(tiny, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", "--adapter", str(run), "w1 w2", "--temperature", "0.7"]) == 2
     assert "--temperature: generation settings apply to instruction-tuned" in capsys.readouterr().err
+
+
+# --- 8. noise: transformers' load report, the final bar twice; one trainable % for LoRA and QLoRA -----------------
+
+def test_train_says_new_head_once_without_transformers_load_report(tiny, tmp_path, capfd):
+    import transformers as tf
+
+    base = tmp_path / "base"  # a model without a classification head, as MiniLM's sentence-transformers weights
+    tokenizer = tf.AutoTokenizer.from_pretrained(tiny / "model")
+    torch.manual_seed(0)
+    tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=4, intermediate_size=37, max_position_embeddings=64)
+                 ).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    capfd.readouterr()
+    argv = tiny_train(tiny, tmp_path / "run", "--max-steps", "2", "--eval-steps", "1")
+    argv[argv.index("--model") + 1] = str(base)
+    assert main(argv) == 0
+    out, err = capfd.readouterr()
+    both = out + err
+    assert "LOAD REPORT" not in both and "MISSING" not in both
+    notes = [line for line in both.splitlines() if "new classification head" in line]
+    assert notes == ["lorakit: a new classification head is initialised (classifier.bias, classifier.weight); "
+                     "training learns it"]
+    # stderr is a file here, as in a log: the finished bar appears once
+    assert err.replace("\r", "\n").count("train: 100%") == 1
+
+
+def test_qlora_and_lora_report_the_same_total():
+    from conftest import tiny_model
+    from lorakit.methods import setup_method
+    from lorakit.params import parameter_report
+    from lorakit.train_config import TrainConfig
+
+    plain = tiny_model("bert")
+    reports = {}
+    for method in ("lora", "qlora"):
+        model = tiny_model("bert")
+        setup_method(model, TrainConfig(method=method, quant_kind="int8"))
+        reports[method] = parameter_report(model)
+    assert reports["qlora"].trainable == reports["lora"].trainable
+    assert reports["qlora"].total == reports["lora"].total  # the quantized weights counted as the values they encode
+    assert reports["qlora"].percent == pytest.approx(reports["lora"].percent)
+    lora_only = reports["lora"].total - sum(p.numel() for p in plain.parameters())
+    assert lora_only == sum(r.count for r in reports["lora"].rows if "lora_" in r.name)

@@ -272,8 +272,8 @@ def _evaluate_and_track(model, evaluate: Evaluator, eval_sets, spec: TaskSpec, s
     out.log({"step": state.step, "epoch": state.epoch, "eval": results, "eval_seconds": round(seconds, 3)})
     shown = ", ".join(f"{split} {spec.main_metric} {r[spec.main_metric]:.4f} loss {r['loss']:.4f}"
                       for split, r in results.items())
-    if out.main:
-        progress.write(f"step {state.step}: {shown}{'  (best)' if improved else ''}")
+    if out.main:  # a log file: a plain line (tqdm.write would print the bar again after it)
+        (progress.write if sys.stderr.isatty() else print)(f"step {state.step}: {shown}{'  (best)' if improved else ''}")
     if cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
         return (f"early stopping at step {state.step}: no better {spec.main_metric} in "
                 f"{state.evals_without_improvement} evaluations "
