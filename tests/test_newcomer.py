@@ -336,6 +336,7 @@ def test_train_says_new_head_once_without_transformers_load_report(tiny, tmp_pat
     notes = [line for line in both.splitlines() if "new classification head" in line]
     assert notes == ["lorakit: a new classification head is initialised (classifier.bias, classifier.weight); "
                      "training learns it"]
+    assert sum("lorakit train: estimated time" in line for line in out.splitlines()) == 1  # point 4
     # stderr is a file here, as in a log: the finished bar appears once
     assert err.replace("\r", "\n").count("train: 100%") == 1
 
@@ -357,3 +358,24 @@ def test_qlora_and_lora_report_the_same_total():
     assert reports["qlora"].percent == pytest.approx(reports["lora"].percent)
     lora_only = reports["lora"].total - sum(p.numel() for p in plain.parameters())
     assert lora_only == sum(r.count for r in reports["lora"].rows if "lora_" in r.name)
+
+
+# --- 4. the run's time, estimated at its start ---------------------------------------------------------------------
+
+def test_run_clock_estimates_once_from_the_steps_after_the_first():
+    from lorakit.estimate import RunClock, duration, evaluation_steps
+
+    assert evaluation_steps(total_steps=10, steps_per_epoch=4, eval_steps=0) == 3  # steps 4, 8 and the last, 10
+    assert evaluation_steps(total_steps=10, steps_per_epoch=4, eval_steps=3) == 6  # 3, 4, 6, 8, 9, 10
+    assert evaluation_steps(total_steps=10, steps_per_epoch=4, eval_steps=0, first_step=8) == 1  # resumed: 10
+    clock = RunClock(total_steps=100, first_step=0, evaluations=2, eval_examples=300)
+    notes = [clock.after_step(seconds, 30) for seconds in (5.0, 1.0, 1.0, 1.0, 1.0, 1.0)]
+    assert notes[:3] == [None] * 3 and notes[4:] == [None, None]
+    # 100 steps at 1 s (the first step's 5 s left out) + 2 evaluations of 300 examples at 1/30 s / 3 each
+    assert notes[3] == ("lorakit train: estimated time 1 min 47 s: 100 steps at 1.00 s + 2 evaluations of 300 "
+                        "examples at ~3.3 s each (estimated)")
+    measured = RunClock(total_steps=2, first_step=0, evaluations=2, eval_examples=200, eval_seconds=90.0)
+    assert measured.after_step(0.5, 4) is None
+    note = measured.after_step(0.5, 4)  # 2 steps at 0.5 s + 2 measured evaluations of 90 s
+    assert note.startswith("lorakit train: estimated time 3 min 1 s:") and note.endswith("(measured)")
+    assert duration(0.42) == "0.4 s" and duration(42) == "42 s" and duration(3725) == "1 h 2 min"

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, load_checkpoint, load_trainable,
                          versions)
+from .estimate import RunClock, evaluation_steps
 from .fast_dropout import fast_dropout
 from .kinds import Evaluator, kind_of
 from .methods import load_base, save_artifact, setup_method
@@ -171,8 +172,16 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                     disable=not out.main, mininterval=0.2 if sys.stderr.isatty() else 30)  # log files: sparse
     stop_reason = None
     before = None
+    n_eval = sum(len(rows) for rows, _ in eval_sets.values())
+    clock = RunClock(total_steps, state.step, evaluation_steps(total_steps, steps_per_epoch, cfg.eval_steps,
+                                                               state.step), n_eval)
     if resume_from is None and kind.generate is not None:  # causal LMs: where the held-out loss starts
+        if out.main:
+            _say(progress, f"lorakit train: evaluating the untrained model on {n_eval} held-out examples "
+                           "(the loss before training)")
+        began = time.perf_counter()
         before = evaluate(raw, eval_sets)
+        clock.eval_seconds = time.perf_counter() - began
         out.log({"step": 0, "eval_before_training": before})
         _write_generations(kind, evaluate, raw, eval_sets, out, "generations_before.jsonl")
     try:
@@ -210,6 +219,9 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                          "loss": loss, "lr": lr, "grad_norm": grad_norm, "examples_per_s": rows / seconds,
                          "padded_tokens": padded, "elapsed_s": round(state.train_seconds, 3)})
                 progress.update(1)
+                note = clock.after_step(seconds, rows)
+                if note and out.main:
+                    _say(progress, note)
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                                      ex_s=f"{state.examples_seen / state.train_seconds:.0f}", refresh=False)
                 if epoch_end:
@@ -272,13 +284,21 @@ def _evaluate_and_track(model, evaluate: Evaluator, eval_sets, spec: TaskSpec, s
     out.log({"step": state.step, "epoch": state.epoch, "eval": results, "eval_seconds": round(seconds, 3)})
     shown = ", ".join(f"{split} {spec.main_metric} {r[spec.main_metric]:.4f} loss {r['loss']:.4f}"
                       for split, r in results.items())
-    if out.main:  # a log file: a plain line (tqdm.write would print the bar again after it)
-        (progress.write if sys.stderr.isatty() else print)(f"step {state.step}: {shown}{'  (best)' if improved else ''}")
+    if out.main:
+        _say(progress, f"step {state.step}: {shown}{'  (best)' if improved else ''}")
     if cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
         return (f"early stopping at step {state.step}: no better {spec.main_metric} in "
                 f"{state.evals_without_improvement} evaluations "
                 f"(best {state.best_metric:.4f} at step {state.best_step})")
     return None
+
+
+def _say(progress, line: str) -> None:
+    """A line above the progress bar on a terminal; a plain line in a log (tqdm.write would print the bar again)."""
+    if sys.stderr.isatty():
+        progress.write(line)
+    else:
+        print(line, flush=True)
 
 
 def _write_generations(kind, evaluate: Evaluator, model: nn.Module, eval_sets, out: RunDir, name: str) -> None:
