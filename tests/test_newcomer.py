@@ -379,3 +379,25 @@ def test_run_clock_estimates_once_from_the_steps_after_the_first():
     note = measured.after_step(0.5, 4)  # 2 steps at 0.5 s + 2 measured evaluations of 90 s
     assert note.startswith("lorakit train: estimated time 3 min 1 s:") and note.endswith("(measured)")
     assert duration(0.42) == "0.4 s" and duration(42) == "42 s" and duration(3725) == "1 h 2 min"
+
+
+# --- 9. comparison.md and its chart: the same precision, readable labels, a time and a memory panel ---------------
+
+def test_comparison_table_and_chart_agree(tmp_path, captured_figures):
+    from lorakit import compare
+
+    rows = [{"method": m, "status": "complete", "validation_accuracy": acc, "validation_loss": 0.61,
+             "main_metric": "validation_accuracy", "trainable_params": params, "total_params": 22_000_000,
+             "trainable_percent": 100 * params / 22e6, "train_seconds": seconds, "peak_memory_mb": memory,
+             "adapter_bytes": 4 * params, "artifact": "x", "lr": 5e-4}
+            for m, acc, params, seconds, memory in (("lora", 0.656, 73_000, 291.0, 2057.0),
+                                                    ("full", 0.8165, 22_000_000, 364.0, 2240.0))]
+    paths = compare.write_comparison(rows, tmp_path)
+    table = paths["table"].read_text()
+    assert "| 0.6560 |" in table and "| 0.8165 |" in table
+    fig = captured_figures[-1]
+    labels = [ax.get_xlabel() for ax in fig.axes]
+    assert labels == ["validation accuracy", "trainable parameters (log scale)", "train time (s)", "peak memory (MB)"]
+    shown = [t.get_text() for t in fig.axes[0].texts]
+    assert shown == ["0.6560", "0.8165"]  # the table's cells
+    assert [t.get_text() for t in fig.axes[2].texts] == ["291 s", "364 s"]

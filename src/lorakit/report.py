@@ -5,7 +5,7 @@
     plot_heatmap(rows, "objective", "heatmap.png", {"lr": "log", "lora_r": "grid"})  # the searched dimensions
     plot_pareto(rows, "objective", "pareto.png")         # the metric vs trainable parameters, Pareto front marked
     plot_curves({"trial 3": "trials/3/log.jsonl"}, "curves.png")
-    plot_comparison(rows, "validation_accuracy", "comparison.png")
+    plot_comparison(rows, "validation_accuracy", "comparison.png")   # metric, parameters, time, memory
 
 Rows are plain dicts (one per trial or method); a missing or None value is an empty cell and is left out of plots.
 """
@@ -166,9 +166,9 @@ def plot_heatmap(rows: list[dict], metric: str, path: str | Path, label: str | N
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         ax.scatter(_axis_values(ax, "x", [r[x] for r in rows], scales[x]), [r[metric] for r in rows])
         ax.set_xlabel(x)
-        ax.set_ylabel(label or metric)
+        ax.set_ylabel(readable(label or metric))
         ax.grid(True, which="both", alpha=0.3)
-        ax.set_title(f"{label or metric} against {x}")
+        ax.set_title(f"{readable(label or metric)} against {x}")
         return _save(fig, path)
     y, x = dims[:2]  # the dimension with the most effect on the vertical axis
     rows = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
@@ -176,17 +176,17 @@ def plot_heatmap(rows: list[dict], metric: str, path: str | Path, label: str | N
         n_x = len({fmt(r[x]) for r in rows})
         fig, ax = plt.subplots(figsize=(max(6.5, 1.2 * n_x + 2.5), 0.8 * len({fmt(r[y]) for r in rows}) + 2.5))
         image = _cells(ax, rows, metric, x, y, max if maximize else min)
-        title = f"{label or metric}: best per cell"
+        title = f"{readable(label or metric)}: best per cell"
     else:
         fig, ax = plt.subplots(figsize=(7, 5))
         image = ax.scatter(_axis_values(ax, "x", [r[x] for r in rows], scales[x]),
                            _axis_values(ax, "y", [r[y] for r in rows], scales[y]),
                            c=[r[metric] for r in rows], cmap="viridis", s=60, edgecolors="black", linewidths=0.5)
         ax.grid(True, which="both", alpha=0.3)
-        title = f"{label or metric} per trial"
+        title = f"{readable(label or metric)} per trial"
     ax.set_xlabel(x + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel(y + (" (log scale)" if ax.get_yscale() == "log" else ""))
-    fig.colorbar(image, ax=ax, label=label or metric)
+    fig.colorbar(image, ax=ax, label=readable(label or metric))
     ax.set_title(title + (f" (also searched: {', '.join(dims[2:])})" if dims[2:] else ""), fontsize=10, wrap=True)
     return _save(fig, path)
 
@@ -207,10 +207,10 @@ def plot_pareto(rows: list[dict], metric: str, path: str | Path, label: str | No
         ax.annotate(fmt(rows[i].get(names)), points[i], textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel(label or metric)
+    ax.set_ylabel(readable(label or metric))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    ax.set_title(f"{label or metric} vs trainable parameters")
+    ax.set_title(f"{readable(label or metric)} vs trainable parameters")
     return _save(fig, path)
 
 
@@ -251,25 +251,47 @@ def plot_curves(logs: dict[str, str | Path], path: str | Path, title: str = "tra
     return _save(fig, path)
 
 
+def metric_cell(value) -> str:
+    """A metric as comparison.md and the comparison chart both print it: 4 decimals."""
+    return "" if value is None else f"{value:.4f}"
+
+
+def readable(key: str) -> str:
+    """An axis label from a row key: validation_accuracy -> validation accuracy."""
+    return key.replace("_", " ")
+
+
+def _bars(ax, names: list[str], values: list[float], labels: list[str], xlabel: str, color: str,
+          log: bool = False) -> None:
+    """Horizontal bars of `values` per name, each labelled; room on the right for the labels."""
+    bars = ax.barh(names, values, color=color)
+    ax.bar_label(bars, labels=labels, padding=3, fontsize=8)
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(right=max(values) * 50)
+    else:
+        ax.set_xlim(0, max(values) * 1.3 or 1)
+    ax.set_xlabel(xlabel)
+
+
 def plot_comparison(rows: list[dict], metric: str, path: str | Path, label: str | None = None) -> Path | None:
-    """Per method: a bar of `metric` and, beside it, a bar of trainable parameters on a log axis."""
+    """Per method, four panels of bars: `metric`, trainable parameters (log axis), training time, peak memory
+    (the last two where the rows have them)."""
     rows = _numeric(rows, metric, "trainable_params")
     if not rows:
         return None
     names = [r["method"] for r in rows]
+    panels = [(metric, metric_cell, label or readable(metric), "tab:blue", False),
+              ("trainable_params", lambda v: f"{v:,}", "trainable parameters (log scale)", "tab:orange", True),
+              ("train_seconds", lambda v: f"{v:,.0f} s", "train time (s)", "tab:green", False),
+              ("peak_memory_mb", lambda v: f"{v:,.0f} MB", "peak memory (MB)", "tab:red", False)]
+    panels = [p for p in panels if len(_numeric(rows, p[0])) == len(rows)]
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.6 * len(rows) + 1.8), sharey=True)
-    bars = left.barh(names, [r[metric] for r in rows], color="tab:blue")
-    left.bar_label(bars, labels=[f"{r[metric]:.4f}" for r in rows], padding=3, fontsize=8)
-    left.set_xlabel(label or metric)
-    left.set_xlim(0, max(r[metric] for r in rows) * 1.2)
-    left.invert_yaxis()
-    bars = right.barh(names, [r["trainable_params"] for r in rows], color="tab:orange")
-    right.bar_label(bars, labels=[f"{r['trainable_params']:,}" for r in rows], padding=3, fontsize=8)
-    right.set_xscale("log")
-    right.set_xlim(right=max(r["trainable_params"] for r in rows) * 50)
-    right.set_xlabel("trainable parameters (log scale)")
-    fig.suptitle(f"{label or metric} and trainable parameters per method")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.6 * len(rows) + 2), sharey=True)
+    for ax, (key, cell, xlabel, color, log) in zip(axes, panels):
+        _bars(ax, names, [r[key] for r in rows], [cell(r[key]) for r in rows], xlabel, color, log)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{label or readable(metric)} against cost, per method")
     return _save(fig, path)
 
 
