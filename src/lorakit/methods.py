@@ -38,7 +38,7 @@ from .config import QuantConfig
 from .inject import add_lora, lora_layers, merge_and_unload
 from .kinds import kind_of
 from .lora import LORA_LAYERS
-from .models import resolve_model_path
+from .models import quiet_transformers, resolve_model_path
 from .quant_linear import dequantize_model, quantize_model
 from .tasks import SEQUENCE_CLASSIFICATION, TaskSpec
 from .train_config import TrainConfig
@@ -99,16 +99,9 @@ def load_base(name: str, spec: TaskSpec, new_head: bool = False) -> tuple[nn.Mod
 def _load_quietly(kind, path: str, spec: TaskSpec, new_head: bool) -> tuple[nn.Module, list[str]]:
     """from_pretrained without transformers' load report and weight-loading bar. Returns (model, the names of the
     parameters initialised fresh: missing from the checkpoint, or of another shape there)."""
-    verbosity, bars = tf.logging.get_verbosity(), tf.utils.logging.is_progress_bar_enabled()
-    tf.logging.set_verbosity_error()
-    tf.utils.logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         model, info = kind.auto_model.from_pretrained(path, ignore_mismatched_sizes=new_head, output_loading_info=True,
                                                       **kind.model_kwargs(spec))
-    finally:
-        tf.logging.set_verbosity(verbosity)
-        if bars:
-            tf.utils.logging.enable_progress_bar()
     mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys") or ()]
     return model, sorted({*(info.get("missing_keys") or ()), *mismatched})
 
