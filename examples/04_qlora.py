@@ -15,6 +15,9 @@
 # quantization in plain torch (bit-identical to bitsandbytes); QLoRA is the same `LoRALinear` wrapping a
 # `QuantLinear`. This notebook quantizes MiniLM, measures the error and the memory, and checks that merging
 # gives back a dense model with the same outputs.
+#
+# Size and time: MiniLM-L6 (22.7M parameters), ten steps on two sentences. About a minute on one CPU thread
+# (65 s measured on a 2-core machine shared with other jobs, load average 18).
 
 # %%
 import os

@@ -218,6 +218,8 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                 out.log({"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / steps_per_epoch, 4),
                          "loss": loss, "lr": lr, "grad_norm": grad_norm, "examples_per_s": rows / seconds,
                          "padded_tokens": padded, "elapsed_s": round(state.train_seconds, 3)})
+                if state.step >= total_steps and not sys.stderr.isatty():
+                    progress.mininterval = math.inf  # a log: the finished bar is printed once, when it closes
                 progress.update(1)
                 note = clock.after_step(seconds, rows)
                 if note and out.main:
