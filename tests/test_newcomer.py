@@ -401,3 +401,18 @@ def test_comparison_table_and_chart_agree(tmp_path, captured_figures):
     shown = [t.get_text() for t in fig.axes[0].texts]
     assert shown == ["0.6560", "0.8165"]  # the table's cells
     assert [t.get_text() for t in fig.axes[2].texts] == ["291 s", "364 s"]
+
+
+def test_evaluation_and_generation_bars_show_on_a_terminal_only(monkeypatch):
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from lorakit.tasks.lm_eval import progress_bar
+
+    items = list(range(3))
+    assert progress_bar(items, "evaluate") is items  # stderr is not a terminal here: no bar in logs
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = progress_bar(items, "evaluate")
+    assert isinstance(bar, tqdm) and list(bar) == items and bar.desc == "evaluate"
+    assert progress_bar(items, None) is items
