@@ -15,6 +15,9 @@
 # quantization in plain torch (bit-identical to bitsandbytes); QLoRA is the same `LoRALinear` wrapping a
 # `QuantLinear`. This notebook quantizes MiniLM, measures the error and the memory, and checks that merging
 # gives back a dense model with the same outputs.
+#
+# Size and time: MiniLM-L6 (22.7M parameters), ten steps on two sentences. About a minute on one CPU thread
+# (65 s measured on a 2-core machine shared with other jobs, load average 18).
 
 # %%
 import os
@@ -51,20 +54,30 @@ add_lora(model, LoraConfig(r=8, alpha=16, target_modules="all-linear"))
 print(parameter_report(model).summary())
 
 # %% [markdown]
-# ## One training step moves only the adapters; merging dequantizes
+# ## A few training steps move only the adapters; merging dequantizes
+#
+# Two sentences, seen again and again: the adapters memorise them within a few steps (the loss falls from
+# about ln 2 = 0.69 towards 0). That shows gradients reach the LoRA matrices through the 4-bit layers; it is
+# not a measure of accuracy (examples/02 trains on SST-2). The quantized base weights stay exactly as they were.
 
 # %%
 texts = ["a gripping film", "dull and lifeless"] * (1 if SMALL else 8)
 batch = tokenizer(texts, return_tensors="pt", padding=True)
 labels = torch.tensor([1, 0] * (len(texts) // 2))
+codes_before = {name: b.clone() for name, b in model.named_buffers() if name.endswith("qweight")}
 model.train()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+losses = []
 for _ in range(2 if SMALL else 10):
     loss = model(**batch, labels=labels).loss
     opt.zero_grad()
     loss.backward()
     opt.step()
-print("loss after a few steps:", round(loss.item(), 4))
+    losses.append(loss.item())
+print(f"training loss on the two sentences, step 1: {losses[0]:.4f}, step {len(losses)}: {losses[-1]:.2e}")
+assert losses[-1] < losses[0]
+assert all(torch.equal(codes_before[name], b) for name, b in model.named_buffers() if name in codes_before)
+print(f"the {len(codes_before)} quantized weight matrices are unchanged")
 model.eval()
 with torch.no_grad():
     adapted = model(**batch).logits

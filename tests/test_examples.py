@@ -16,3 +16,10 @@ def test_example_runs(script, tmp_path):
     env = {**os.environ, "LORAKIT_EXAMPLE_SMALL": "1", "HF_HUB_OFFLINE": "1", "LORAKIT_EXAMPLE_OUT": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_header_states_size_and_time(script):
+    """A newcomer knows what an example costs before running it: its first markdown cell says so."""
+    header = script.read_text().split("# %%\n")[0]
+    assert "Size and time:" in header and ("minute" in header or " s " in header)

@@ -487,7 +487,7 @@ def test_instruction_tuning_trains_through_the_loop(tmp_path, capsys):
     assert reloaded["loss"] == pytest.approx(validation["loss"], rel=1e-6)
     capsys.readouterr()
     assert main(["predict", "--adapter", str(tmp_path / "out"), "--prompt", "say hi", "--prompt", "how are you"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert len(capsys.readouterr().out.split("\n\n")) == 2  # two answers, a blank line between them
 
 
 def test_causal_lm_accumulation_weights_by_labelled_tokens():

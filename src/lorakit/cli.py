@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from .cli_flags import (RAW, _config_flag, _data_flags, _given, _read_config_file, _runtime_flags, _source_flags,
-                        _train_parser, _train_values, add_lora_flags, train_config_from_args)
+                        _train_parser, _train_values, add_lora_flags, given_train_values, train_config_from_args)
 from .compare import add_compare_parser
 from .extras import missing_extra
 from .search_cli import add_search_parser
@@ -61,7 +61,8 @@ def _inference_setup(args: argparse.Namespace):
     import transformers
 
     from .methods import find_artifact, load_artifact, load_base, read_record
-    from .tasks import get_task, load_splits
+    from .tasks import CAUSAL_LM, get_task, load_splits
+    from .train_config import eval_sample_cap
 
     from_file, flags = _read_config_file(args), _given(args)
     for values in (from_file, flags):
@@ -85,7 +86,8 @@ def _inference_setup(args: argparse.Namespace):
         data = load_splits(cfg.task, data_dir=cfg.data_dir, train_file=cfg.train_file, eval_file=cfg.eval_file,
                            text_columns=cfg.text_columns, label_column=cfg.label_column,
                            split_from_eval=cfg.split_from_eval, max_train_samples=cfg.max_train_samples,
-                           max_eval_samples=cfg.max_eval_samples, include_test=cfg.eval_test, seed=cfg.seed)
+                           max_eval_samples=eval_sample_cap(cfg.max_eval_samples, get_task(cfg.task).kind == CAUSAL_LM),
+                           include_test=cfg.eval_test, seed=cfg.seed)
     spec = data.spec if data is not None else get_task(cfg.task)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # no "newly initialized head" notes: the adapter loads the head
@@ -113,8 +115,23 @@ def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
                      resolve_precision(cfg.precision, device))
 
 
+def _eval_cap_line(cfg: TrainConfig, spec, given: dict) -> str:
+    """eval's first line: the task and the examples per split it evaluates, and where that cap comes from."""
+    from .train_config import eval_sample_cap
+
+    cap = eval_sample_cap(cfg.max_eval_samples, spec.kind == CAUSAL_LM)
+    if cap is None:
+        return f"lorakit eval: {spec.name}: every example of each evaluation split"
+    source = ("--max-eval-samples" if "max_eval_samples" in given else
+              "the training run's --max-eval-samples" if cfg.max_eval_samples is not None else
+              "the default for instruction data")
+    return (f"lorakit eval: {spec.name}: a seeded subset of up to {cap} examples per split ({source}; "
+            "--max-eval-samples all evaluates every example)")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     cfg, spec, data, model, tokenizer = _inference_setup(args)
+    print(_eval_cap_line(cfg, spec, given_train_values(args)), flush=True)
     evaluate = _evaluator(cfg, spec, tokenizer, model)
     splits = {name: (rows, evaluate.kind.eval_features(rows, tokenizer, cfg.max_length))
               for name, rows in data.eval.items()}
@@ -168,15 +185,46 @@ def _predict_inputs(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+GENERATION_FLAGS = ("max_new_tokens", "temperature", "top_p")
+
+
+def _print_generations(args: argparse.Namespace, cfg: TrainConfig, model, tokenizer, texts: list[str]) -> None:
+    """Causal LMs: each answer as generated (newlines kept), a blank line between answers; on a terminal the
+    tokens are printed as they come (transformers' TextStreamer)."""
+    import torch
+    import transformers
+
+    from .tasks.lm_eval import generate_samples
+
+    torch.manual_seed(cfg.seed)  # --seed: the same sampled answers again (greedy ignores it)
+    stream = sys.stdout.isatty()
+    for i, text in enumerate(texts):
+        if i:
+            print()
+        streamer = transformers.TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+        (answer,) = generate_samples(model, tokenizer, [text], max_new_tokens=args.max_new_tokens or 128,
+                                     temperature=args.temperature or 0.0,
+                                     top_p=args.top_p if args.top_p is not None else 1.0, streamer=streamer)
+        if not stream:
+            print(answer, flush=True)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .tasks.base import SEQUENCE_CLASSIFICATION
+    from .tasks.base import CAUSAL_LM, SEQUENCE_CLASSIFICATION
 
     texts = _predict_inputs(args)
     cfg, spec, _, model, tokenizer = _inference_setup(args)
+    given = [f"--{name.replace('_', '-')}" for name in GENERATION_FLAGS if getattr(args, name) is not None]
+    if given and spec.kind != CAUSAL_LM:
+        raise ValueError(f"{', '.join(given)}: generation settings apply to instruction-tuned (causal LM) runs; "
+                         f"task {spec.name} is {spec.kind.replace('_', ' ')}")
     evaluate = _evaluator(cfg, spec, tokenizer, model)
+    if spec.kind == CAUSAL_LM:
+        _print_generations(args, cfg, model, tokenizer, texts)
+        return 0
     if spec.kind != SEQUENCE_CLASSIFICATION:
         for line in evaluate.kind.predict(evaluate, model, texts):
-            print(line)  # an answer span or a generation: the output alone, one line per input
+            print(line)  # an answer span: the output alone, one line per input
         return 0
     for line, text in zip(evaluate.kind.predict(evaluate, model, texts), texts):
         print(f"{line}\t{text}")
@@ -215,10 +263,11 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
                        description="Evaluate on the task's evaluation splits. Task, data and max length default to "
                                    "the recorded run's settings.\n\nexamples:\n"
                                    "  lorakit eval --adapter runs/sst2-lora\n"
-                                   "  lorakit eval --model runs/sst2-merged --max-eval-samples 200")
+                                   "  lorakit eval --model runs/sst2-merged --max-eval-samples 200\n"
+                                   "  lorakit eval --adapter runs/sst2-lora --max-eval-samples all")
     _config_flag(p)
     _source_flags(p)
-    _data_flags(p)
+    _data_flags(p, recorded=True)
     _runtime_flags(p)
     p.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
     p.set_defaults(func=cmd_eval)
@@ -236,13 +285,16 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
 
     p = sub.add_parser("predict", help="classify texts, answer questions or follow prompts", formatter_class=RAW,
                        description="Classification: one line per text: label, probability (or score), text.\n"
-                                   "Question answering and instruction tuning: the answer / generation, one line "
-                                   "per input.\n\nexamples:\n"
+                                   "Question answering: the answer, one line per input. Instruction tuning: each "
+                                   "answer as generated, a blank line between answers (streamed on a "
+                                   "terminal).\n\nexamples:\n"
                                    "  lorakit predict --adapter runs/sst2-lora \"a gripping film\" \"flat and dull\"\n"
                                    "  lorakit predict --adapter runs/mrpc-lora --file pairs.txt  # TAB-separated\n"
                                    "  lorakit predict --adapter runs/squad --question \"Who wrote it?\" "
                                    "--context \"It was written by Ann.\"\n"
-                                   "  lorakit predict --adapter runs/instruct --prompt \"Name three colours.\"")
+                                   "  lorakit predict --adapter runs/instruct --prompt \"Name three colours.\"\n"
+                                   "  lorakit predict --adapter runs/instruct --prompt \"Write a haiku.\" "
+                                   "--temperature 0.7 --top-p 0.9 --seed 1")
     _config_flag(p)
     _source_flags(p)
     p.add_argument("texts", nargs="*", help="texts to classify (sentence pairs: 'first<TAB>second'; "
@@ -251,7 +303,13 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
     p.add_argument("--question", help="question answering: the question (with --context)")
     p.add_argument("--context", help="question answering: the passage that holds the answer")
     p.add_argument("--prompt", action="append", metavar="TEXT", help="instruction tuning: a prompt to answer "
-                   "(repeatable); generation is greedy")
+                   "(repeatable); answers are printed as generated, a blank line between them")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="instruction tuning: tokens to generate at most "
+                                                                   "(default: 128)")
+    p.add_argument("--temperature", type=float, metavar="T", help="instruction tuning: 0 = greedy (default), "
+                                                                  "> 0 samples (with --seed)")
+    p.add_argument("--top-p", type=float, metavar="P", help="instruction tuning, with --temperature: nucleus "
+                                                            "sampling over the top tokens of mass P (default: 1)")
     p.add_argument("--task", help="the task (default: the recorded one)")
     p.add_argument("--max-length", type=int, metavar="T", help="tokens per text (default: the recorded one)")
     _runtime_flags(p)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 from .config import INITS
-from .train_config import DEFAULT_LR, METHODS, PRECISIONS, REPORTERS, TrainConfig
+from .train_config import DEFAULT_LR, INSTRUCT_EVAL_SAMPLES, METHODS, PRECISIONS, REPORTERS, TrainConfig
 
 TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
 D = TrainConfig()  # defaults, quoted in --help
@@ -88,9 +89,29 @@ def _targets(values: dict) -> tuple[str, ...] | str | None:
     return tuple(t for t in TOGGLES if values.get(f"lora_{t}")) or None
 
 
+def count_or_all(text) -> int:
+    """--max-eval-samples: a count, or 'all' (0: every example)."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    if str(text).strip().lower() == "all":
+        return 0
+    try:
+        value = int(str(text))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of examples or 'all', got {text!r}")
+    return value
+
+
 def _train_values(values: dict) -> dict:
     """The TrainConfig fields among `values`, with the LoRA target flags folded into target_modules."""
     out = {k: v for k, v in values.items() if k in TRAIN_FIELDS and k != "target_modules"}
+    if out.get("max_eval_samples") is not None:  # a --config file's "all"
+        try:
+            out["max_eval_samples"] = count_or_all(out["max_eval_samples"])
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"max_eval_samples: {err}") from None
     targets = _targets(values)
     if targets is not None:
         out["target_modules"] = targets
@@ -102,8 +123,32 @@ def given_train_values(args: argparse.Namespace) -> dict:
     return {**_train_values(_read_config_file(args)), **_train_values(_given(args))}
 
 
+def recorded_run_values(given: dict) -> dict:
+    """Resuming (--resume auto or a checkpoint): the settings of the run it continues, from the run's config.yaml
+    (else the checkpoint's state.json); {} when not resuming or nothing is recorded. `resume` itself is left out."""
+    resume = given.get("resume")
+    if resume is None:
+        return {}
+    if resume == "auto":
+        run, checkpoint = Path(given.get("output") or TrainConfig.from_dict(given).output), None
+    else:
+        checkpoint = Path(resume)
+        run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    if run is not None and (run / "config.yaml").is_file():
+        import yaml
+
+        recorded = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    elif checkpoint is not None and (checkpoint / "state.json").is_file():
+        recorded = json.loads((checkpoint / "state.json").read_text()).get("config", {})
+    else:
+        return {}
+    return {k: v for k, v in recorded.items() if k in TRAIN_FIELDS and k != "resume"}
+
+
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.from_dict(given_train_values(args))
+    """The --config file, then the flags given; resuming starts from the resumed run's recorded settings."""
+    given = given_train_values(args)
+    return TrainConfig.from_dict({**recorded_run_values(given), **given})
 
 
 # --- the flags ----------------------------------------------------------------------------------------------
@@ -112,10 +157,12 @@ def _config_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML of settings (long flag names as keys); flags override it")
 
 
-def _data_flags(p: argparse.ArgumentParser) -> None:
+def _data_flags(p: argparse.ArgumentParser, recorded: bool = False) -> None:
+    """recorded: the command starts from a trained run's settings (eval), which are the defaults its help names."""
+    task, max_length = ("the recorded run's",) * 2 if recorded else (D.task, D.max_length)
     g = p.add_argument_group("data")
     g.add_argument("--task", help=f"task name: sst2, cola, mrpc, stsb, qnli, rte, mnli, qqp, imdb, ... or csv "
-                                  f"(default: {D.task})")
+                                  f"(default: {task})")
     g.add_argument("--data-dir", metavar="DIR", help="the task's original files (e.g. ../shared/data/sst2); "
                                                      "default: the Hugging Face hub")
     g.add_argument("--train-file", metavar="FILE", help=".csv/.tsv/.jsonl training file (task csv, or any task)")
@@ -126,10 +173,12 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split-from-eval", type=float, metavar="F",
                    help="carve a share F of the evaluation split into train (tasks without a train split)")
     g.add_argument("--max-train-samples", type=int, metavar="N", help="seeded random subset of the train split")
-    g.add_argument("--max-eval-samples", type=int, metavar="N", help="seeded random subset of each eval split")
+    g.add_argument("--max-eval-samples", type=count_or_all, metavar="N",
+                   help=f"seeded random subset of each eval split; 'all': every row (default: all for classification "
+                        f"and QA, {INSTRUCT_EVAL_SAMPLES} for instruction data)")
     g.add_argument("--eval-test", action="store_true", default=None,
                    help="also evaluate on the labelled test split where the data has one (IMDB, SST-2, MRPC)")
-    g.add_argument("--max-length", type=int, metavar="T", help=f"tokens per example (default: {D.max_length})")
+    g.add_argument("--max-length", type=int, metavar="T", help=f"tokens per example (default: {max_length})")
     g.add_argument("--pad-to-max-length", action="store_true", default=None,
                    help="pad every batch to --max-length (throughput baseline; default: pad to the batch's longest)")
 
@@ -212,7 +261,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="stop after N evaluations without improvement (default: off)")
     e.add_argument("--output", metavar="DIR", help="output directory (default: runs/<task>-<method>)")
     e.add_argument("--resume", metavar="CHECKPOINT", help="a checkpoint directory (<output>/checkpoints/step-*), or "
-                                                          "'auto': the newest one under --output")
+                                                          "'auto': the newest one under --output; every setting "
+                                                          "comes from the run's config.yaml, flags given override")
     e.add_argument("--report-to", nargs="+", choices=REPORTERS,
                    help="also log to wandb / tensorboard (JSON Lines always)")
     _runtime_flags(p)

@@ -118,13 +118,14 @@ def comparison_markdown(rows: list[dict]) -> str:
                "total_params": "total params", "trainable_percent": "% of total", "train_seconds": "train time (s)",
                "peak_memory_mb": "peak memory (MB)",
                "adapter_bytes": "adapter size", "lr": "lr"}
-    table = report.markdown_table(done, columns, {"adapter_bytes": report.human_bytes,
+    table = report.markdown_table(done, columns, {**{m: report.metric_cell for m in metrics},
+                                                  "adapter_bytes": report.human_bytes,
                                                   "trainable_percent": lambda v: f"{v:.3f}%",
                                                   "train_seconds": lambda v: f"{v:.0f}",
                                                   "peak_memory_mb": lambda v: f"{v:,.0f}"})
     notes = []
     if any(r["method"] == "qlora" for r in done):
-        notes.append("qlora's quantized base weights are buffers, not parameters: its total counts the rest.")
+        notes.append("totals count every weight once; qlora's quantized weights as the values they encode.")
     notes += [f"{r['method']}: {r['status']}: {r.get('error')}" for r in rows if r["status"] != "complete"]
     return table + ("\n" + "".join(f"\n- {note}" for note in notes) if notes else "") + "\n"
 
@@ -138,7 +139,7 @@ def write_comparison(rows: list[dict], output: Path, title: str = "") -> dict[st
     done = [r for r in rows if r["status"] == "complete"]
     if done:
         metric = done[0]["main_metric"]
-        chart = report.plot_comparison(done, metric, output / "comparison.png", label=metric)
+        chart = report.plot_comparison(done, metric, output / "comparison.png")
         if chart is not None:
             paths["chart"] = chart
     return paths

@@ -32,6 +32,7 @@ from torch import nn
 from . import distributed
 from .tasks import (CAUSAL_LM, LABEL, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR,
                     LengthGroupedBatchSampler, PaddingCollator, TaskSpec, compute_metrics, predictions_from_logits, sequence_lengths, tokenize)
+from .tasks.lm_eval import progress_bar
 from .train_config import autocast, to_device
 
 
@@ -64,7 +65,7 @@ class Evaluator:
         world, rank = distributed.world_size(), distributed.rank()
         batches = sampler.batches()
         done = []  # (batch index, row indices, fetched)
-        for k in range(rank, len(batches), world):
+        for k in progress_bar(range(rank, len(batches), world), "evaluate"):  # a bar on a terminal only
             indices = batches[k]
             batch = to_device(collator([features[i] for i in indices]), self.device)
             with autocast(self.device, self.precision):
@@ -251,14 +252,15 @@ def _generate_causal(run: Evaluator, model: nn.Module, rows: Dataset) -> list[di
     from .tasks.instruct import OUTPUT
     from .tasks.lm_eval import generate_samples
     picked = [rows[i] for i in range(min(GENERATION_SAMPLES, len(rows)))]
-    texts = generate_samples(model, run.tokenizer, picked, max_new_tokens=GENERATION_TOKENS)
+    texts = generate_samples(model, run.tokenizer, picked, max_new_tokens=GENERATION_TOKENS, desc="generate")
     return [{"prompt": {k: v for k, v in row.items() if k != OUTPUT}, "reference": row.get(OUTPUT),
              "generated": text} for row, text in zip(picked, texts)]
 
 
 def _predict_causal(run: Evaluator, model: nn.Module, texts: list[str]) -> list[str]:
+    """Greedy answers as generated (newlines kept); `lorakit predict --prompt` has its own sampling flags."""
     from .tasks.lm_eval import generate_samples
-    return [t.replace("\n", " ") for t in generate_samples(model, run.tokenizer, texts, max_new_tokens=128)]
+    return generate_samples(model, run.tokenizer, texts, max_new_tokens=128)
 
 
 KINDS: dict[str, TaskKind] = {

@@ -34,14 +34,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
-from .checkpoint import TRAINABLE, atomic_dir, trainable_state
+from .checkpoint import TRAINABLE, atomic_dir, is_main_process, trainable_state
 from .config import QuantConfig
 from .inject import add_lora, lora_layers, merge_and_unload
 from .kinds import kind_of
 from .lora import LORA_LAYERS
-from .models import resolve_model_path
+from .models import quiet_transformers, resolve_model_path
 from .quant_linear import dequantize_model, quantize_model
-from .tasks import TaskSpec
+from .tasks import SEQUENCE_CLASSIFICATION, TaskSpec
 from .train_config import TrainConfig
 
 RECORD = "lorakit.json"
@@ -60,7 +60,7 @@ def load_base(name: str, spec: TaskSpec, new_head: bool = False) -> tuple[nn.Mod
     kind = kind_of(spec)
     path = resolve_model_path(name)
     try:
-        model = kind.auto_model.from_pretrained(path, ignore_mismatched_sizes=new_head, **kind.model_kwargs(spec))
+        model, fresh = _load_quietly(kind, path, spec, new_head)
     except RuntimeError as err:
         if "mismatched" not in str(err):
             raise
@@ -75,6 +75,11 @@ def load_base(name: str, spec: TaskSpec, new_head: bool = False) -> tuple[nn.Mod
         raise ValueError(f"model {name!r} has no {spec.kind} head in transformers, which task {spec.name} needs; "
                          "choose a model that has one (BERT, DistilBERT, RoBERTa, GPT-2, Llama, ... or 'minilm')"
                          ) from None
+    if fresh and new_head and is_main_process():  # transformers' LOAD REPORT table, in one line
+        what = ("a new classification head is" if spec.kind == SEQUENCE_CLASSIFICATION else "a new task head is"
+                ) if all(k.split(".")[0] in HEADS for k in fresh) else "parameters missing from the checkpoint are"
+        shown = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
+        print(f"lorakit: {what} initialised ({shown}); training learns it")
     local = Path(path)
     if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
         # transformers 5 would build an empty-vocabulary tokenizer here, silently
@@ -90,6 +95,16 @@ def load_base(name: str, spec: TaskSpec, new_head: bool = False) -> tuple[nn.Mod
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _load_quietly(kind, path: str, spec: TaskSpec, new_head: bool) -> tuple[nn.Module, list[str]]:
+    """from_pretrained without transformers' load report and weight-loading bar. Returns (model, the names of the
+    parameters initialised fresh: missing from the checkpoint, or of another shape there)."""
+    with quiet_transformers():
+        model, info = kind.auto_model.from_pretrained(path, ignore_mismatched_sizes=new_head, output_loading_info=True,
+                                                      **kind.model_kwargs(spec))
+    mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys") or ()]
+    return model, sorted({*(info.get("missing_keys") or ()), *mismatched})
 
 
 def _first_line(err: Exception) -> str:

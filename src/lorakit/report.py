@@ -2,10 +2,10 @@
 
     write_csv(rows, "results.csv")                       # rows: list of dicts; columns in first-seen order
     print(markdown_table(rows, {"trial": "trial", "lora_r": "r", "objective": "accuracy"}))
-    plot_heatmap(rows, "objective", "heatmap.png")       # the metric over lora_r x lora_alpha
+    plot_heatmap(rows, "objective", "heatmap.png", {"lr": "log", "lora_r": "grid"})  # the searched dimensions
     plot_pareto(rows, "objective", "pareto.png")         # the metric vs trainable parameters, Pareto front marked
     plot_curves({"trial 3": "trials/3/log.jsonl"}, "curves.png")
-    plot_comparison(rows, "validation_accuracy", "comparison.png")
+    plot_comparison(rows, "validation_accuracy", "comparison.png")   # metric, parameters, time, memory
 
 Rows are plain dicts (one per trial or method); a missing or None value is an empty cell and is left out of plots.
 """
@@ -90,25 +90,36 @@ def _numeric(rows: list[dict], *keys: str) -> list[dict]:
                                    and math.isfinite(r[k]) for k in keys)]
 
 
-def plot_heatmap(rows: list[dict], metric: str, path: str | Path, label: str | None = None,
-                 x: str = "lora_alpha", y: str = "lora_r", maximize: bool = True) -> Path | None:
-    """The best `metric` per (y, x) cell, annotated; None (no file) unless x or y takes two values or more."""
-    best = max if maximize else min
-    rows = _numeric(rows, metric, x, y)
-    xs, ys = sorted({r[x] for r in rows}), sorted({r[y] for r in rows})
-    if len(xs) < 2 and len(ys) < 2:
-        return None
+def _effect(rows: list[dict], metric: str, name: str, scale: str) -> float:
+    """How much `metric` moves with the dimension `name`: the spread (max - min) of its mean per value, or per
+    quarter of the sorted values for a continuous range (scale "linear" / "log")."""
+    ordered = sorted(rows, key=lambda r: r[name]) if scale != "grid" else rows
+    groups: dict = {}
+    for i, r in enumerate(ordered):
+        key = (4 * i) // len(ordered) if scale != "grid" else fmt(r[name])
+        groups.setdefault(key, []).append(r[metric])
+    means = [sum(v) / len(v) for v in groups.values()]
+    return max(means) - min(means) if len(means) > 1 else 0.0
+
+
+def heatmap_dimensions(rows: list[dict], metric: str, scales: dict[str, str]) -> list[str]:
+    """The dimensions of `scales` ({name: "grid" | "linear" | "log"}) that take two values or more among the rows,
+    the one with the most effect on `metric` first."""
+    varied = [n for n in scales if len({fmt(r.get(n)) for r in rows if r.get(n) is not None}) >= 2]
+    return sorted(varied, key=lambda n: -_effect([r for r in rows if r.get(n) is not None], metric, n, scales[n]))
+
+
+def _cells(ax, rows: list[dict], metric: str, x: str, y: str, best) -> object:
+    """The best `metric` per (y, x) cell of two grid dimensions, annotated; returns the image."""
+    xs = sorted({r[x] for r in rows}, key=_order)
+    ys = sorted({r[y] for r in rows}, key=_order)
     grid = [[math.nan] * len(xs) for _ in ys]
     for r in rows:
         i, j = ys.index(r[y]), xs.index(r[x])
         grid[i][j] = r[metric] if math.isnan(grid[i][j]) else best(grid[i][j], r[metric])
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.8 * len(ys) + 2))
     image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
     ax.set_xticks(range(len(xs)), [fmt(v) for v in xs])
     ax.set_yticks(range(len(ys)), [fmt(v) for v in ys])
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
     finite = [v for line in grid for v in line if not math.isnan(v)]
     middle = (min(finite) + max(finite)) / 2
     for i, line in enumerate(grid):
@@ -116,8 +127,67 @@ def plot_heatmap(rows: list[dict], metric: str, path: str | Path, label: str | N
             if not math.isnan(value):
                 ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
                         color="black" if value > middle else "white")
-    fig.colorbar(image, ax=ax, label=label or metric)
-    ax.set_title(f"{label or metric} over {y} x {x} (best per cell)")
+    return image
+
+
+def _order(value) -> tuple:
+    """Sort numbers by value and everything else (bools, names) by its text, numbers first."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value, "") if numeric else (1, 0, fmt(value))
+
+
+def _axis_values(ax, axis: str, values: list, scale: str) -> list[float]:
+    """Positions on a scatter axis: a range's numbers as they are (a log axis for a log range), a grid's values
+    (and anything not a number) by their rank, labelled."""
+    if scale != "grid" and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        if scale == "log":
+            getattr(ax, f"set_{axis}scale")("log")
+        return [float(v) for v in values]
+    labels = [fmt(v) for v in sorted(set(values), key=_order)]
+    getattr(ax, f"set_{axis}ticks")(range(len(labels)), labels)
+    return [labels.index(fmt(v)) for v in values]
+
+
+def plot_heatmap(rows: list[dict], metric: str, path: str | Path, label: str | None = None,
+                 scales: dict[str, str] | None = None, maximize: bool = True) -> Path | None:
+    """`metric` over the two searched dimensions with the most effect (scales: {name: "grid" | "linear" | "log"},
+    default lora_r and lora_alpha as grids): the best value per cell for two grids, else a scatter coloured by
+    the metric with log axes for log ranges; one dimension alone: the metric against it. None (no file) when no
+    dimension takes two values."""
+    scales = scales if scales is not None else {"lora_r": "grid", "lora_alpha": "grid"}
+    rows = _numeric(rows, metric)
+    dims = heatmap_dimensions(rows, metric, scales)
+    if not dims:
+        return None
+    plt = _pyplot()
+    if len(dims) == 1:
+        (x,) = dims
+        rows = [r for r in rows if r.get(x) is not None]
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        ax.scatter(_axis_values(ax, "x", [r[x] for r in rows], scales[x]), [r[metric] for r in rows])
+        ax.set_xlabel(x)
+        ax.set_ylabel(readable(label or metric))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(f"{readable(label or metric)} against {x}")
+        return _save(fig, path)
+    y, x = dims[:2]  # the dimension with the most effect on the vertical axis
+    rows = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
+    if scales[x] == scales[y] == "grid":
+        n_x = len({fmt(r[x]) for r in rows})
+        fig, ax = plt.subplots(figsize=(max(6.5, 1.2 * n_x + 2.5), 0.8 * len({fmt(r[y]) for r in rows}) + 2.5))
+        image = _cells(ax, rows, metric, x, y, max if maximize else min)
+        title = f"{readable(label or metric)}: best per cell"
+    else:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        image = ax.scatter(_axis_values(ax, "x", [r[x] for r in rows], scales[x]),
+                           _axis_values(ax, "y", [r[y] for r in rows], scales[y]),
+                           c=[r[metric] for r in rows], cmap="viridis", s=60, edgecolors="black", linewidths=0.5)
+        ax.grid(True, which="both", alpha=0.3)
+        title = f"{readable(label or metric)} per trial"
+    ax.set_xlabel(x + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel(y + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    fig.colorbar(image, ax=ax, label=readable(label or metric))
+    ax.set_title(title + (f" (also searched: {', '.join(dims[2:])})" if dims[2:] else ""), fontsize=10, wrap=True)
     return _save(fig, path)
 
 
@@ -137,10 +207,10 @@ def plot_pareto(rows: list[dict], metric: str, path: str | Path, label: str | No
         ax.annotate(fmt(rows[i].get(names)), points[i], textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel(label or metric)
+    ax.set_ylabel(readable(label or metric))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    ax.set_title(f"{label or metric} vs trainable parameters")
+    ax.set_title(f"{readable(label or metric)} vs trainable parameters")
     return _save(fig, path)
 
 
@@ -181,25 +251,47 @@ def plot_curves(logs: dict[str, str | Path], path: str | Path, title: str = "tra
     return _save(fig, path)
 
 
+def metric_cell(value) -> str:
+    """A metric as comparison.md and the comparison chart both print it: 4 decimals."""
+    return "" if value is None else f"{value:.4f}"
+
+
+def readable(key: str) -> str:
+    """An axis label from a row key: validation_accuracy -> validation accuracy."""
+    return key.replace("_", " ")
+
+
+def _bars(ax, names: list[str], values: list[float], labels: list[str], xlabel: str, color: str,
+          log: bool = False) -> None:
+    """Horizontal bars of `values` per name, each labelled; room on the right for the labels."""
+    bars = ax.barh(names, values, color=color)
+    ax.bar_label(bars, labels=labels, padding=3, fontsize=8)
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(right=max(values) * 50)
+    else:
+        ax.set_xlim(0, max(values) * 1.3 or 1)
+    ax.set_xlabel(xlabel)
+
+
 def plot_comparison(rows: list[dict], metric: str, path: str | Path, label: str | None = None) -> Path | None:
-    """Per method: a bar of `metric` and, beside it, a bar of trainable parameters on a log axis."""
+    """Per method, four panels of bars: `metric`, trainable parameters (log axis), training time, peak memory
+    (the last two where the rows have them)."""
     rows = _numeric(rows, metric, "trainable_params")
     if not rows:
         return None
     names = [r["method"] for r in rows]
+    panels = [(metric, metric_cell, label or readable(metric), "tab:blue", False),
+              ("trainable_params", lambda v: f"{v:,}", "trainable parameters (log scale)", "tab:orange", True),
+              ("train_seconds", lambda v: f"{v:,.0f} s", "train time (s)", "tab:green", False),
+              ("peak_memory_mb", lambda v: f"{v:,.0f} MB", "peak memory (MB)", "tab:red", False)]
+    panels = [p for p in panels if len(_numeric(rows, p[0])) == len(rows)]
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.6 * len(rows) + 1.8), sharey=True)
-    bars = left.barh(names, [r[metric] for r in rows], color="tab:blue")
-    left.bar_label(bars, labels=[f"{r[metric]:.4f}" for r in rows], padding=3, fontsize=8)
-    left.set_xlabel(label or metric)
-    left.set_xlim(0, max(r[metric] for r in rows) * 1.2)
-    left.invert_yaxis()
-    bars = right.barh(names, [r["trainable_params"] for r in rows], color="tab:orange")
-    right.bar_label(bars, labels=[f"{r['trainable_params']:,}" for r in rows], padding=3, fontsize=8)
-    right.set_xscale("log")
-    right.set_xlim(right=max(r["trainable_params"] for r in rows) * 50)
-    right.set_xlabel("trainable parameters (log scale)")
-    fig.suptitle(f"{label or metric} and trainable parameters per method")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.6 * len(rows) + 2), sharey=True)
+    for ax, (key, cell, xlabel, color, log) in zip(axes, panels):
+        _bars(ax, names, [r[key] for r in rows], [cell(r[key]) for r in rows], xlabel, color, log)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{label or readable(metric)} against cost, per method")
     return _save(fig, path)
 
 

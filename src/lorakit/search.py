@@ -98,10 +98,44 @@ class SearchSettings:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.prune and self.metric is not None:
             raise ValueError("--prune reports the task's main metric; leave --metric out with --prune")
+        if self.storage is not None:
+            object.__setattr__(self, "storage", storage_with_driver(self.storage))
 
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.output / 'study.db').resolve()}"
+
+
+# the extra of pyproject.toml that installs a storage's database driver (psycopg2 for PostgreSQL)
+DRIVER_EXTRAS = {"postgresql": ("lorakit[postgres]", "postgresql+psycopg2")}
+
+
+def storage_with_driver(url: str) -> str:
+    """--storage as Optuna will open it. A bare postgresql:// URL takes psycopg2 (what `lorakit[postgres]` installs)
+    where SQLAlchemy's default driver for it (psycopg 3 from SQLAlchemy 2.1) is missing. A ValueError (one line)
+    for an unknown database or a missing driver, before Optuna fails on it with a traceback."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise ValueError(f"--storage {url.split('://')[0]}://...: not a database URL SQLAlchemy knows "
+                         "(e.g. sqlite:///study.db, postgresql://user:password@host/db)") from None
+    extra, fallback = DRIVER_EXTRAS.get(dialect.name, (None, None))
+    candidates = [url]
+    if fallback and "+" not in parsed.drivername:
+        candidates.append(url.replace(parsed.drivername, fallback, 1))
+    errors = []
+    for candidate in candidates:
+        try:
+            make_url(candidate).get_dialect().import_dbapi()
+            return candidate
+        except ImportError as err:
+            errors.append(str(err))
+    fix = f"pip install '{extra}'" if extra else f"install the Python package {dialect.driver}"
+    raise ValueError(f"--storage {dialect.name}: no Python driver for it is installed ({'; '.join(errors)}); {fix}")
 
 
 @dataclass

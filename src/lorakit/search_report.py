@@ -8,6 +8,7 @@ Retried trials and duplicate grid points are left out (_replaced); best.yaml is 
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ import yaml
 from optuna.trial import TrialState
 
 from . import report
+from .search_space import Range
 from .train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -32,6 +34,12 @@ def _replaced(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
 
 def _shown(params: dict) -> str:
     return " ".join(f"{k}={report.fmt(v)}" for k, v in params.items())
+
+
+def axis_scales(space: dict) -> dict[str, str]:
+    """{searched name: "log" | "linear" (a Range) or "grid" (a list of values)}, for the heatmap's axes."""
+    return {name: ("log" if values.log else "linear") if isinstance(values, Range) else "grid"
+            for name, values in space.items()}
 
 
 def flat_metrics(metrics: dict) -> dict:
@@ -71,9 +79,29 @@ def objective_name(study: optuna.Study, metric: str | None) -> str:
     return metric or (names[0] if names else "objective")
 
 
+TIE_BREAK = "ties on the objective go to the lower validation loss, then to fewer trainable parameters"
+
+
+def _main_loss(values: dict) -> float:
+    """The first split's loss among flat metrics (<split>_loss; the main split comes first); inf if none."""
+    losses = [v for k, v in values.items() if k.endswith("_loss") and isinstance(v, (int, float))]
+    return float(losses[0]) if losses else math.inf
+
+
+def rank_key(row: dict, maximize: bool) -> tuple[float, float, float]:
+    """Sort key of a trial row (best first): the objective, then the lower loss, then fewer trainable parameters."""
+    objective = row["objective"]
+    return (-objective if maximize else objective, _main_loss(row), row.get("trainable_params") or math.inf)
+
+
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return study.best_trial if complete else None
+    """The best complete trial by rank_key (optuna's own best_trial takes the first of tied trials)."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = _replaced(trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.number not in replaced]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return min(complete, key=lambda t: rank_key({"objective": t.value, **t.user_attrs.get("metrics", {})}, maximize),
+               default=None)
 
 
 def best_yaml(trial: optuna.trial.FrozenTrial, name: str, study_name: str) -> str:
@@ -87,7 +115,7 @@ def best_yaml(trial: optuna.trial.FrozenTrial, name: str, study_name: str) -> st
 
 def summary_markdown(rows: list[dict], space: dict, name: str, s: SearchSettings, plots: dict) -> str:
     done = [r for r in rows if r["status"] == "complete"]
-    done.sort(key=lambda r: r["objective"], reverse=s.direction == "maximize")
+    done.sort(key=lambda r: rank_key(r, s.direction == "maximize"))
     counts = {status: sum(r["status"] == status for r in rows) for status in ("complete", "pruned", "fail", "running")}
     base = TrainConfig.from_dict({**s.base, "output": None})
     lines = [f"# lorakit search: {s.study_name}", "",
@@ -100,7 +128,7 @@ def summary_markdown(rows: list[dict], space: dict, name: str, s: SearchSettings
         best = done[0]
         lines += [f"**Best: trial {best['trial']}, {name} {best['objective']:.4f}** with "
                   f"{_shown({k: best[k] for k in space})} ({best.get('trainable_params', 0):,} trainable parameters): "
-                  "`lorakit train --config best.yaml`", ""]
+                  "`lorakit train --config best.yaml`", "", f"Trials are ranked by {name}; {TIE_BREAK}.", ""]
     columns = {"trial": "trial", **{k: k for k in space}, "objective": name, "trainable_params": "trainable params",
                "train_seconds": "train s", "peak_memory_mb": "peak MB", "status": "status"}
     shown = done[:30]
@@ -127,9 +155,10 @@ def write_reports(study: optuna.Study, s: SearchSettings, curves: int = 5) -> di
         out["best"] = s.output / "best.yaml"
     maximize = s.direction == "maximize"
     done = [r for r in rows if r["status"] == "complete"]
-    done.sort(key=lambda r: r["objective"], reverse=maximize)
+    done.sort(key=lambda r: rank_key(r, maximize))
     plots = {
-        "heatmap": report.plot_heatmap(done, "objective", s.output / PLOTS["heatmap"], label=name, maximize=maximize),
+        "heatmap": report.plot_heatmap(done, "objective", s.output / PLOTS["heatmap"], label=name,
+                                       scales=axis_scales(s.space), maximize=maximize),
         "pareto": report.plot_pareto(done, "objective", s.output / PLOTS["pareto"], label=name, maximize=maximize),
         "curves": report.plot_curves({f"trial {r['trial']}: {_shown({k: r[k] for k in s.space})} "
                                       f"({r['objective']:.3f})": Path(r["output"]) / "log.jsonl"

@@ -43,12 +43,14 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, load_checkpoint, load_trainable,
                          versions)
+from .estimate import RunClock, evaluation_steps
 from .fast_dropout import fast_dropout
 from .kinds import Evaluator, kind_of
 from .methods import load_base, save_artifact, setup_method
 from .params import parameter_report
-from .tasks import LengthGroupedBatchSampler, PaddingCollator, TaskSpec, load_splits, sequence_lengths
-from .train_config import TrainConfig, resolve_device, resolve_precision
+from .tasks import (CAUSAL_LM, LengthGroupedBatchSampler, PaddingCollator, TaskSpec, get_task, load_splits,
+                    sequence_lengths)
+from .train_config import TrainConfig, eval_sample_cap, resolve_device, resolve_precision
 from .train_step import build_optimizer, linear_schedule, optimizer_step
 
 
@@ -120,7 +122,8 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
     data = load_splits(cfg.task, data_dir=cfg.data_dir, train_file=cfg.train_file, eval_file=cfg.eval_file,
                        text_columns=cfg.text_columns, label_column=cfg.label_column,
                        split_from_eval=cfg.split_from_eval, max_train_samples=cfg.max_train_samples,
-                       max_eval_samples=cfg.max_eval_samples, include_test=cfg.eval_test, seed=cfg.seed)
+                       max_eval_samples=eval_sample_cap(cfg.max_eval_samples, get_task(cfg.task).kind == CAUSAL_LM),
+                       include_test=cfg.eval_test, seed=cfg.seed)
     spec, kind = data.spec, kind_of(data.spec)
     model, tokenizer = load_base(cfg.model, spec, new_head=True)
     setup_method(model, cfg)
@@ -169,8 +172,16 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                     disable=not out.main, mininterval=0.2 if sys.stderr.isatty() else 30)  # log files: sparse
     stop_reason = None
     before = None
+    n_eval = sum(len(rows) for rows, _ in eval_sets.values())
+    clock = RunClock(total_steps, state.step, evaluation_steps(total_steps, steps_per_epoch, cfg.eval_steps,
+                                                               state.step), n_eval)
     if resume_from is None and kind.generate is not None:  # causal LMs: where the held-out loss starts
+        if out.main:
+            _say(progress, f"lorakit train: evaluating the untrained model on {n_eval} held-out examples "
+                           "(the loss before training)")
+        began = time.perf_counter()
         before = evaluate(raw, eval_sets)
+        clock.eval_seconds = time.perf_counter() - began
         out.log({"step": 0, "eval_before_training": before})
         _write_generations(kind, evaluate, raw, eval_sets, out, "generations_before.jsonl")
     try:
@@ -207,7 +218,12 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                 out.log({"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / steps_per_epoch, 4),
                          "loss": loss, "lr": lr, "grad_norm": grad_norm, "examples_per_s": rows / seconds,
                          "padded_tokens": padded, "elapsed_s": round(state.train_seconds, 3)})
+                if state.step >= total_steps and not sys.stderr.isatty():
+                    progress.mininterval = math.inf  # a log: the finished bar is printed once, when it closes
                 progress.update(1)
+                note = clock.after_step(seconds, rows)
+                if note and out.main:
+                    _say(progress, note)
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                                      ex_s=f"{state.examples_seen / state.train_seconds:.0f}", refresh=False)
                 if epoch_end:
@@ -271,12 +287,20 @@ def _evaluate_and_track(model, evaluate: Evaluator, eval_sets, spec: TaskSpec, s
     shown = ", ".join(f"{split} {spec.main_metric} {r[spec.main_metric]:.4f} loss {r['loss']:.4f}"
                       for split, r in results.items())
     if out.main:
-        progress.write(f"step {state.step}: {shown}{'  (best)' if improved else ''}")
+        _say(progress, f"step {state.step}: {shown}{'  (best)' if improved else ''}")
     if cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
         return (f"early stopping at step {state.step}: no better {spec.main_metric} in "
                 f"{state.evals_without_improvement} evaluations "
                 f"(best {state.best_metric:.4f} at step {state.best_step})")
     return None
+
+
+def _say(progress, line: str) -> None:
+    """A line above the progress bar on a terminal; a plain line in a log (tqdm.write would print the bar again)."""
+    if sys.stderr.isatty():
+        progress.write(line)
+    else:
+        print(line, flush=True)
 
 
 def _write_generations(kind, evaluate: Evaluator, model: nn.Module, eval_sets, out: RunDir, name: str) -> None:
@@ -307,7 +331,8 @@ def _adopt_best(checkpoint: Path, output: Path) -> None:
 def _note_changed_settings(checkpoint: Path, cfg: TrainConfig) -> None:
     """Resuming with other settings is allowed (e.g. more epochs, a lower lr after a divergence); say which."""
     saved = json.loads((checkpoint / "state.json").read_text())["config"]
-    changed = [k for k, v in cfg.to_dict().items() if k not in ("output", "resume") and saved.get(k) != v]
+    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in cfg.to_dict().items()
+               if k not in ("output", "resume") and saved.get(k) != v]
     if changed:
         print(f"lorakit train: note: resuming with settings that differ from the checkpoint's: {', '.join(changed)}")
 

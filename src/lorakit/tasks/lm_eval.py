@@ -6,7 +6,7 @@
 
 Loss is the mean negative log-likelihood per labelled (response) token over the whole split, not the mean of
 batch means, so it does not depend on batching; perplexity = exp(loss). token_accuracy is the share of labelled
-tokens that are the model's argmax prediction. Generations are greedy (deterministic), one prompt at a time (no
+tokens that are the model's argmax prediction. Generations are greedy by default, one prompt at a time (no
 padding, so a prompt's output does not depend on the others), formatted as in training (instruct.py).
 """
 from __future__ import annotations
@@ -61,29 +61,50 @@ def _stop_ids(model, tokenizer) -> list[int]:
 
 @torch.no_grad()
 def generate_samples(model, tokenizer, prompts: Sequence[str | Mapping], max_new_tokens: int = 128,
-                     chat_template: bool | None = None) -> list[str]:
-    """Greedy completions of `prompts`, decoded without special tokens and stripped.
+                     chat_template: bool | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                     streamer=None, desc: str | None = None) -> list[str]:
+    """Completions of `prompts` (greedy at temperature 0; else sampled from torch's global generator, with
+    nucleus top_p), decoded without special tokens and stripped of surrounding white space (newlines inside are
+    kept).
 
     A prompt is an instruction (str) or a normalized row (Alpaca fields or "messages"); a row's last assistant
     turn is what gets generated (its reference text is ignored; a conversation ending with a user turn gets a
-    reply to it). chat_template: as in tokenize_instruct.
+    reply to it). chat_template: as in tokenize_instruct. streamer: a transformers TextStreamer that prints the
+    tokens as they come. desc: show a progress bar over the prompts (on a terminal) with this label.
     """
     if max_new_tokens <= 0:
         raise TaskError(f"max_new_tokens must be positive, got {max_new_tokens!r}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise TaskError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature!r} and {top_p!r}")
     use_template = wants_chat_template(tokenizer, chat_template)
     stop = _stop_ids(model, tokenizer)
-    config = tf.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop,
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
+        {"do_sample": False}
+    config = tf.GenerationConfig(max_new_tokens=max_new_tokens, num_beams=1, eos_token_id=stop, **sampling,
                                  pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0])
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     outputs = []
-    for prompt in prompts:
+    for prompt in progress_bar(prompts, desc):
         row = {INSTRUCTION: prompt, INPUT: "", OUTPUT: ""} if isinstance(prompt, str) else dict(prompt)
         if row.get(MESSAGES) is not None and row[MESSAGES][-1]["role"] != "assistant":
             row[MESSAGES] = [*row[MESSAGES], {"role": "assistant", "content": ""}]  # the turn to generate
         ids = torch.tensor([prompt_ids(row, tokenizer, use_template)], device=device)  # (1, L)
-        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                                   streamer=streamer)
         outputs.append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True).strip())
     model.train(was_training)
     return outputs
+
+
+def progress_bar(items: Sequence, desc: str | None, total: int | None = None):
+    """tqdm over items on a terminal (rank 0, with a desc), cleared when done; the items themselves otherwise."""
+    import os
+    import sys
+
+    from tqdm.auto import tqdm
+
+    if desc is None or not sys.stderr.isatty() or int(os.environ.get("RANK", "0")) != 0:
+        return items
+    return tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
