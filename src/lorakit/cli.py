@@ -117,6 +117,7 @@ def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
 
 def _eval_cap_line(cfg: TrainConfig, spec, given: dict) -> str:
     """eval's first line: the task and the examples per split it evaluates, and where that cap comes from."""
+    from .tasks.base import CAUSAL_LM
     from .train_config import eval_sample_cap
 
     cap = eval_sample_cap(cfg.max_eval_samples, spec.kind == CAUSAL_LM)
