@@ -27,7 +27,7 @@ from torch import nn
 
 from . import adapter_int8
 from .config import LoraConfig
-from .inject import add_lora, lora_layers
+from .inject import add_lora, lora_layers, saved_in_full
 from .lora import LoRALinear
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, param in model.named_parameters():
         parts = name.split(".")
         keep = any(part.startswith("lora_") for part in parts)
-        keep = keep or any(name.startswith(m + ".") or f".{m}." in name for m in config.modules_to_save)
+        keep = keep or saved_in_full(name.rpartition(".")[0], config.modules_to_save)
         keep = keep or (config.bias == "all" and name.endswith("bias"))
         if config.bias == "lora_only" and name.endswith(".base_layer.bias"):
             keep = keep or name[: -len(".base_layer.bias")] in lora_paths
@@ -206,13 +206,15 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     state = load_file(str(weights_file))  # safetensors: no pickle
     if config.adapter_dtype == "int8":
         state = adapter_int8.from_int8_state(state)  # int8 codes · scales: the trained A and B, exactly
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name PEFT may use
     expected = set(adapter_state_dict(model))
     loaded = set()
     with torch.no_grad():
         for key, tensor in state.items():
             name = key[len(PREFIX):] if key.startswith(PREFIX) else key
-            name = name.replace(".modules_to_save.default.", ".")
+            if ".original_module." in name:  # PEFT with bias="all" also writes the untouched copy of a saved module
+                continue
+            name = name.replace(".modules_to_save.default.", ".").replace(".modules_to_save.", ".")
             if name not in params:
                 raise ValueError(
                     f"adapter key {key} names no parameter of this model (adapter trained on {source!r}); "
@@ -234,4 +236,4 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def _has_module(model: nn.Module, name: str) -> bool:
-    return any(p == name or p.endswith("." + name) for p, _ in model.named_modules())
+    return any(p and p.endswith(name) for p, _ in model.named_modules())
