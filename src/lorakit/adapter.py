@@ -62,12 +62,12 @@ _MUST_BE_OFF = {
     "kasa_config", "lora_ga_config", "monteclora_config", "velora_config", "use_bdlora", "qalora_group_size",
     "ensure_weight_tying",
 }
-_OFF_VALUES = (None, False, {}, [], 16)
+_OFF_VALUES = (None, False, {}, [], 16)  # 16: PEFT's qalora_group_size default, unused unless use_qalora
 # init_lora_weights as PEFT reads it. lorakit's own N(0, 1/r) has no PEFT name: false ("A and B are not PEFT's
 # zero-product init", which PEFT accepts and which only matters before the file's weights are loaded) rather than an
 # extra field, which PEFT would warn about. Reading: PEFT's other inits ("pissa", "olora", ...) leave trained
 # weights in the file too, so they load as kaiming (the init is only used before the weights are copied in).
-INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "normal_1_over_r": False}  # 16: PEFT's qalora_group_size default, unused unless use_qalora
+INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "normal_1_over_r": False}
 
 
 def _task_type(model: nn.Module) -> str | None:

@@ -66,7 +66,8 @@ TOGGLES: dict[str, dict[str, list[str]]] = {
         "head": ["lm_head", "score"],
     },
     "electra": {**_BERT, "head": ["classifier.dense", "classifier.out_proj", "qa_outputs"]},
-    "opt": {**_LLAMA, "projection": ["self_attn.out_proj"], "mlp": ["fc1", "fc2"], "head": ["lm_head", "score", "qa_outputs"]},
+    "opt": {**_LLAMA, "projection": ["self_attn.out_proj"], "mlp": ["fc1", "fc2"],
+            "head": ["lm_head", "score", "qa_outputs"]},
     "bart": {
         **_LLAMA,
         "projection": ["self_attn.out_proj", "encoder_attn.out_proj"],
