@@ -160,3 +160,17 @@ def test_save_is_atomic_and_replaces(tmp_path, monkeypatch):
         save_adapter(model, tmp_path / "a")
     assert (tmp_path / "a" / "adapter_model.safetensors").read_bytes() == first  # the old adapter survives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("init, recorded", [("kaiming", True), ("gaussian", "gaussian"), ("normal_1_over_r", False)])
+def test_init_recorded_as_peft_reads_it(tmp_path, init, recorded):
+    """init_lora_weights says what PEFT would write for the init (false: lorakit's N(0, 1/r), no PEFT name); PEFT
+    loads every one of them, and lorakit reads the init back."""
+    model = add_lora(tiny_model("bert"), LoraConfig(r=2, alpha=4, target_modules=["query"], init=init))
+    randomize_lora(model)
+    batch = inputs()
+    save_adapter(model, tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["init_lora_weights"] == recorded
+    theirs = peft.PeftModel.from_pretrained(tiny_model("bert"), tmp_path).eval()
+    assert (logits(theirs, batch) - logits(model.eval(), batch)).abs().max() <= 1e-5
+    assert load_adapter(tiny_model("bert"), tmp_path).lorakit_config.init == init

@@ -69,7 +69,7 @@ def test_train_help_names_every_setting(capsys):
     for field in dataclasses.fields(TrainConfig):
         flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
         assert flag in text, flag
-    assert "lora 0.0005" in text and "full 5e-05" in text  # per-method learning rates
+    assert "lora 0.001" in text and "full 5e-05" in text  # per-method learning rates
 
 
 def test_config_file_then_flags_override(tmp_path):

@@ -25,7 +25,7 @@ def _best_yaml(directory: Path) -> Path:
 
 def test_method_configs(tmp_path):
     configs = method_configs(BASE, ["head", "lora", "full", "lora-best"], tmp_path, _best_yaml(tmp_path / "s"))
-    assert {m: c.lr for m, c in configs.items()} == {"head": 1e-3, "lora": 5e-4, "full": 5e-5, "lora-best": 5e-3}
+    assert {m: c.lr for m, c in configs.items()} == {"head": 1e-3, "lora": 1e-3, "full": 5e-5, "lora-best": 5e-3}
     assert all(c.output == str(tmp_path / m) for m, c in configs.items())
     best = configs["lora-best"]
     assert (best.lora_r, best.lora_alpha, best.target_modules) == (2, 4.0, ("query", "value"))  # from best.yaml

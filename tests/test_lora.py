@@ -72,6 +72,11 @@ def test_weight_and_bias_answer_for_the_base():
     assert "weight" not in dict(layer.named_parameters())  # no second name for the base weight in state dicts
     with pytest.raises(AttributeError):
         layer.weight = torch.zeros(6, 8)
+    from lorakit.config import QuantConfig
+    from lorakit.quant_linear import QuantLinear
+    quant = QuantLinear.from_linear(nn.Linear(64, 32), QuantConfig())
+    qlayer = LoRALinear(quant, r=2, alpha=4)  # as PEFT over bnb: the packed storage (its dtype), not a dense matrix
+    assert qlayer.weight is quant.qweight and qlayer.weight.dtype == torch.uint8 and qlayer.bias is quant.bias
 
 
 def test_scaling_rslora():

@@ -337,7 +337,7 @@ def test_device_selection_on_cpu():
 
 def test_train_config_defaults_validation_and_round_trip():
     assert TrainConfig(method="full").lr == DEFAULT_LR["full"] == 5e-5
-    assert TrainConfig(method="lora").lr == 5e-4 and TrainConfig().target_modules == "all-linear"
+    assert TrainConfig(method="lora").lr == 1e-3 and TrainConfig().target_modules == "all-linear"
     cfg = TrainConfig(method="qlora", text_columns=["a", "b"], target_modules=["query", "value"], report_to="wandb")
     assert cfg.text_columns == ("a", "b") and cfg.report_to == ("wandb",)
     assert TrainConfig.from_yaml(cfg.to_yaml()) == cfg and TrainConfig.from_json(cfg.to_json()) == cfg

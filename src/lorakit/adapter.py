@@ -27,7 +27,7 @@ from torch import nn
 
 from . import adapter_int8
 from .config import LoraConfig
-from .inject import add_lora, lora_layers
+from .inject import add_lora, lora_layers, saved_in_full
 from .lora import LoRALinear
 
 logger = logging.getLogger(__name__)
@@ -62,12 +62,12 @@ _MUST_BE_OFF = {
     "kasa_config", "lora_ga_config", "monteclora_config", "velora_config", "use_bdlora", "qalora_group_size",
     "ensure_weight_tying",
 }
-_OFF_VALUES = (None, False, {}, [], 16)
+_OFF_VALUES = (None, False, {}, [], 16)  # 16: PEFT's qalora_group_size default, unused unless use_qalora
 # init_lora_weights as PEFT reads it. lorakit's own N(0, 1/r) has no PEFT name: false ("A and B are not PEFT's
 # zero-product init", which PEFT accepts and which only matters before the file's weights are loaded) rather than an
 # extra field, which PEFT would warn about. Reading: PEFT's other inits ("pissa", "olora", ...) leave trained
 # weights in the file too, so they load as kaiming (the init is only used before the weights are copied in).
-INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "normal_1_over_r": False}  # 16: PEFT's qalora_group_size default, unused unless use_qalora
+INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "normal_1_over_r": False}
 
 
 def _task_type(model: nn.Module) -> str | None:
@@ -98,7 +98,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, param in model.named_parameters():
         parts = name.split(".")
         keep = any(part.startswith("lora_") for part in parts)
-        keep = keep or any(name.startswith(m + ".") or f".{m}." in name for m in config.modules_to_save)
+        keep = keep or saved_in_full(name.rpartition(".")[0], config.modules_to_save)
         keep = keep or (config.bias == "all" and name.endswith("bias"))
         if config.bias == "lora_only" and name.endswith(".base_layer.bias"):
             keep = keep or name[: -len(".base_layer.bias")] in lora_paths
@@ -206,13 +206,15 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     state = load_file(str(weights_file))  # safetensors: no pickle
     if config.adapter_dtype == "int8":
         state = adapter_int8.from_int8_state(state)  # int8 codes · scales: the trained A and B, exactly
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name PEFT may use
     expected = set(adapter_state_dict(model))
     loaded = set()
     with torch.no_grad():
         for key, tensor in state.items():
             name = key[len(PREFIX):] if key.startswith(PREFIX) else key
-            name = name.replace(".modules_to_save.default.", ".")
+            if ".original_module." in name:  # PEFT with bias="all" also writes the untouched copy of a saved module
+                continue
+            name = name.replace(".modules_to_save.default.", ".").replace(".modules_to_save.", ".")
             if name not in params:
                 raise ValueError(
                     f"adapter key {key} names no parameter of this model (adapter trained on {source!r}); "
@@ -234,4 +236,4 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def _has_module(model: nn.Module, name: str) -> bool:
-    return any(p == name or p.endswith("." + name) for p, _ in model.named_modules())
+    return any(p and p.endswith(name) for p, _ in model.named_modules())

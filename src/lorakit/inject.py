@@ -56,6 +56,12 @@ def default_modules_to_save(model: nn.Module) -> tuple[str, ...]:
     return tuple(found)
 
 
+def saved_in_full(module_path: str, names: tuple[str, ...]) -> bool:
+    """Is the module at `module_path` one of the modules_to_save `names`, or inside one? PEFT's rule: a module is
+    saved when its path ends with a name, with or without a dot before it ("norm" also saves input_layernorm)."""
+    return any(prefix.endswith(name) for prefix in _prefixes(module_path) for name in names)
+
+
 def _inside(path: str, module_name: str) -> bool:
     """Is `path` the module called `module_name` (exact or ".name" suffix), or inside it?"""
     return any(prefix == module_name or prefix.endswith("." + module_name) for prefix in _prefixes(path))
@@ -96,7 +102,7 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
             layer = LoRALinear(base, r, alpha, config.dropout, config.use_rslora, config.init, config.adapter_dtype)
         _set_submodule(model, path, layer)
     for name in to_save:
-        matched = [m for p, m in model.named_modules() if p == name or p.endswith("." + name)]
+        matched = [m for p, m in model.named_modules() if p and p.endswith(name)]
         if not matched:
             raise ValueError(f"modules_to_save: {name!r} matches no module of this model")
         for module in matched:

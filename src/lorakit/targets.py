@@ -6,7 +6,9 @@ A target specification is one of
   * "all-linear": every Linear / Conv1D layer except the output heads (lm_head, classifier, qa_outputs, score,
     pre_classifier and anything inside them),
   * toggles, mixed freely into the list: "query", "key", "value", "projection", "mlp", "head", resolved per
-    architecture by `TOGGLES` below (BERT, DistilBERT, RoBERTa, GPT-2, Llama / Qwen2 / Mistral / SmolLM).
+    architecture by `TOGGLES` below (BERT, DistilBERT, RoBERTa, ELECTRA, GPT-2, OPT, BART, T5, Llama / Qwen2 /
+    Mistral / Gemma / Phi-3 / SmolLM). On classification and QA models the task head trains in full, so "head"
+    adapts something only on language models (lm_head).
 
     >>> resolve_toggles("bert", ["query", "value"])
     ['query', 'value']
@@ -63,6 +65,23 @@ TOGGLES: dict[str, dict[str, list[str]]] = {
         "mlp": ["mlp.c_fc", "mlp.c_proj"],
         "head": ["lm_head", "score"],
     },
+    "electra": {**_BERT, "head": ["classifier.dense", "classifier.out_proj", "qa_outputs"]},
+    "opt": {**_LLAMA, "projection": ["self_attn.out_proj"], "mlp": ["fc1", "fc2"],
+            "head": ["lm_head", "score", "qa_outputs"]},
+    "bart": {
+        **_LLAMA,
+        "projection": ["self_attn.out_proj", "encoder_attn.out_proj"],
+        "mlp": ["fc1", "fc2"],
+        "head": ["lm_head", "classification_head.dense", "classification_head.out_proj", "qa_outputs"],
+    },
+    "t5": {
+        "query": ["q"],
+        "key": ["k"],
+        "value": ["v"],
+        "projection": ["o"],
+        "mlp": ["DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1", "DenseReluDense.wo"],
+        "head": ["lm_head", "classification_head.dense", "classification_head.out_proj", "qa_outputs"],
+    },
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -71,7 +90,9 @@ TOGGLES: dict[str, dict[str, list[str]]] = {
     "phi3": {**_LLAMA, "query": ["qkv_proj"], "key": ["qkv_proj"], "value": ["qkv_proj"], "mlp": ["gate_up_proj", "down_proj"]},
 }
 
-_LAYER_INDEX = re.compile(r"\.(?:layers|layer|h|block|blocks)\.(\d+)\.")
+# PEFT's rule for layers_to_transform without layers_pattern: the first numbered path segment after a named one
+# ("bert.encoder.layer.3.attention..." -> 3, "encoder.block.1.layer.0.SelfAttention.q" -> 1)
+_LAYER_INDEX = re.compile(r".*?\.[^.]*\.(\d+)\.")
 
 
 def is_linear_like(module: nn.Module) -> bool:
@@ -119,7 +140,7 @@ def name_matches(path: str, spec: tuple[str, ...] | list[str] | str) -> bool:
 
 
 def layer_index(path: str) -> int | None:
-    match = _LAYER_INDEX.search("." + path + ".")
+    match = _LAYER_INDEX.match(path)
     return int(match.group(1)) if match else None
 
 

@@ -1,7 +1,7 @@
 """TrainConfig: every setting of a fine-tuning run, as one frozen dataclass that round-trips to JSON and YAML.
 
     cfg = TrainConfig(model="minilm", task="sst2", data_dir="../shared/data/sst2", method="lora")
-    cfg.lr                                  # 5e-4: filled in per method when not given
+    cfg.lr                                  # 1e-3: filled in per method when not given
     TrainConfig.from_yaml(cfg.to_yaml()) == cfg
 
 Field names equal the `lorakit train` flag names (`--max-length` -> max_length; the exceptions are text_columns
