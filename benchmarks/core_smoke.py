@@ -66,6 +66,7 @@ for argv, code, expected in ((["--help"], 0, "usage: lorakit"), (["train", "--he
                              (["train"], 2, "lorakit train needs datasets: pip install 'lorakit[train]'"),
                              (["search"], 2, "lorakit search needs datasets: pip install 'lorakit[search]'")):
     proc = subprocess.run([str(script), *argv], capture_output=True, text=True)
-    assert proc.returncode == code and expected in proc.stdout + proc.stderr, (argv, proc.returncode, proc.stderr[-800:])
+    assert proc.returncode == code and expected in proc.stdout + proc.stderr, (argv, proc.returncode,
+                                                                               proc.stderr[-800:])
     print(f"lorakit {' '.join(argv)}: exit {code}, {expected!r}")
 print("core install: ok")

@@ -271,7 +271,8 @@ def test_params_reports_the_trainable_count_train_trains(tiny, tmp_path, capsys)
     assert main(["params", "--model", str(tiny / "model")]) == 0
     shown = capsys.readouterr().out.split("trainable params: ")[1].split(" ")[0]
     assert main(tiny_flags(tiny, tmp_path / "run", "--max-steps", "1")) == 0
-    assert int(shown.replace(",", "")) == json.loads((tmp_path / "run" / "metrics.json").read_text())["trainable_params"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert int(shown.replace(",", "")) == metrics["trainable_params"]
 
     default = TrainConfig().lora_config()
     assert train_config_from_args(build_parser().parse_args(["train"])).lora_config() == default

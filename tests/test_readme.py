@@ -126,7 +126,8 @@ def test_the_quick_commands_run_on_tiny_data(tmp_path, monkeypatch, capsys):
     def substituted(argv: list[str]) -> list[str]:
         return [{"minilm": model, "../shared/data/sst2": str(SST2)}.get(arg, arg) for arg in argv]
 
-    quick = ["--model", model, "--max-steps", "2", "--batch-size", "8", "--max-length", "32", "--max-eval-samples", "64"]
+    quick = ["--model", model, "--max-steps", "2", "--batch-size", "8", "--max-length", "32",
+             "--max-eval-samples", "64"]
     assert main([*readme_command("lorakit train --task csv"), *quick]) == 0
     assert (tmp_path / "runs" / "csv-lora" / "metrics.json").is_file()
     if SST2.is_dir():

@@ -32,7 +32,6 @@ from .train_config import TrainConfig
 # Only argparse and the settings dataclasses are imported at start (`lorakit --help` in well under a second); each
 # command imports torch, transformers, datasets, optuna, ... when it runs.
 
-
 # --- commands ---------------------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -31,7 +31,8 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
     targets = D.target_modules if isinstance(D.target_modules, str) else " ".join(D.target_modules)
     g = parser.add_argument_group("LoRA")
     g.add_argument("--lora-r", type=int, help=f"rank r of the update B·A (default: {D.lora_r})")
-    g.add_argument("--lora-alpha", type=float, help=f"alpha; the update is scaled by alpha/r (default: {D.lora_alpha:g})")
+    g.add_argument("--lora-alpha", type=float,
+                   help=f"alpha; the update is scaled by alpha/r (default: {D.lora_alpha:g})")
     g.add_argument("--lora-dropout", type=float, help=f"dropout on the LoRA branch input (default: {D.lora_dropout:g})")
     for t in TOGGLES:
         g.add_argument(f"--lora-{t}", action="store_true", default=None,
