@@ -198,3 +198,13 @@ def test_parameter_report():
     assert rep.trainable == lora + head
     assert rep.total == sum(p.numel() for p in model.parameters())
     assert "lora_A" in str(rep) and "trainable%" in str(rep)
+
+
+def test_one_set_of_lora_defaults():
+    """TrainConfig's LoRA defaults are LoraConfig's (PEFT's: r 8, alpha 8, kaiming init of A)."""
+    from lorakit.train_config import DEFAULT_LR, TrainConfig
+    ours, train = LoraConfig(), TrainConfig().lora_config()
+    assert (ours.r, ours.alpha, ours.init, ours.dropout) == (8, 8.0, "kaiming", 0.0)
+    assert (train.r, train.alpha, train.init, train.dropout, train.use_rslora) == \
+        (ours.r, ours.alpha, ours.init, ours.dropout, ours.use_rslora)
+    assert DEFAULT_LR["lora"] == 1e-3  # re-tuned for the kaiming init (benchmarks/RESULTS.md, SST-2)
