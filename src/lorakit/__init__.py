@@ -8,6 +8,7 @@ from .config import LoraConfig, QuantConfig
 from .inject import add_lora, disable_lora, lora_layers, merge_and_unload, merge_lora, unmerge_lora
 from .lora import LoRAEmbedding, LoRALinear
 from .params import parameter_report
+from .quant_load import load_quantized
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,5 @@ __all__ = [
     "lora_layers",
     "LoRALinear",
     "LoRAEmbedding",
+    "load_quantized",
 ]

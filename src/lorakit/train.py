@@ -122,7 +122,8 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                        split_from_eval=cfg.split_from_eval, max_train_samples=cfg.max_train_samples,
                        max_eval_samples=cfg.max_eval_samples, include_test=cfg.eval_test, seed=cfg.seed)
     spec, kind = data.spec, kind_of(data.spec)
-    model, tokenizer = load_base(cfg.model, spec, new_head=True)
+    model, tokenizer = load_base(cfg.model, spec, new_head=True,
+                                 quant_config=cfg.quant_config() if cfg.method == "qlora" else None)
     setup_method(model, cfg)
     report = parameter_report(model)
     train_set = kind.train_features(data.train, tokenizer, cfg.max_length)
