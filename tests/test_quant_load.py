@@ -92,3 +92,17 @@ def test_no_safetensors_is_a_clear_error(tmp_path):
     assert safetensors_files(tmp_path) == []
     with pytest.raises(ValueError, match="has no model.safetensors"):
         load_quantized(tmp_path, QuantConfig())
+
+
+def test_read_safetensors_reads_every_dtype_and_shape(tmp_path):
+    from safetensors.torch import save_file
+
+    from lorakit.quant_load import read_safetensors
+
+    tensors = {"w": torch.randn(3, 5).bfloat16(), "i": torch.arange(7), "empty": torch.zeros(0, 4),
+               "scalar": torch.tensor(2.5), "h": torch.randn(4, 4).half(), "b": torch.tensor([True, False])}
+    save_file(tensors, str(tmp_path / "x.safetensors"))
+    read = dict(read_safetensors(tmp_path / "x.safetensors"))
+    assert sorted(read) == sorted(tensors)
+    for name, tensor in tensors.items():
+        assert read[name].dtype == tensor.dtype and torch.equal(read[name], tensor), name

@@ -6,7 +6,8 @@
 `from_pretrained` followed by `quantize_model` holds the whole model in full precision first: peak memory is the
 fp32 model. Here the model is built on the meta device (accelerate's init_empty_weights: parameters take no memory;
 buffers such as rotary frequencies are real), then every tensor of every shard is read lazily with
-`safetensors.safe_open` and placed:
+`read_safetensors` (plain file reads into fresh tensors: a memory map would add every page read to the
+process's resident set until the kernel evicts it) and placed:
     the weight of a Linear / Conv1D that quantize_model would quantize  -> a QuantLinear (QuantLinear.from_linear),
                                                                           the full-precision tensor dropped at once
     any other tensor                                                     -> the module's parameter / buffer
@@ -19,11 +20,12 @@ only so (a tied lm_head that is not skipped, a new head) is quantized then.
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import transformers as tf
-from safetensors import safe_open
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -31,6 +33,9 @@ from .config import QuantConfig
 from .quant_linear import QuantLinear
 
 INDEX = "model.safetensors.index.json"
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
 SINGLE = "model.safetensors"
 
 
@@ -66,19 +71,38 @@ def load_quantized(model_dir: str | Path, quant_config: QuantConfig, model_class
     names = set(model.state_dict())
     loaded = 0
     for file in files:
-        with safe_open(str(file), framework="pt") as reader:
-            for key in reader.keys():
-                name = key if key in names or not prefix else f"{prefix}.{key}"
-                if name not in names:
-                    continue  # a tensor the model does not use (from_pretrained drops it too)
-                _place(model, name, reader.get_tensor(key), targets, quant_config, new_head)
-                loaded += 1
+        for key, tensor in read_safetensors(file):
+            name = key if key in names or not prefix else f"{prefix}.{key}"
+            if name not in names:
+                continue  # a tensor the model does not use (from_pretrained drops it too)
+            _place(model, name, tensor, targets, quant_config, new_head)
+            loaded += 1
     if not loaded:
         raise ValueError(f"no tensor of {model_dir} matches a {type(model).__name__} parameter name")
     model.tie_weights()
     _init_missing(model)
     quantize_model_rest(model, targets, quant_config)
     return model.eval()
+
+
+def read_safetensors(file: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for each tensor of a safetensors file, in file order, each read on demand into its own memory.
+
+    The format: an 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets:
+    [begin, end]}} (offsets from the end of the header), then the raw little-endian data.
+    """
+    with open(file, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        header.pop("__metadata__", None)
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            begin, end = info["data_offsets"]
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            tensor = torch.empty(info["shape"], dtype=dtype)
+            f.seek(8 + length + begin)
+            if end > begin:
+                f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+            yield name, tensor
 
 
 def _quantize_targets(model: nn.Module, quant_config: QuantConfig) -> set[str]:
