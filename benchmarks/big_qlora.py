@@ -11,7 +11,8 @@ vocabulary is therefore SmolLM2's 49,152 tokens instead of the real model's (Lla
 Everything else is the real model's shape.
 
 run: `python -m lorakit train --method qlora` (NF4 + double quant, all-linear r 8, Code Alpaca, max_length 64,
-batch 1, --max-steps steps, one held-out example) in a child process, then `python -m lorakit eval --adapter` on
+batch 1, --max-steps steps, one held-out example; its before/after generations cut to 2 new tokens, LAUNCH) in a
+child process, then `python -m lorakit eval --adapter` on
 the saved adapter (a fresh process: the base quantized while loading again, the adapter loaded over it). Each
 child's peak resident set size comes from os.wait4 (ru_maxrss: the high-water mark of the process). Prints a
 Markdown row: sizes of the model in fp32 / bf16, peak memory of training and of the reload, seconds per step
@@ -112,13 +113,18 @@ def build(shape: str, out: Path, shard_gb: float) -> None:
     print(f"{shape}: {total:,} parameters, {len(shards)} shards, {total * 2 / 1e9:.2f} GB bf16 in {out}")
 
 
+# `python -m lorakit ARGS`, with the greedy generations a causal-LM run writes before and after training cut from 32
+# to GENERATION_TOKENS new tokens: on a CPU each token is a full forward pass over every dequantized weight
+LAUNCH = ("import sys, runpy, lorakit.kinds as k; k.GENERATION_TOKENS = {tokens}; sys.argv = ['lorakit', *sys.argv[1:]]; "
+          "runpy.run_module('lorakit', run_name='__main__')").format(tokens=2)
+
+
 def child(args: list[str], log: Path) -> tuple[int, float, float]:
-    """Run `python -m lorakit ARGS` niced; returns (exit code, peak RSS in GB, seconds)."""
+    """Run lorakit (LAUNCH) with ARGS; returns (exit code, peak RSS in GiB, seconds). Run the benchmark niced."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     began = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen(["nice", sys.executable, "-m", "lorakit", *args], stdout=f, stderr=subprocess.STDOUT,
-                                env=env)
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *args], stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 2**20, time.perf_counter() - began  # KiB -> GiB
 
@@ -143,7 +149,7 @@ def run(model: Path, out: Path, steps: int, threads: int) -> dict:
     code, eval_peak, eval_s = child(evaluate, out.parent / f"{out.name}.eval.log")
     if code:
         raise SystemExit(f"reload failed ({code}); see {out.parent / f'{out.name}.eval.log'}")
-    reload_loss = float(re.findall(r" loss (\S+)", out.parent / f"{out.name}.eval.log".read_text())[-1])
+    reload_loss = float(re.findall(r" loss (\S+)", (out.parent / f"{out.name}.eval.log").read_text())[-1])
     row = {"model": model.name, "parameters": int(params), "fp32_gib": params * 4 / 2**30,
            "bf16_gib": params * 2 / 2**30, "largest_shard_gib": shard_gb, "train_peak_gib": train_peak,
            "reload_peak_gib": eval_peak, "s_per_step": per_step, "train_process_s": train_s,
