@@ -3,6 +3,7 @@
     python benchmarks/big_qlora.py build --shape llama-3.2-3b --out /tmp/big/llama-3.2-3b   # bf16 shards on disk
     python benchmarks/big_qlora.py run --model /tmp/big/llama-3.2-3b --out /tmp/big/run-3b   # train + reload
     python benchmarks/big_qlora.py all --shape llama-2-7b --dir /tmp/big --clean              # both, then rm shards
+    python benchmarks/big_qlora.py smollm2 --out /tmp/big                                     # LoRA vs QLoRA peak
 
 build: writes config.json, bf16 safetensors shards of at most --shard-gb GB and model.safetensors.index.json one
 tensor at a time (each tensor drawn from N(0, 0.02), RMSNorm weights 1), so the process never holds more than one
@@ -160,6 +161,23 @@ def run(model: Path, out: Path, steps: int, threads: int) -> dict:
     return row
 
 
+def smollm2(out: Path, steps: int, threads: int) -> None:
+    """Peak RSS of `lorakit train` on SmolLM2-135M-Instruct, LoRA against QLoRA, batch 4 x 512 (padded)."""
+    rows = []
+    for method in ("lora", "qlora"):
+        run_dir = out / f"smollm2-{method}"
+        args = ["train", "--model", "smollm2", "--method", method, "--task", "instruct", "--data-dir", str(DATA),
+                "--max-train-samples", str(4 * steps), "--max-eval-samples", "1", "--max-length", "512",
+                "--pad-to-max-length", "--batch-size", "4", "--eval-batch-size", "1", "--max-steps", str(steps),
+                "--target-modules", "all-linear", "--threads", str(threads), "--output", str(run_dir)]
+        code, peak, seconds = child(args, out / f"smollm2-{method}.log")
+        if code:
+            raise SystemExit(f"{method} failed ({code}); see {out / f'smollm2-{method}.log'}")
+        rows.append({"method": method, "peak_gib": peak, "process_s": seconds})
+        print(json.dumps(rows[-1]), flush=True)
+    (out / "smollm2.json").write_text(json.dumps(rows, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +190,10 @@ def main() -> None:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--steps", type=int, default=4)
     r.add_argument("--threads", type=int, default=2)
+    m = sub.add_parser("smollm2")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--steps", type=int, default=2)
+    m.add_argument("--threads", type=int, default=2)
     a = sub.add_parser("all")
     a.add_argument("--shape", choices=list(SHAPES), required=True)
     a.add_argument("--dir", type=Path, required=True)
@@ -184,6 +206,8 @@ def main() -> None:
         build(args.shape, args.out, args.shard_gb)
     elif args.command == "run":
         run(args.model, args.out, args.steps, args.threads)
+    elif args.command == "smollm2":
+        smollm2(args.out, args.steps, args.threads)
     else:
         model = args.dir / args.shape
         try:
