@@ -4,6 +4,7 @@
     python benchmarks/big_qlora.py run --model /tmp/big/llama-3.2-3b --out /tmp/big/run-3b   # train + reload
     python benchmarks/big_qlora.py all --shape llama-2-7b --dir /tmp/big --clean              # both, then rm shards
     python benchmarks/big_qlora.py smollm2 --out /tmp/big                                     # LoRA vs QLoRA peak
+    python benchmarks/big_qlora.py load-peaks --model ~/.cache/lorakit/smollm2-135m-instruct  # loading alone
 
 build: writes config.json, bf16 safetensors shards of at most --shard-gb GB and model.safetensors.index.json one
 tensor at a time (each tensor drawn from N(0, 0.02), RMSNorm weights 1), so the process never holds more than one
@@ -178,6 +179,25 @@ def smollm2(out: Path, steps: int, threads: int) -> None:
     (out / "smollm2.json").write_text(json.dumps(rows, indent=2))
 
 
+LOADERS = {  # how a QLoRA (or LoRA) run gets its base model; each runs alone in a fresh process
+    "lora: from_pretrained": "m = tf.AutoModelForCausalLM.from_pretrained(path)",
+    "qlora before: from_pretrained + quantize_model": "m = quantize_model(tf.AutoModelForCausalLM.from_pretrained(path), qc)",
+    "qlora now: load_quantized": "m = load_quantized(path, qc)",
+}
+LOAD_SCRIPT = ("import sys, transformers as tf; from lorakit import QuantConfig, load_quantized; "
+               "from lorakit.quant_linear import quantize_model; path = sys.argv[1]; qc = QuantConfig(); {code}")
+
+
+def load_peaks(model: Path) -> None:
+    """Peak RSS of loading the base model alone, per LOADERS entry (no training): the load's high-water mark."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
+    for label, code in LOADERS.items():
+        proc = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT.format(code=code), str(model)], env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        print(json.dumps({"loader": label, "exit": os.waitstatus_to_exitcode(status),
+                          "peak_gib": round(usage.ru_maxrss / 2**20, 3)}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +214,8 @@ def main() -> None:
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--steps", type=int, default=2)
     m.add_argument("--threads", type=int, default=2)
+    lp = sub.add_parser("load-peaks")
+    lp.add_argument("--model", type=Path, required=True)
     a = sub.add_parser("all")
     a.add_argument("--shape", choices=list(SHAPES), required=True)
     a.add_argument("--dir", type=Path, required=True)
@@ -206,6 +228,8 @@ def main() -> None:
         build(args.shape, args.out, args.shard_gb)
     elif args.command == "run":
         run(args.model, args.out, args.steps, args.threads)
+    elif args.command == "load-peaks":
+        load_peaks(args.model)
     elif args.command == "smollm2":
         smollm2(args.out, args.steps, args.threads)
     else:
