@@ -33,6 +33,7 @@ _EXPORTS = {
     "dequantize_model": "quant_linear",
     "QuantLinear": "quant_linear",
     "fast_dropout": "fast_dropout",
+    "load_quantized": "quant_load",
 }
 
 __all__ = list(_EXPORTS)

@@ -136,13 +136,16 @@ def peft_config_dict(model: nn.Module) -> dict:
     }
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `path/adapter_config.json` and `path/adapter_model.safetensors` atomically. Returns the path."""
+def save_adapter(model: nn.Module, path: str | os.PathLike, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `path/adapter_config.json` and `path/adapter_model.safetensors` atomically. Returns the path.
+
+    state: the adapter's tensors when the model cannot give them itself (FSDP: gathered by fsdp.gather_adapter).
+    """
     if not hasattr(model, "lorakit_config") or not lora_layers(model):
         raise ValueError("save_adapter: this model has no LoRA layers (call add_lora or load_adapter first)")
     if any(layer.merged for _, layer in lora_layers(model)):
         raise ValueError("save_adapter: LoRA is merged into the base weights; call unmerge_lora(model) before saving")
-    state = {PREFIX + k: v for k, v in adapter_state_dict(model).items()}
+    state = {PREFIX + k: v for k, v in (adapter_state_dict(model) if state is None else state).items()}
     if not any(".lora_" in k for k in state):
         raise ValueError("save_adapter: refusing to write an adapter without LoRA weights")
     adapter_dtype = model.lorakit_config.adapter_dtype

@@ -40,7 +40,8 @@ from .inject import add_lora, lora_layers, merge_and_unload
 from .kinds import kind_of
 from .lora import LORA_LAYERS
 from .models import quiet_transformers, resolve_model_path
-from .quant_linear import dequantize_model, quantize_model
+from .quant_linear import dequantize_model, is_quantized, quantize_model
+from .quant_load import load_quantized, safetensors_files
 from .tasks import SEQUENCE_CLASSIFICATION, TaskSpec
 from .train_config import TrainConfig
 
@@ -51,16 +52,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "spiece.model", "sentencepiece.bpe.model")
 
 
-def load_base(name: str, spec: TaskSpec, new_head: bool = False) -> tuple[nn.Module, tf.PreTrainedTokenizerBase]:
+def load_base(name: str, spec: TaskSpec, new_head: bool = False,
+              quant_config: QuantConfig | None = None) -> tuple[nn.Module, tf.PreTrainedTokenizerBase]:
     """The model `name` (hub id, directory or alias) with the head `spec` needs, and its tokenizer.
 
     new_head: a saved head of another shape (a model fine-tuned for other labels) is replaced by a fresh one
     (training); otherwise that is an error (evaluation must not score a random head).
+    quant_config: the base for QLoRA, quantized while it is read when the checkpoint is safetensors (quant_load.py:
+    the full-precision model never exists in memory), else quantized after a full load.
     """
     kind = kind_of(spec)
     path = resolve_model_path(name)
     try:
-        model, fresh = _load_quietly(kind, path, spec, new_head)
+        if quant_config is not None and safetensors_files(path):
+            with quiet_transformers():
+                model = load_quantized(path, quant_config, kind.auto_model, kind.model_kwargs(spec), new_head)
+            fresh = []
+        else:
+            model, fresh = _load_quietly(kind, path, spec, new_head)
+        if quant_config is not None and not is_quantized(model):
+            quantize_model(model, quant_config)
     except RuntimeError as err:
         if "mismatched" not in str(err):
             raise
@@ -141,7 +152,7 @@ def train_in_full(model: nn.Module, names: tuple[str, ...]) -> None:
 
 def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Freeze, quantize or inject LoRA in place so exactly the parameters of cfg.method train."""
-    if cfg.method == "qlora":
+    if cfg.method == "qlora" and not is_quantized(model):  # load_base(..., quant_config) quantizes while loading
         quantize_model(model, cfg.quant_config())
     if cfg.init_adapter:
         load_adapter(model, cfg.init_adapter)  # its LoRA weights and modules_to_save train
@@ -245,9 +256,8 @@ def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = Non
     if (art / CONFIG_NAME).is_file():
         adapter_config = _read_json(art / CONFIG_NAME)
         base = _base_model(art, base_model, record.get("base_model"), adapter_config.get("base_model_name_or_path"))
-        model, tokenizer = load_base(base, spec)
-        if record.get("quantization"):
-            quantize_model(model, QuantConfig.from_dict(record["quantization"]))
+        quant = record.get("quantization")
+        model, tokenizer = load_base(base, spec, quant_config=QuantConfig.from_dict(quant) if quant else None)
         try:
             load_adapter(model, art)
         except SafetensorError as err:

@@ -134,7 +134,7 @@ class QuantLinear(nn.Module):
         return dense.to(weight.device).requires_grad_(False)
 
     def _quantized(self) -> QuantizedTensor:
-        b = self._buffers
+        b = {**self._buffers, **self._parameters}  # codes are buffers, or frozen parameters under FSDP (fsdp.py)
         return QuantizedTensor(
             self._kind, (self.out_features, self.in_features), self._block_size, self._bits,
             qweight=b["qweight"], absmax=b.get("absmax"), absmax_q=b.get("absmax_q"),

@@ -125,7 +125,8 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                        max_eval_samples=eval_sample_cap(cfg.max_eval_samples, get_task(cfg.task).kind == CAUSAL_LM),
                        include_test=cfg.eval_test, seed=cfg.seed)
     spec, kind = data.spec, kind_of(data.spec)
-    model, tokenizer = load_base(cfg.model, spec, new_head=True)
+    model, tokenizer = load_base(cfg.model, spec, new_head=True,
+                                 quant_config=cfg.quant_config() if cfg.method == "qlora" else None)
     setup_method(model, cfg)
     report = parameter_report(model)
     train_set = kind.train_features(data.train, tokenizer, cfg.max_length)
