@@ -1,5 +1,6 @@
 """SmolLM2 + a seeded random all-linear LoRA exported as GGUF (f16 and the base file's own types), read back by
-transformers: logits, 32 greedy tokens, tokenizer and chat template. Run: PYTHONPATH=src python benchmarks/gguf_transformers_smollm2.py"""
+transformers: logits, 32 greedy tokens, tokenizer and chat template.
+    PYTHONPATH=src python benchmarks/gguf_transformers_smollm2.py"""
 import copy, time, torch, transformers as tf
 from lorakit import LoraConfig, add_lora, merge_and_unload
 from lorakit.gguf_convert import find_smollm2_gguf, smollm2_dir
