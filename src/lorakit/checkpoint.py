@@ -203,6 +203,8 @@ class _TensorBoard:
         except ImportError:
             raise ValueError("--report-to tensorboard needs tensorboard: pip install tensorboard") from None
         self.writer = SummaryWriter(str(path / "tensorboard"))
+        # the run's settings as a text summary (tag "config"): JSON indented as a Markdown code block
+        self.writer.add_text("config", "    " + json.dumps(config, indent=1).replace("\n", "\n    "), 0)
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         for key, value in scalars.items():

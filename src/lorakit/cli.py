@@ -166,6 +166,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .gguf_export import export_gguf
+
+    path = export_gguf(args.adapter, args.gguf, model=args.model, out_type=args.gguf_type, lora_only=args.lora_only,
+                       base_gguf=args.base_gguf)
+    what = "LoRA adapter (llama-cli -m BASE.gguf --lora FILE)" if args.lora_only else f"merged model ({args.gguf_type})"
+    print(f"lorakit export: wrote the {what} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def _predict_inputs(args: argparse.Namespace) -> list[str]:
     """The texts to predict on: arguments, --file lines, --question with --context (QA), --prompt (causal LM)."""
     texts = list(args.texts or [])
@@ -323,6 +333,20 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
     p.add_argument("--all", action="store_true", help="list frozen parameters too")
     add_lora_flags(p)
     p.set_defaults(func=cmd_params, **(params_defaults or {}))
+    p = sub.add_parser("export", help="write the adapter as GGUF for llama.cpp / Ollama: merged, or --lora-only",
+                       formatter_class=RAW,
+                       description="GGUF for llama.cpp, Ollama and LM Studio (Llama-family causal LMs).\n\nexamples:\n"
+                                   "  lorakit export --adapter runs/instruct --gguf merged.gguf --gguf-type q8_0\n"
+                                   "  lorakit export --adapter runs/instruct --gguf adapter.gguf --lora-only")
+    p.add_argument("--adapter", required=True, help="a `lorakit train` output or an adapter directory")
+    p.add_argument("--model", help="the base model (default: the recorded one)")
+    p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write")
+    p.add_argument("--gguf-type", default="f16", metavar="TYPE", help="merged model: f16 (default), q8_0, f32, or "
+                   "base (each tensor in the base GGUF file's own type, e.g. SmolLM2's Q4_1)")
+    p.add_argument("--lora-only", action="store_true", help="write the adapter alone as a llama.cpp LoRA file")
+    p.add_argument("--base-gguf", metavar="FILE", help="the base model's GGUF file: its tokenizer and chat template "
+                   "are copied (default: SmolLM2's packaged file for the smollm2 base, else built from the tokenizer)")
+    p.set_defaults(func=cmd_export)
     d = sub.add_parser("demo", help="the main job (see `make demo`)")
     d.set_defaults(func=cmd_demo)
     add_search_parser(sub)

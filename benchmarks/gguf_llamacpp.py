@@ -1,0 +1,97 @@
+"""llama.cpp itself reads lorakit's GGUF files: greedy tokens from the merged GGUF, and from base GGUF + LoRA GGUF,
+against transformers' greedy tokens from the merged model (SmolLM2-135M-Instruct, a seeded random LoRA on all linear
+layers, 32 new tokens after a chat prompt).
+
+    python benchmarks/gguf_llamacpp.py --llamacpp-python /tmp/llamacpp-venv/bin/python [--out /tmp/gguf-bench]
+
+llama.cpp comes from `pip install llama-cpp-python` (builds llama.cpp from source) in a separate virtualenv: it is not
+a lorakit dependency. The llama.cpp side runs in that interpreter (a subprocess); tokens are compared as ids, the
+prompt is tokenized once by transformers and given to both. Prints a Markdown block for benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+import transformers as tf
+
+from lorakit import LoraConfig, add_lora, merge_and_unload
+from lorakit.gguf_convert import find_smollm2_gguf, smollm2_dir
+from lorakit.gguf_export import write_lora_gguf, write_merged_gguf
+
+NEW_TOKENS = 32
+PROMPT = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+
+LLAMA_SIDE = textwrap.dedent("""
+    import json, sys
+    from llama_cpp import Llama
+    job = json.loads(sys.argv[1])
+    llm = Llama(model_path=job["model"], lora_path=job.get("lora"), n_ctx=256, n_threads=2, seed=0, verbose=False,
+                logits_all=False)
+    out = []
+    for token in llm.generate(job["prompt"], top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        out.append(int(token))
+        if len(out) == job["n"]:
+            break
+    print(json.dumps(out))
+""")
+
+
+def llama_cpp_tokens(python: str, model: Path, prompt: list[int], lora: Path | None = None) -> list[int]:
+    job = {"model": str(model), "lora": str(lora) if lora else None, "prompt": prompt, "n": NEW_TOKENS}
+    result = subprocess.run([python, "-c", LLAMA_SIDE, json.dumps(job)], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--llamacpp-python", required=True, help="python of the virtualenv with llama-cpp-python")
+    parser.add_argument("--out", default="/tmp/gguf-bench", help="directory for the GGUF files")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    tokenizer = tf.AutoTokenizer.from_pretrained(smollm2_dir())
+    base = tf.AutoModelForCausalLM.from_pretrained(smollm2_dir()).eval()
+    model = add_lora(copy.deepcopy(base), LoraConfig(r=8, alpha=16, target_modules="all-linear"))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a random adapter that changes the output: B ~ N(0, 0.02^2)
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    source = find_smollm2_gguf()
+    files = {"lora": write_lora_gguf(model, out / "lora.gguf")}
+    merged = merge_and_unload(copy.deepcopy(model)).eval()
+    for kind, m in (("merged", merged), ("base", base)):
+        files[kind] = write_merged_gguf(m, tokenizer, out / f"{kind}-f32.gguf", "f32", base_gguf=source)
+    prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        reference = merged.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+        base_tokens = base.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+    runs = {"llama.cpp merged f32 GGUF": llama_cpp_tokens(args.llamacpp_python, files["merged"], prompt),
+            "llama.cpp base f32 GGUF + LoRA GGUF": llama_cpp_tokens(args.llamacpp_python, files["base"], prompt,
+                                                                  files["lora"]),
+            "llama.cpp packaged Q4_1 base + LoRA GGUF": llama_cpp_tokens(args.llamacpp_python, source, prompt,
+                                                                        files["lora"])}
+    print(f"transformers merged ({NEW_TOKENS} greedy tokens): {reference}")
+    print(f"transformers base (the adapter changes the output: {base_tokens != reference})")
+    for name, tokens in runs.items():
+        same = sum(a == b for a, b in zip(tokens, reference))
+        print(f"| {name} | {len(tokens)} | {'equal' if tokens == reference else 'differ'} | {same}/{NEW_TOKENS} "
+              f"| {tokenizer.decode(tokens)[:60]!r} |")
+
+
+if __name__ == "__main__":
+    started = time.time()
+    main()
+    print(f"total {time.time() - started:.0f} s")
