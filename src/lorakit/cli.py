@@ -33,6 +33,7 @@ from .train_config import TrainConfig
 # --- commands ---------------------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .errors import RunInterrupted
     from .train import TrainingDiverged, train
 
     cfg = train_config_from_args(args)
@@ -41,6 +42,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"lorakit train: error: {err}", file=sys.stderr)
         return 1
+    except RunInterrupted as stopped:
+        print(f"lorakit train: interrupted by {stopped}", file=sys.stderr)
+        return stopped.exit_status
     from .distributed import env_rank
 
     if env_rank() != 0:  # torchrun / accelerate: rank 0 alone reports (the process group is gone by now)
@@ -98,8 +102,11 @@ def _inference_setup(args: argparse.Namespace):
 
 def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
     """The Evaluator for cfg's device, precision, batch size and max length; moves the model to the device."""
+    from .guards import check_max_length
     from .kinds import Evaluator, kind_of
     from .tasks import PaddingCollator
+
+    check_max_length(model, cfg.max_length)
     from .train_config import resolve_device, resolve_precision
 
     device = resolve_device(cfg.device)
@@ -111,6 +118,10 @@ def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .atomic import check_output_file, write_json_atomic
+
+    if args.output:
+        check_output_file(args.output)
     cfg, spec, data, model, tokenizer = _inference_setup(args)
     evaluate = _evaluator(cfg, spec, tokenizer, model)
     splits = {name: (rows, evaluate.kind.eval_features(rows, tokenizer, cfg.max_length))
@@ -120,19 +131,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         print(f"{spec.name} {split} ({len(data.eval[split])} examples): {shown}")
     if args.output:
-        Path(args.output).write_text(json.dumps({"task": spec.name, "eval": results}, indent=2) + "\n")
+        write_json_atomic(args.output, {"task": spec.name, "eval": results})
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_dir
+    from .atomic import atomic_dir, check_replaceable
     from .methods import RECORD, merged_model, read_record
 
     if not args.output:
         raise ValueError("lorakit merge needs --output DIR for the merged model")
-    output = Path(args.output)
-    if output.exists() and any(output.iterdir()) and read_record(output).get("method") != "merged":
-        raise ValueError(f"--output {output} exists and is not a merged model directory; choose a new directory")
+    check_replaceable(args.output, lambda path: read_record(path).get("method") == "merged",
+                      "a merged model directory", "--output")
     cfg, spec, _, model, tokenizer = _inference_setup(args)
     merged = merged_model(model)
     with atomic_dir(args.output) as tmp:
@@ -287,10 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "params" and args.config:  # train, eval, merge, predict merge their files themselves
             args = build_parser(_params_defaults(args)).parse_args(argv)
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # UserError (lorakit.errors), TaskError, a path that is missing or not usable
         message = " ".join(str(err).split("\n"))  # one line, however the message was built
         print(f"lorakit {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lorakit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import yaml
 
 from .config import LoraConfig
 from .train_config import DEFAULT_LR, METHODS, PRECISIONS, REPORTERS, TrainConfig
+from .validation import check_flag_contradictions
 
 TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
 D = TrainConfig()  # defaults, quoted in --help
@@ -107,7 +108,9 @@ def given_train_values(args: argparse.Namespace) -> dict:
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.from_dict(given_train_values(args))
+    cfg = TrainConfig.from_dict(given_train_values(args))
+    check_flag_contradictions(_given(args), cfg.method)
+    return cfg
 
 
 # --- the flags ----------------------------------------------------------------------------------------------

@@ -29,10 +29,11 @@ import json
 from pathlib import Path
 
 import transformers as tf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .adapter import CONFIG_NAME, load_adapter, save_adapter
+from .atomic import read_json, read_safetensors
 from .checkpoint import TRAINABLE, atomic_dir, trainable_state
 from .config import QuantConfig
 from .inject import add_lora, lora_layers, merge_and_unload
@@ -183,7 +184,7 @@ def find_artifact(path: str | Path) -> Path:
 def read_record(path: str | Path) -> dict:
     """lorakit.json of an artifact (empty for directories lorakit did not write, e.g. a hub model)."""
     file = Path(path) / RECORD
-    return json.loads(file.read_text()) if file.is_file() else {}
+    return read_json(file, "run record") if file.is_file() else {}
 
 
 def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = None):
@@ -202,7 +203,7 @@ def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = Non
         load_adapter(model, art)
     elif (art / TRAINABLE).is_file():
         model, tokenizer = load_base(base_model or record["base_model"], spec)
-        tensors = load_file(str(art / TRAINABLE))
+        tensors = read_safetensors(art / TRAINABLE, "trained weights")
         missing = sorted(set(tensors) - set(model.state_dict()))
         if missing:
             raise ValueError(f"{art / TRAINABLE} holds tensors this base model lacks ({missing[:3]}); "

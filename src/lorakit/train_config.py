@@ -14,12 +14,14 @@ prints and records what it actually used, and the two helpers that apply them (`
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 import yaml
 
 from .config import LoraConfig, QuantConfig, _JsonMixin, _tupled
+from .validation import check_fields
 
 METHODS = ("lora", "qlora", "lora+head", "head", "last-layers", "full")
 # LoRA learns best at ~10x the learning rate of full fine-tuning (Hu et al. 2021 used 4e-4..5e-4 on RoBERTa).
@@ -98,6 +100,10 @@ class TrainConfig(_JsonMixin):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else _tupled(value))
         object.__setattr__(self, "target_modules", _tupled(self.target_modules))  # a string is a regex
+        check_fields(self, lambda name: f"--{name.replace('_', '-')}")  # types, finite numbers (validation.py)
+        for name in ("data_dir", "train_file", "eval_file", "init_adapter"):  # recorded absolute: found from anywhere
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, os.path.abspath(os.path.expanduser(getattr(self, name))))
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; accepted: {', '.join(METHODS)}")
         if self.lr is None:
