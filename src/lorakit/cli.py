@@ -34,10 +34,17 @@ from .train_config import TrainConfig
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .errors import RunInterrupted
-    from .train import TrainingDiverged, train
+    from .runlock import RunLock
 
     cfg = train_config_from_args(args)
+    from .distributed import env_rank
+
+    lock = RunLock(cfg.output) if env_rank() == 0 else None  # taken before the slow imports: first come, first run
+    if lock is not None:
+        lock.acquire()
     try:
+        from .train import TrainingDiverged, train
+
         metrics = train(cfg)
     except TrainingDiverged as err:
         print(f"lorakit train: error: {err}", file=sys.stderr)
@@ -45,7 +52,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except RunInterrupted as stopped:
         print(f"lorakit train: interrupted by {stopped}", file=sys.stderr)
         return stopped.exit_status
-    from .distributed import env_rank
+    finally:
+        if lock is not None:
+            lock.release()
 
     if env_rank() != 0:  # torchrun / accelerate: rank 0 alone reports (the process group is gone by now)
         return 0

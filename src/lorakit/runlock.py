@@ -7,6 +7,7 @@ The lock is `<output>/.lock`, created with O_EXCL (one creator wins), holding {"
 whose process is gone (same host, pid not alive) is taken over with a message; a lock of another host is
 respected (its pid cannot be checked from here): delete the file by hand when that run is known to be dead.
 A directory the lock created is removed again if the run leaves nothing in it (a run that failed at once).
+Taking a lock this process already holds is a no-op (`lorakit train` locks before its heavy imports, then train()).
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+class _HeldHere(Exception):
+    pass
+
+
 class RunLock:
     def __init__(self, directory: str | os.PathLike, command: str = "train"):
         self.directory = Path(directory)
@@ -52,7 +57,10 @@ class RunLock:
             try:
                 fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                self._take_over_if_stale(me["host"])
+                try:
+                    self._take_over_if_stale(me["host"])
+                except _HeldHere:
+                    return self  # nested: the outer holder releases it
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(me) + "\n")
@@ -70,6 +78,8 @@ class RunLock:
         except ValueError:  # an empty or torn lock file: its writer died between create and write
             owner = {"pid": None, "host": host}
         pid, owner_host = owner.get("pid"), owner.get("host")
+        if owner_host == host and pid == os.getpid():  # this process holds it already (the CLI, then train())
+            raise _HeldHere
         if owner_host == host and (pid is None or not pid_alive(pid)):
             stale = self.file.with_name(f"{LOCK}.stale-{os.getpid()}")
             try:

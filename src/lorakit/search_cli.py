@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from pathlib import Path
 
+from .atomic import check_output_dir
 from .cli_flags import given_train_values, train_flags_parser
 from .search import DEFAULT_STUDY, SAMPLERS, SearchSettings, open_study, run_search
 from .search_report import _shown, best_trial, objective_name, trial_rows, write_reports
@@ -92,6 +94,7 @@ def _interrupt_on_sigterm(signum, frame):
 def cmd_search(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     settings = settings_from_args(args)
+    check_output_dir(settings.output)
     TrainConfig.from_dict({**settings.base, "output": None})  # a bad base setting fails here, not in every trial
     interrupted = False
     try:
@@ -112,4 +115,10 @@ def cmd_search(args: argparse.Namespace) -> int:
               f"{_shown(best.user_attrs['params'])}")
     for key, path in paths.items():
         print(f"  {key:8s} {path}")
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    if rows and not any(row["status"] in ("complete", "pruned") for row in rows):
+        print(f"lorakit search: error: every trial failed ({len(rows)}); see the error column of "
+              f"{paths.get('results', settings.output / 'results.csv')} and trials/<number>/train.log", file=sys.stderr)
+        return 1
+    return 0
