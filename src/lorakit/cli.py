@@ -172,7 +172,10 @@ def _predict_inputs(args: argparse.Namespace) -> list[str]:
         path = Path(args.file)
         if not path.is_file():
             raise FileNotFoundError(f"--file {path}: no such file")
-        texts += [line for line in path.read_text().splitlines() if line.strip()]
+        try:
+            texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     if (args.question is None) != (args.context is None):
         raise ValueError("--question and --context go together: give both (or 'question<TAB>context' lines)")
     if args.question is not None:

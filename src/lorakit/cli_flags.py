@@ -87,8 +87,8 @@ def _targets(values: dict) -> tuple[str, ...] | str | None:
         return values["target_regex"]
     modules = values.get("target_modules")
     if modules:
-        if isinstance(modules, str):
-            return modules  # "all-linear" or a regex (a run's config.yaml)
+        if not isinstance(modules, (list, tuple)):
+            return modules  # "all-linear" or a regex (a run's config.yaml); another type: TrainConfig says so
         return "all-linear" if list(modules) == ["all-linear"] else tuple(modules)
     return tuple(t for t in TOGGLES if values.get(f"lora_{t}")) or None
 

@@ -134,7 +134,8 @@ class TrainConfig(_JsonMixin):
         if unknown:
             raise ValueError(f"unknown --report-to {unknown}; accepted: {', '.join(REPORTERS)}")
         if self.method in ("head", "last-layers", "full") and self.loraplus_ratio:
-            raise ValueError(f"--loraplus-ratio applies to LoRA methods, not --method {self.method}")
+            raise ValueError(f"--loraplus-ratio applies to LoRA methods, not --method {self.method}; drop it or "
+                             "use --method lora")
         self.lora_config()  # validates the LoRA fields
         if self.method == "qlora":
             self.quant_config()
