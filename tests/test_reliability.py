@@ -381,3 +381,21 @@ def test_run_files_load_with_safetensors_only(reference):
             load_file(str(path))
         elif path.name == "log.jsonl":
             [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --- the kill campaign, short (benchmarks/reliability.py runs the full one) --------------------------------------
+
+@pytest.mark.slow
+def test_kill_campaign_short(tmp_path):
+    """Two SIGKILLs at random moments and, where strace is installed, one on a rename, then `--resume auto`:
+    bit-identical to an uninterrupted run, no incomplete file, no temporary left."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import random
+
+    import reliability
+
+    inputs = reliability.make_inputs(tmp_path / "inputs")
+    strace = 1 if shutil.which("strace") else 0
+    figures = reliability.train_campaign(inputs, tmp_path, random_kills=2, strace_kills=strace, rng=random.Random(1))
+    assert figures["chains"] >= 1 and figures["identical"] == figures["chains"]
+    assert figures["incomplete"] == [] and figures["hidden_after_resume"] == []

@@ -11,7 +11,9 @@
 Every command but demo takes `--config file.yaml`: keys are the long flag names (`lr: 1.0e-3`, `lora_r: 16`,
 `target_modules: all-linear`); flags given on the command line override it. A run's own config.yaml is such a
 file. eval / merge / predict start from the settings recorded with the trained model, then the file, then flags.
-Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1.
+Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1; SIGTERM / Ctrl-C
+during train write a checkpoint and exit 143 / 130 with the command that resumes; `search` exits 1 when every trial
+failed.
 Run `lorakit <command> --help` for every flag. The flags and the settings precedence are in cli_flags.py;
 search and compare add their own subcommands (search_cli.py, compare.py).
 """

@@ -39,7 +39,8 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
             "several machines: give every machine the same command with --storage postgresql://user:pw@host/db "
             "(and a --study-name); see the lorakit.search module docstring.\n\n"
             "outputs in --output: results.csv, best.yaml, summary.md, heatmap.png, pareto.png, curves.png, "
-            "trials/<number>/ (each trial's run directory and train.log)."))
+            "trials/<number>/ (each trial's run directory and train.log).\n\n"
+            "exit status: 0; 1 when every trial failed; 2 bad input; 130 interrupted (the same command continues)."))
     g = p.add_argument_group("search")
     g.add_argument("--space", action="append", default=[], metavar="NAME=VALUES",
                    help="a searched option and its values, repeatable: lora_r=1,2,4,8 | lora_key=on,off | "
