@@ -173,7 +173,7 @@ def train_campaign(inputs: Path, work: Path, random_kills: int, strace_kills: in
     chain, position = 0, 0
     while position < len(plan):
         run = work / f"chain-{chain:03d}"
-        length = rng.randint(1, 3)  # kills in this chain before the final, uninterrupted resume
+        length = rng.randint(3, 6)  # kills in this chain before the final, uninterrupted resume
         for how in plan[position:position + length]:
             attempts = 0
             while not run_killed(train_argv(inputs, run, run.exists()), how, rng, typical, counts):

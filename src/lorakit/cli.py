@@ -301,6 +301,22 @@ def _params_defaults(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .runlock import early_train_lock
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        lock = early_train_lock(argv)  # before the parser: of two runs on one --output, the first runs
+    except (ValueError, OSError) as err:
+        print(f"lorakit train: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return _main(argv)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("train", "eval", "predict") and args.threads is not None:

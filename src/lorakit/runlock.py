@@ -107,3 +107,12 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def early_train_lock(argv: list[str]) -> RunLock | None:
+    """`lorakit train ... --output DIR`: take DIR's lock before the command line is parsed and the heavy modules
+    are imported, so that of two runs started moments apart the first one runs. None for anything else (train
+    locks again, a no-op then, once the settings are resolved)."""
+    if not argv or argv[0] != "train" or "--output" not in argv[:-1] or "-h" in argv or "--help" in argv:
+        return None
+    return RunLock(argv[argv.index("--output") + 1]).acquire()
