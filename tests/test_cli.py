@@ -301,8 +301,8 @@ NO_BASE_NAME = '{"peft_type": "LORA", "r": 8, "lora_alpha": 8, "target_modules":
     ("lora", {"adapter/adapter_config.json": "[]"}, "adapter_config.json must hold a JSON object"),
     ("head", {"weights/lorakit.json": "{oops"}, "lorakit.json is not valid JSON"),
     ("head", {"weights/lorakit.json": "[1]"}, "lorakit.json must hold a JSON object, not a list"),
-    ("head", {"weights/trainable.safetensors": "junk"}, "trainable.safetensors is not a readable safetensors file"),
-    ("lora", {"adapter/adapter_model.safetensors": "junk"}, "adapter_model.safetensors is not a readable safetensors"),
+    ("head", {"weights/trainable.safetensors": "junk"}, "trainable.safetensors is damaged or truncated"),
+    ("lora", {"adapter/adapter_model.safetensors": "junk"}, "adapter_model.safetensors is damaged or truncated"),
 ], ids=["weights-no-record", "adapter-no-base", "config-list", "record-bad-json", "record-list", "weights-junk",
         "adapter-junk"])
 def test_a_damaged_artifact_is_one_line_and_exit_2(run, damage, expected, trained, tiny, tmp_path, capsys):

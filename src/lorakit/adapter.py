@@ -17,15 +17,14 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from . import adapter_int8
+from .atomic import atomic_dir, check_replaceable, read_json, read_safetensors
 from .config import LoraConfig
 from .inject import add_lora, lora_layers, saved_in_full
 from .lora import LoRALinear
@@ -136,11 +135,22 @@ def peft_config_dict(model: nn.Module) -> dict:
     }
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, state: dict[str, torch.Tensor] | None = None) -> Path:
+# what an adapter directory holds: save_adapter replaces a directory with these files only (or an empty one)
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, "lorakit.json", "README.md")
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (path / CONFIG_NAME).is_file() and all(p.name in ADAPTER_FILES for p in path.iterdir())
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, state: dict[str, torch.Tensor] | None = None,
+                 overwrite: bool = False) -> Path:
     """Write `path/adapter_config.json` and `path/adapter_model.safetensors` atomically. Returns the path.
 
     state: the adapter's tensors when the model cannot give them itself (FSDP: gathered by fsdp.gather_adapter).
-    """
+    An existing `path` is replaced only if it is an empty directory or an adapter directory (ADAPTER_FILES);
+    anything else is a UserError unless overwrite=True (a file is never replaced)."""
+    check_replaceable(path, is_adapter_dir, "an adapter directory", "save_adapter: path", overwrite)
     if not hasattr(model, "lorakit_config") or not lora_layers(model):
         raise ValueError("save_adapter: this model has no LoRA layers (call add_lora or load_adapter first)")
     if any(layer.merged for _, layer in lora_layers(model)):
@@ -152,21 +162,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, state: dict[str, tor
     if adapter_dtype == "int8":
         state = adapter_int8.to_int8_state(state)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:  # the old version stays until the new one is in place
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lorakit_adapter_dtype": adapter_dtype})
         (tmp / CONFIG_NAME).write_text(json.dumps(peft_config_dict(model), indent=2, sort_keys=True))
-        if path.exists():  # replace: move the old one aside first so a crash never leaves neither
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     size = (path / WEIGHTS_NAME).stat().st_size
     logger.info("saved adapter to %s: %d bytes of %s weights", path, size, adapter_dtype)
     return path
@@ -199,14 +197,14 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if not config_file.is_file() or not weights_file.is_file():
         present = sorted(p.name for p in path.iterdir()) if path.is_dir() else "no such directory"
         raise FileNotFoundError(f"{path} is not an adapter directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME} (found: {present})")
-    data = json.loads(config_file.read_text())
+    data = read_json(config_file, "adapter config")
     config = config_from_peft(data)
     source = data.get("base_model_name_or_path")
     # PEFT lists both "classifier" and "score" for every SEQ_CLS model: keep the heads this model has.
     present = [name for name in config.modules_to_save if _has_module(model, name)]
     config = dataclasses.replace(config, modules_to_save=tuple(present))
     add_lora(model, config)
-    state = load_file(str(weights_file))  # safetensors: no pickle
+    state = read_safetensors(weights_file, "adapter weights")  # safetensors: no pickle
     if config.adapter_dtype == "int8":
         state = adapter_int8.from_int8_state(state)  # int8 codes · scales: the trained A and B, exactly
     params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name PEFT may use
@@ -225,10 +223,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
                 )
             target = params[name]
             if target.shape != tensor.shape:
-                raise ValueError(
-                    f"adapter tensor {name} has shape {tuple(tensor.shape)} but the model's is {tuple(target.shape)}: "
-                    f"the adapter was trained on {source!r}, a different base model"
-                )
+                raise ValueError(_shape_mismatch(name, tuple(tensor.shape), tuple(target.shape), config, source))
             target.copy_(tensor.to(target.dtype))
             loaded.add(name)
     missing = sorted(k for k in expected - loaded if ".lora_" in k)
@@ -236,6 +231,19 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(f"adapter at {path} lacks {len(missing)} LoRA tensors, e.g. {missing[:3]}")
     return model
 
+
+
+def _shape_mismatch(name: str, saved: tuple, ours: tuple, config: LoraConfig, source) -> str:
+    """Why an adapter tensor does not fit: the task head's labels, the rank, or really another base model."""
+    shown = f"adapter tensor {name} has shape {saved} but the model's is {ours}"
+    if any(name.startswith(m + ".") or f".{m}." in name for m in config.modules_to_save) and saved[1:] == ours[1:]:
+        return (f"{shown}: the adapter's task head has {saved[0]} outputs and this task {ours[0]}; evaluate it on "
+                "the task (labels) it was trained on")
+    rank_dim = 0 if "_A" in name.rsplit(".", 2)[-2] else 1  # lora_A: (r, in); lora_B: (out, r)
+    if ".lora_" in name and len(saved) == 2 and saved[1 - rank_dim] == ours[1 - rank_dim]:
+        return (f"{shown}: its rank {saved[rank_dim]} differs from the rank {ours[rank_dim]} adapter_config.json "
+                "gives it (r, rank_pattern); the config and the weights of this adapter do not belong together")
+    return f"{shown}: the adapter was trained on {source!r}, a different base model; pass that one as --model"
 
 
 def _has_module(model: nn.Module, name: str) -> bool:

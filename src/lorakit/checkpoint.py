@@ -12,28 +12,31 @@ A checkpoint directory holds
     state.json              TrainState (step, epoch, position in the epoch, best metric, patience), the optimizer's
                             param_groups, the scheduler state, Python's and NumPy's RNG states, the TrainConfig,
                             library versions
-Nothing is pickled and torch.load is never called. Directories are written under a temporary name and renamed
-into place, so a crash mid-write leaves the previous version intact. Under torchrun only rank 0 writes
+Nothing is pickled and torch.load is never called. Every file and directory is written under a temporary name,
+fsynced and renamed into place (lorakit.atomic), so a kill mid-write leaves the previous version intact; old
+checkpoints are renamed away before they are deleted; log.jsonl is only appended to, one whole line per write, and
+on resume replaced in one rename by its lines up to the resumed step. The early-stop decision is part of TrainState,
+so a resumed run that had stopped stays stopped. Under torchrun only rank 0 writes
 (`is_main_process`); the other ranks compute the same things and skip the writes.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
 import os
 import platform
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from .atomic import atomic_dir, read_json, read_safetensors, remove_dir, write_text_atomic  # noqa: F401 (re-export)
+from .errors import UserError
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -53,6 +56,7 @@ class TrainState:
     evals_without_improvement: int = 0  # for early stopping
     train_seconds: float = 0.0  # time in training steps (evaluation excluded)
     examples_seen: int = 0
+    stopped_early: str | None = None  # the early-stopping decision, once taken: a resumed run does not train on
 
 
 def is_main_process() -> bool:
@@ -70,46 +74,26 @@ def versions() -> dict[str, str]:
             "datasets": datasets.__version__, "python": platform.python_version()}
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike):
-    """Yield an empty temporary directory next to `path`; on success it replaces `path` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():  # move the old version aside first, so a crash never leaves neither
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable(model: nn.Module, path: Path) -> None:
     """Copy trainable.safetensors from a checkpoint into the model's trainable parameters (names must match)."""
-    tensors = load_file(str(Path(path) / TRAINABLE))
+    tensors = read_safetensors(Path(path) / TRAINABLE, "checkpoint weights")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit this model's trainable parameters (missing {missing[:3]}, "
+        raise UserError(f"checkpoint {path} does not fit this model's trainable parameters (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}); resume with the settings of the run that wrote it "
                          f"(its config is in {Path(path) / 'state.json'})")
+    wrong = [(n, tuple(tensors[n].shape), tuple(p.shape)) for n, p in params.items() if tensors[n].shape != p.shape]
+    if wrong:
+        name, saved, ours = wrong[0]
+        raise UserError(f"checkpoint {path} holds {name} of shape {saved}, but this model's is {ours} "
+                        f"({len(wrong)} tensor(s) differ): it was trained with other settings (--lora-r, "
+                        f"--target-modules, --model or the task's labels); resume with the settings of the run that "
+                        f"wrote it (its config is in {Path(path) / 'state.json'})")
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(tensors[name])
@@ -129,11 +113,9 @@ class RunDir:
         log_path = self.path / "log.jsonl"
         kept = []
         if resume_step is not None and log_path.exists():  # drop lines the resumed run will write again
-            lines = log_path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line).get("step", 0) <= resume_step]
-        self._log = open(log_path, "w")
-        self._log.writelines(line + "\n" for line in kept)
-        self._log.flush()
+            kept = [line for line in _whole_lines(log_path) if json.loads(line).get("step", 0) <= resume_step]
+        write_text_atomic(log_path, "".join(line + "\n" for line in kept))  # never truncated in place
+        self._log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
 
     def open_reporters(self, names: tuple[str, ...], config: dict) -> None:
         """wandb / tensorboard, imported only when asked for."""
@@ -143,8 +125,7 @@ class RunDir:
     def log(self, record: dict) -> None:
         if not self.main:
             return
-        self._log.write(json.dumps(record) + "\n")
-        self._log.flush()
+        os.write(self._log, (json.dumps(record) + "\n").encode("utf-8"))  # one whole line per write
         scalars = _flatten(record)
         for reporter in self.reporters:
             reporter.log(scalars, record["step"])
@@ -158,7 +139,7 @@ class RunDir:
 
     def close(self) -> None:
         if self._log is not None:
-            self._log.close()
+            os.close(self._log)
             self._log = None
         for reporter in self.reporters:
             reporter.close()
@@ -184,7 +165,7 @@ class RunDir:
                     "versions": versions()}
             (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         for old in self.checkpoints()[:-limit]:
-            shutil.rmtree(old)
+            remove_dir(old)  # renamed away first: never a checkpoint without its weights
         return path
 
     def save_best(self, model: nn.Module, state: TrainState, metrics: dict) -> None:
@@ -246,13 +227,25 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, schedu
     if not (path / "state.json").is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint directory (no state.json); "
                                 "pass one of <output>/checkpoints/step-* or --resume auto")
-    meta = json.loads((path / "state.json").read_text())
+    meta = read_json(path / "state.json", "checkpoint state")
     load_trainable(model, path)
-    tensors = load_file(str(path / "optimizer.safetensors"))
+    tensors = read_safetensors(path / "optimizer.safetensors", "checkpoint optimizer state")
     optimizer.load_state_dict(_join_optimizer_state(tensors, meta["optimizer_param_groups"]))
     scheduler.load_state_dict(meta["scheduler"])
-    _restore_rng(load_file(str(path / "rng.safetensors")), meta["rng"])
+    _restore_rng(read_safetensors(path / "rng.safetensors", "checkpoint RNG state"), meta["rng"])
     return TrainState(**meta["state"])
+
+
+def _whole_lines(path: Path) -> list[str]:
+    """The lines of a JSON Lines file that parse (a kill inside a write may have torn the last one)."""
+    lines = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        lines.append(line)
+    return lines
 
 
 def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:

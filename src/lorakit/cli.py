@@ -11,7 +11,9 @@
 Every command but demo takes `--config file.yaml`: keys are the long flag names (`lr: 1.0e-3`, `lora_r: 16`,
 `target_modules: all-linear`); flags given on the command line override it. A run's own config.yaml is such a
 file. eval / merge / predict start from the settings recorded with the trained model, then the file, then flags.
-Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1.
+Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1; SIGTERM / Ctrl-C
+during train write a checkpoint and exit 143 / 130 with the command that resumes; `search` exits 1 when every trial
+failed.
 Run `lorakit <command> --help` for every flag. The flags and the settings precedence are in cli_flags.py;
 search and compare add their own subcommands (search_cli.py, compare.py).
 """
@@ -35,15 +37,28 @@ from .train_config import TrainConfig
 # --- commands ---------------------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainingDiverged, train
+    from .errors import RunInterrupted
+    from .runlock import RunLock
 
     cfg = train_config_from_args(args)
+    from .distributed import env_rank
+
+    lock = RunLock(cfg.output) if env_rank() == 0 else None  # taken before the slow imports: first come, first run
+    if lock is not None:
+        lock.acquire()
     try:
+        from .train import TrainingDiverged, train
+
         metrics = train(cfg)
     except TrainingDiverged as err:
         print(f"lorakit train: error: {err}", file=sys.stderr)
         return 1
-    from .distributed import env_rank
+    except RunInterrupted as stopped:
+        print(f"lorakit train: interrupted by {stopped}", file=sys.stderr)
+        return stopped.exit_status
+    finally:
+        if lock is not None:
+            lock.release()
 
     if env_rank() != 0:  # torchrun / accelerate: rank 0 alone reports (the process group is gone by now)
         return 0
@@ -102,8 +117,11 @@ def _inference_setup(args: argparse.Namespace):
 
 def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
     """The Evaluator for cfg's device, precision, batch size and max length; moves the model to the device."""
+    from .guards import check_max_length
     from .kinds import Evaluator, kind_of
     from .tasks import PaddingCollator
+
+    check_max_length(model, cfg.max_length)
     from .train_config import resolve_device, resolve_precision
 
     device = resolve_device(cfg.device)
@@ -130,6 +148,10 @@ def _eval_cap_line(cfg: TrainConfig, spec, given: dict) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .atomic import check_output_file, write_json_atomic
+
+    if args.output:
+        check_output_file(args.output)
     cfg, spec, data, model, tokenizer = _inference_setup(args)
     print(_eval_cap_line(cfg, spec, given_train_values(args)), flush=True)
     evaluate = _evaluator(cfg, spec, tokenizer, model)
@@ -140,19 +162,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         print(f"{spec.name} {split} ({len(data.eval[split])} examples): {shown}")
     if args.output:
-        Path(args.output).write_text(json.dumps({"task": spec.name, "eval": results}, indent=2) + "\n")
+        write_json_atomic(args.output, {"task": spec.name, "eval": results})
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_dir
+    from .atomic import atomic_dir, check_replaceable
     from .methods import RECORD, merged_model, read_record
 
     if not args.output:
         raise ValueError("lorakit merge needs --output DIR for the merged model")
-    output = Path(args.output)
-    if output.exists() and any(output.iterdir()) and read_record(output).get("method") != "merged":
-        raise ValueError(f"--output {output} exists and is not a merged model directory; choose a new directory")
+    check_replaceable(args.output, lambda path: read_record(path).get("method") == "merged",
+                      "a merged model directory", "--output")
     cfg, spec, _, model, tokenizer = _inference_setup(args)
     merged = merged_model(model)
     with atomic_dir(args.output) as tmp:
@@ -183,7 +204,10 @@ def _predict_inputs(args: argparse.Namespace) -> list[str]:
         path = Path(args.file)
         if not path.is_file():
             raise FileNotFoundError(f"--file {path}: no such file")
-        texts += [line for line in path.read_text().splitlines() if line.strip()]
+        try:
+            texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     if (args.question is None) != (args.context is None):
         raise ValueError("--question and --context go together: give both (or 'question<TAB>context' lines)")
     if args.question is not None:
@@ -366,6 +390,22 @@ def _params_defaults(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .runlock import early_train_lock
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        lock = early_train_lock(argv)  # before the parser: of two runs on one --output, the first runs
+    except (ValueError, OSError) as err:
+        print(f"lorakit train: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return _main(argv)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     missing = missing_extra(args.command)
     if missing is not None:
@@ -380,10 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "params" and args.config:  # train, eval, merge, predict merge their files themselves
             args = build_parser(_params_defaults(args)).parse_args(argv)
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # UserError (lorakit.errors), TaskError, a path that is missing or not usable
         message = " ".join(str(err).split("\n"))  # one line, however the message was built
         print(f"lorakit {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lorakit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .config import INITS
 from .train_config import DEFAULT_LR, INSTRUCT_EVAL_SAMPLES, METHODS, PRECISIONS, REPORTERS, TrainConfig
+from .validation import check_flag_contradictions
 
 TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
 D = TrainConfig()  # defaults, quoted in --help
@@ -84,8 +85,8 @@ def _targets(values: dict) -> tuple[str, ...] | str | None:
         return values["target_regex"]
     modules = values.get("target_modules")
     if modules:
-        if isinstance(modules, str):
-            return modules  # "all-linear" or a regex (a run's config.yaml)
+        if not isinstance(modules, (list, tuple)):
+            return modules  # "all-linear" or a regex (a run's config.yaml); another type: TrainConfig says so
         return "all-linear" if list(modules) == ["all-linear"] else tuple(modules)
     return tuple(t for t in TOGGLES if values.get(f"lora_{t}")) or None
 
@@ -149,7 +150,9 @@ def recorded_run_values(given: dict) -> dict:
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The --config file, then the flags given; resuming starts from the resumed run's recorded settings."""
     given = given_train_values(args)
-    return TrainConfig.from_dict({**recorded_run_values(given), **given})
+    cfg = TrainConfig.from_dict({**recorded_run_values(given), **given})
+    check_flag_contradictions(_given(args), cfg.method)
+    return cfg
 
 
 # --- the flags ----------------------------------------------------------------------------------------------

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .validation import check_fields, check_regex
 
 # Init of A (B starts at 0 in all three). "kaiming": kaiming-uniform with a=sqrt(5), PEFT's and loralib's default
 # (bound 1/sqrt(in_features)); "gaussian": PEFT's init_lora_weights="gaussian", N(0, 1/r^2) (std 1/r);
@@ -85,6 +88,12 @@ class LoraConfig(_JsonMixin):
     def __post_init__(self):
         for name in ("target_modules", "exclude_modules", "layers_to_transform", "modules_to_save"):
             object.__setattr__(self, name, _tupled(getattr(self, name)))
+        check_fields(self, lambda name: f"LoraConfig: {name}")  # types, finite numbers (validation.py)
+        for name in ("target_modules", "exclude_modules"):
+            if isinstance(getattr(self, name), str) and getattr(self, name) != "all-linear":
+                check_regex(getattr(self, name), f"LoraConfig: {name} regex")
+        for pattern in (*self.rank_pattern, *self.alpha_pattern):
+            check_regex(pattern, "LoraConfig: rank_pattern / alpha_pattern key")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"LoraConfig: r must be a positive integer, got r={self.r!r}")
         if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
@@ -105,7 +114,7 @@ class LoraConfig(_JsonMixin):
             if not isinstance(r, int) or r <= 0:
                 raise ValueError(f"LoraConfig: rank_pattern[{pattern!r}] must be a positive integer, got {r!r}")
         for pattern, a in self.alpha_pattern.items():
-            if not isinstance(a, (int, float)) or a <= 0:
+            if not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
                 raise ValueError(f"LoraConfig: alpha_pattern[{pattern!r}] must be > 0, got {a!r}")
 
     def __hash__(self):  # dict fields are not hashable; the JSON text is

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .atomic import write_text_atomic
 from .train_config import TrainConfig
 
 if TYPE_CHECKING:  # imported where a trial prunes (search): `lorakit compare` runs without optuna
@@ -37,7 +38,7 @@ def launch(cfg: TrainConfig, directory: Path, threads: int, cuda_device: str | N
     directory.mkdir(parents=True, exist_ok=True)
     (directory / RESULT).unlink(missing_ok=True)
     job = {"config": cfg.to_dict(), "threads": threads, "prune": prune}
-    (directory / JOB).write_text(json.dumps(job, indent=2) + "\n")
+    write_text_atomic(directory / JOB, json.dumps(job, indent=2) + "\n")
     # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on a CPU shared with other jobs the
     # spinning made 2-thread steps 4-20x slower than 1-thread ones (measured on 2 busy cores), and costs little alone
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(threads),
@@ -46,7 +47,17 @@ def launch(cfg: TrainConfig, directory: Path, threads: int, cuda_device: str | N
         env["CUDA_VISIBLE_DEVICES"] = cuda_device
     with open(directory / LOG, "w") as log:
         return subprocess.Popen([sys.executable, "-m", "lorakit.jobs", str(directory / JOB)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+                                stdout=log, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+def _die_with_parent() -> None:
+    """In the job process (Linux): SIGKILL it when the launching process dies, so a killed search leaves no trial
+    running unseen (the next search retries it: Search.recover_orphans)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def collect(directory: Path, returncode: int) -> dict:
@@ -94,9 +105,7 @@ def _job_main(job_file: str) -> None:
         traceback.print_exc()
         result.update(status="fail", error=f"{type(err).__name__}: {err}")
     result["end"] = _now()
-    tmp = job_path.parent / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    tmp.replace(job_path.parent / RESULT)
+    write_text_atomic(job_path.parent / RESULT, json.dumps(result, indent=2, default=str) + "\n")
 
 
 def _train_with_pruning(training, cfg: TrainConfig, prune: dict) -> dict:

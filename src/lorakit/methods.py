@@ -29,13 +29,14 @@ import json
 from pathlib import Path
 
 import transformers as tf
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from .adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
+from .adapter import CONFIG_NAME, load_adapter, save_adapter
+from .atomic import read_json, read_safetensors
 from .checkpoint import TRAINABLE, atomic_dir, is_main_process, trainable_state
 from .config import QuantConfig
+from .errors import UserError
 from .inject import add_lora, lora_layers, merge_and_unload
 from .kinds import kind_of
 from .lora import LORA_LAYERS
@@ -210,18 +211,15 @@ def find_artifact(path: str | Path) -> Path:
 def read_record(path: str | Path) -> dict:
     """lorakit.json of an artifact (empty for directories lorakit did not write, e.g. a hub model)."""
     file = Path(path) / RECORD
-    return _read_json(file) if file.is_file() else {}
+    return _read_json(file, "run record") if file.is_file() else {}
 
 
-def _read_json(file: Path) -> dict:
-    """The JSON object in `file`; ValueError naming the file when it holds something else."""
-    try:
-        data = json.loads(file.read_text())
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{file} is not valid JSON ({err}); the artifact is damaged: restore it or train again"
-                         ) from None
+def _read_json(file: Path, what: str) -> dict:
+    """The JSON object in `file`; a UserError naming the file when it holds something else."""
+    data = read_json(file, what)
     if not isinstance(data, dict):
-        raise ValueError(f"{file} must hold a JSON object, not a {type(data).__name__}; the artifact is damaged")
+        raise UserError(f"{what} {file} must hold a JSON object, not a {type(data).__name__}; the artifact is "
+                        "damaged: restore it or train again")
     return data
 
 
@@ -230,20 +228,8 @@ def _base_model(art: Path, *names: str | None) -> str:
     for name in names:
         if isinstance(name, str) and name:
             return name
-    raise ValueError(f"{art} does not name the base model it was trained on (no {RECORD} with base_model); "
-                     "give the base model (lorakit: --model NAME)")
-
-
-def _load_tensors(file: Path) -> dict:
-    try:
-        return load_file(str(file))
-    except SafetensorError as err:
-        raise _damaged(file, err) from None
-
-
-def _damaged(file: Path, err: Exception) -> ValueError:
-    return ValueError(f"{file} is not a readable safetensors file ({err}); the artifact is damaged: restore it or "
-                      "train again")
+    raise UserError(f"{art} does not name the base model it was trained on (no {RECORD} with base_model); "
+                    "give the base model (lorakit: --model NAME)")
 
 
 def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = None):
@@ -254,18 +240,15 @@ def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = Non
     art = find_artifact(path)
     record = read_record(art)
     if (art / CONFIG_NAME).is_file():
-        adapter_config = _read_json(art / CONFIG_NAME)
+        adapter_config = _read_json(art / CONFIG_NAME, "adapter config")
         base = _base_model(art, base_model, record.get("base_model"), adapter_config.get("base_model_name_or_path"))
         quant = record.get("quantization")
         model, tokenizer = load_base(base, spec, quant_config=QuantConfig.from_dict(quant) if quant else None)
-        try:
-            load_adapter(model, art)
-        except SafetensorError as err:
-            raise _damaged(art / WEIGHTS_NAME, err) from None
+        load_adapter(model, art)  # a damaged weights file: atomic.read_safetensors' UserError
     elif (art / TRAINABLE).is_file():
         base = _base_model(art, base_model, record.get("base_model"))
         model, tokenizer = load_base(base, spec)
-        tensors = _load_tensors(art / TRAINABLE)
+        tensors = read_safetensors(art / TRAINABLE, "trained weights")
         missing = sorted(set(tensors) - set(model.state_dict()))
         if missing:
             raise ValueError(f"{art / TRAINABLE} holds tensors this base model lacks ({missing[:3]}); "

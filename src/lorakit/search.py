@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -58,6 +59,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .jobs import JOB, RESULT, run_job  # noqa: F401  (re-exported)
 from .jobs import LOG, _engine_kwargs, _job_main, _now, _pruner, collect, cpu_count, launch
+from .runlock import pid_alive
 from .search_report import PLOTS, best_yaml, summary_markdown  # noqa: F401  (re-exported)
 from .search_report import _replaced, _shown, flat_metrics
 from .search_space import (ALL_LINEAR_TOGGLES, NOT_SEARCHABLE, TOGGLE_NAMES, TOGGLE_PARAMS,  # noqa: F401  (re-exported)
@@ -142,7 +144,7 @@ def storage_with_driver(url: str) -> str:
 class _Running:
     trial: optuna.Trial
     trial_id: int
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # None: a trial of a dead process whose result.json is adopted
     directory: Path
     launched: str
 
@@ -197,13 +199,44 @@ class Search:
 
     def enqueue_grid(self) -> int:
         """Enqueue the combinations the study does not hold yet; returns how many were added."""
-        held = {_params_key(t.system_attrs.get("fixed_params", {})) for t in self.study.get_trials(deepcopy=False)}
+        held = {_params_key(t.system_attrs.get("fixed_params", {})) for t in self.study.get_trials(deepcopy=False)
+                if t.user_attrs.get("orphaned") != t.number}  # a point whose process died (not retried) runs again
         new = [p for p in grid_points(self.s.space) if _params_key(p) not in held]
         for point in new:
             self.study.enqueue_trial(json.loads(json.dumps(point)), skip_if_exists=True)
         return len(new)
 
+    def recover_orphans(self) -> None:
+        """Running trials of a dead search process on this host: a finished one (its result.json is there) is
+        told to the study, an unfinished one failed and retried, at once rather than after GRACE_S."""
+        host = socket.gethostname()
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = frozen.user_attrs.get("owner")
+            if owner is None:  # killed between claiming and recording its owner (milliseconds): give it 30 s
+                started = frozen.datetime_start
+                if started is None or (datetime.now() - started).total_seconds() < 30:
+                    continue
+            elif owner["host"] != host or pid_alive(owner["pid"]):
+                continue
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, frozen.number)
+            trial = optuna.Trial(self.study, trial_id)
+            directory = Path(frozen.user_attrs.get("output", self.s.output / "trials" / str(frozen.number)))
+            if (directory / RESULT).is_file():
+                print(f"trial {frozen.number}: its search process died after it finished; adopting its result")
+                self._finish(_Running(trial, trial_id, None, directory, _now()))
+            else:
+                print(f"trial {frozen.number}: its search process died; running it again")
+                self._fail_and_retry(trial)
+
+    def _fail_and_retry(self, trial: optuna.Trial) -> None:
+        """Fail a trial cut short (not by its own error) and enqueue a retry; `orphaned` marks it so that a kill
+        between the two steps still lets the next run enqueue its point again (enqueue_grid)."""
+        trial.set_user_attr("orphaned", trial.number)  # its own number: the retry copies user attributes
+        frozen = self.study.tell(trial, state=TrialState.FAIL)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(self.study, frozen)
+
     def run(self) -> None:
+        self.recover_orphans()
         if self.s.sampler == "grid":
             added = self.enqueue_grid()
             print(f"lorakit search: grid of {len(grid_points(self.s.space))} combinations, {added} new")
@@ -269,6 +302,7 @@ class Search:
         if trial is None:
             return False
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        trial.set_user_attr("owner", {"pid": os.getpid(), "host": socket.gethostname()})
         self.storage.record_heartbeat(trial_id)
         params = self._params(trial, trial_id)
         trial.set_user_attr("params", params)
@@ -296,7 +330,7 @@ class Search:
         return True
 
     def _finish(self, job: _Running) -> None:
-        result = collect(job.directory, job.process.returncode)
+        result = collect(job.directory, job.process.returncode if job.process is not None else -9)
         trial, status = job.trial, result["status"]
         start, end = result.get("start", job.launched), result.get("end", _now())
         trial.set_user_attr("start", start)
@@ -327,12 +361,10 @@ class Search:
 
     def _interrupt(self) -> None:
         """Ctrl-C: stop the running trials, fail them and enqueue a retry of each for the next run."""
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
         for job in self.running.values():
             job.process.terminate()
             job.process.wait()
-            frozen = self.study.tell(job.trial, state=TrialState.FAIL)  # left out of the results: the retry replaces it
-            retry(self.study, frozen)
+            self._fail_and_retry(job.trial)  # left out of the results: the retry replaces it
         self.running.clear()
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from .atomic import check_output_dir
 from .cli_flags import given_train_values, train_flags_parser
 from .search_space import DEFAULT_STUDY, SAMPLERS, parse_space
 from .train_config import TrainConfig
@@ -40,7 +42,8 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
             "several machines: give every machine the same command with --storage postgresql://user:pw@host/db "
             "(and a --study-name); see the lorakit.search module docstring.\n\n"
             "outputs in --output: results.csv, best.yaml, summary.md, heatmap.png, pareto.png, curves.png, "
-            "trials/<number>/ (each trial's run directory and train.log)."))
+            "trials/<number>/ (each trial's run directory and train.log).\n\n"
+            "exit status: 0; 1 when every trial failed; 2 bad input; 130 interrupted (the same command continues)."))
     g = p.add_argument_group("search")
     g.add_argument("--space", action="append", default=[], metavar="NAME=VALUES",
                    help="a searched option and its values, repeatable: lora_r=1,2,4,8 | lora_key=on,off | "
@@ -100,6 +103,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     settings = settings_from_args(args)
+    check_output_dir(settings.output)
     TrainConfig.from_dict({**settings.base, "output": None})  # a bad base setting fails here, not in every trial
     interrupted = False
     try:
@@ -120,4 +124,10 @@ def cmd_search(args: argparse.Namespace) -> int:
               f"{_shown(best.user_attrs['params'])}")
     for key, path in paths.items():
         print(f"  {key:8s} {path}")
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    if rows and not any(row["status"] in ("complete", "pruned") for row in rows):
+        print(f"lorakit search: error: every trial failed ({len(rows)}); see the error column of "
+              f"{paths.get('results', settings.output / 'results.csv')} and trials/<number>/train.log", file=sys.stderr)
+        return 1
+    return 0

@@ -29,7 +29,8 @@ PLOTS = {"heatmap": "heatmap.png", "pareto": "pareto.png", "curves": "curves.png
 def _replaced(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     """Trial numbers that do not count: retried ones (a retry took their place) and duplicate grid points."""
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return retried | {t.number for t in trials if "duplicate_of" in t.user_attrs}
+    dropped = {t.number for t in trials if "duplicate_of" in t.user_attrs or t.user_attrs.get("orphaned") == t.number}
+    return retried | dropped  # orphaned: its process died; a retry or a re-enqueued copy runs the point again
 
 
 def _shown(params: dict) -> str:

@@ -41,13 +41,18 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, load_checkpoint, load_trainable,
-                         versions)
+from .atomic import atomic_dir, read_json, recover
+from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, is_main_process, load_checkpoint,
+                         load_trainable, versions)
+from .errors import RunInterrupted, UserError
 from .estimate import RunClock, evaluation_steps
 from .fast_dropout import fast_dropout
+from .guards import check_max_length
 from .kinds import Evaluator, kind_of
 from .methods import load_base, save_artifact, setup_method
 from .params import parameter_report
+from .runlock import RunLock
+from .signals import stop_requests
 from .tasks import (CAUSAL_LM, LengthGroupedBatchSampler, PaddingCollator, TaskSpec, get_task, load_splits,
                     sequence_lengths)
 from .train_config import TrainConfig, eval_sample_cap, resolve_device, resolve_precision
@@ -104,15 +109,23 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
     raises ends the run (a hyperparameter search prunes a trial so).
     """
     check_reporters(cfg.report_to)
-    set_seed(cfg.seed)
-    device, started_group = distributed.setup(resolve_device(cfg.device))
+    lock = RunLock(cfg.output) if is_main_process() else None  # one run per output directory (runlock.py)
+    if lock is not None:
+        lock.acquire()
     try:
-        return _train(cfg, device, on_evaluate)
+        set_seed(cfg.seed)
+        device, started_group = distributed.setup(resolve_device(cfg.device))
+        try:
+            with stop_requests() as stop:
+                return _train(cfg, device, on_evaluate, stop)
+        finally:
+            distributed.cleanup(started_group)
     finally:
-        distributed.cleanup(started_group)
+        if lock is not None:
+            lock.release()
 
 
-def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
+def _train(cfg: TrainConfig, device: torch.device, on_evaluate, stop) -> dict:
     world, rank = distributed.world_size(), distributed.rank()
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cuda":
@@ -127,6 +140,7 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
     spec, kind = data.spec, kind_of(data.spec)
     model, tokenizer = load_base(cfg.model, spec, new_head=True,
                                  quant_config=cfg.quant_config() if cfg.method == "qlora" else None)
+    check_max_length(model, cfg.max_length)
     setup_method(model, cfg)
     report = parameter_report(model)
     train_set = kind.train_features(data.train, tokenizer, cfg.max_length)
@@ -152,14 +166,17 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
     evaluate = Evaluator(spec, kind, tokenizer, collator, cfg.eval_batch_size, cfg.max_length, device, precision)
 
     output = Path(cfg.output)
+    if distributed.is_main():
+        for line in recover(output) + recover(output / CHECKPOINTS):  # what a kill interrupted (atomic.py)
+            print(f"lorakit train: note: {line} (left by an interrupted run)", file=sys.stderr)
     resume_from = _resume_path(cfg)
     state = TrainState()
     if resume_from is not None:
+        _note_changed_settings(resume_from, cfg)
         state = load_checkpoint(resume_from, raw, optimizer, scheduler)
         if distributed.is_main():
             _adopt_best(resume_from, output)
         distributed.barrier()
-        _note_changed_settings(resume_from, cfg)
     elif list((output / CHECKPOINTS).glob("step-*")):
         raise ValueError(f"--output {output} holds checkpoints of an earlier run; continue it with --resume auto, "
                          "or choose another --output (or delete that one)")
@@ -171,7 +188,7 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                         total_steps, warmup, report.summary(), resume_from, state.step, world)
     progress = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                     disable=not out.main, mininterval=0.2 if sys.stderr.isatty() else 30)  # log files: sparse
-    stop_reason = None
+    stop_reason = _still_stopped(state, cfg)
     before = None
     n_eval = sum(len(rows) for rows, _ in eval_sets.values())
     clock = RunClock(total_steps, state.step, evaluation_steps(total_steps, steps_per_epoch, cfg.eval_steps,
@@ -234,13 +251,18 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate) -> dict:
                 evaluate_now = epoch_end or last or (cfg.eval_steps and state.step % cfg.eval_steps == 0)
                 if evaluate_now:
                     stop_reason = _evaluate_and_track(raw, evaluate, eval_sets, spec, state, out, cfg, progress)
+                    state.stopped_early = stop_reason  # in the checkpoint: a resumed run stays stopped
                     if on_evaluate is not None:
                         on_evaluate(state)
-                if (evaluate_now and not cfg.save_steps) or (cfg.save_steps and state.step % cfg.save_steps == 0) \
-                        or epoch_end or last:
-                    out.save_checkpoint(raw, optimizer, scheduler, state, cfg.to_dict(), cfg.save_total_limit)
+                saved = (evaluate_now and not cfg.save_steps) or (cfg.save_steps and state.step % cfg.save_steps == 0) \
+                    or epoch_end or last or stop_reason or stop.received
+                if saved:
+                    checkpoint = out.save_checkpoint(raw, optimizer, scheduler, state, cfg.to_dict(),
+                                                     cfg.save_total_limit)
                 if last or stop_reason:
                     break
+                if stop.received and world == 1:  # SIGTERM / Ctrl-C: this step is done and saved
+                    raise RunInterrupted(stop.received, state.step, str(output), str(checkpoint))
         progress.close()
         if stop_reason:
             print(f"lorakit train: {stop_reason}", file=sys.stderr)
@@ -313,6 +335,15 @@ def _write_generations(kind, evaluate: Evaluator, model: nn.Module, eval_sets, o
     out.write_text(name, "".join(json.dumps(sample) + "\n" for sample in samples))
 
 
+def _still_stopped(state: TrainState, cfg: TrainConfig) -> str | None:
+    """A resumed run that had stopped early stays stopped, unless the patience was raised since."""
+    if state.stopped_early and cfg.early_stopping_patience and \
+            state.evals_without_improvement >= cfg.early_stopping_patience:
+        return state.stopped_early
+    state.stopped_early = None
+    return None
+
+
 def _resume_path(cfg: TrainConfig) -> Path | None:
     if cfg.resume is None:
         return None
@@ -326,16 +357,30 @@ def _adopt_best(checkpoint: Path, output: Path) -> None:
     """Resuming into another output directory: bring the best weights so far along."""
     source, target = checkpoint.parent / BEST, output / CHECKPOINTS / BEST
     if source.is_dir() and source.resolve() != target.resolve() and not target.exists():
-        shutil.copytree(source, target)
+        with atomic_dir(target) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
 def _note_changed_settings(checkpoint: Path, cfg: TrainConfig) -> None:
-    """Resuming with other settings is allowed (e.g. more epochs, a lower lr after a divergence); say which."""
-    saved = json.loads((checkpoint / "state.json").read_text())["config"]
-    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in cfg.to_dict().items()
+    """Resuming with other settings is allowed (e.g. more epochs, a lower lr after a divergence); say which.
+    Settings that change the trained tensors' shapes are not: a UserError names them."""
+    if not (checkpoint / "state.json").is_file():
+        raise FileNotFoundError(f"--resume {checkpoint} is not a checkpoint directory (no state.json); "
+                                "pass one of <output>/checkpoints/step-* or --resume auto")
+    saved = read_json(checkpoint / "state.json", "checkpoint state")["config"]
+    given = cfg.to_dict()
+    shaped = [k for k in _SHAPING if k in saved and saved[k] != given[k]]
+    if shaped:
+        shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (the checkpoint's: {saved[k]!r})" for k in shaped)
+        raise UserError(f"cannot resume {checkpoint} with {shown}: these settings change what the run trains; "
+                        "resume with the checkpoint's values, or start a new --output")
+    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in given.items()
                if k not in ("output", "resume") and saved.get(k) != v]
     if changed:
         print(f"lorakit train: note: resuming with settings that differ from the checkpoint's: {', '.join(changed)}")
+
+
+_SHAPING = ("method", "lora_r", "target_modules")  # settings the checkpoint's tensor names and shapes depend on
 
 
 def _divergence_message(loss: float, grad_norm: float, step: int, out: RunDir, cfg: TrainConfig) -> str:

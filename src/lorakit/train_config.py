@@ -14,10 +14,12 @@ prints and records what it actually used, and the two helpers that apply them (`
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from .config import LoraConfig, QuantConfig, _JsonMixin, _tupled
+from .validation import check_fields
 
 _LORA = {f.name: f.default for f in fields(LoraConfig)}  # the LoRA defaults live in LoraConfig alone
 METHODS = ("lora", "qlora", "lora+head", "head", "last-layers", "full")
@@ -100,6 +102,10 @@ class TrainConfig(_JsonMixin):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else _tupled(value))
         object.__setattr__(self, "target_modules", _tupled(self.target_modules))  # a string is a regex
+        check_fields(self, lambda name: f"--{name.replace('_', '-')}")  # types, finite numbers (validation.py)
+        for name in ("data_dir", "train_file", "eval_file", "init_adapter"):  # recorded absolute: found from anywhere
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, os.path.abspath(os.path.expanduser(getattr(self, name))))
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; accepted: {', '.join(METHODS)}")
         if self.lr is None:
@@ -130,7 +136,8 @@ class TrainConfig(_JsonMixin):
         if unknown:
             raise ValueError(f"unknown --report-to {unknown}; accepted: {', '.join(REPORTERS)}")
         if self.method in ("head", "last-layers", "full") and self.loraplus_ratio:
-            raise ValueError(f"--loraplus-ratio applies to LoRA methods, not --method {self.method}")
+            raise ValueError(f"--loraplus-ratio applies to LoRA methods, not --method {self.method}; drop it or "
+                             "use --method lora")
         self.lora_config()  # validates the LoRA fields
         if self.method == "qlora":
             self.quant_config()

@@ -111,10 +111,13 @@ def label_to_id(value: Any, spec: TaskSpec, where: str) -> int | float:
     """
     if spec.is_regression:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise TaskError(
                 f"{where}: label {value!r} is not a number; task {spec.name} is a regression task") from None
+        if not np.isfinite(number):
+            raise TaskError(f"{where}: label {value!r} is not a finite number; fix or remove the row")
+        return number
     number = value
     if isinstance(value, str):
         stripped = value.strip()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -80,8 +81,15 @@ def read_table(path: str | Path, header: tuple[str, ...] | None = None, skip_mal
     path = Path(path)
     require_file(path, "a .csv, .tsv or .jsonl file")
     kind = _format_of(path)
-    if kind in ("jsonl", "json"):
-        return _read_json(path)
+    try:
+        if kind in ("jsonl", "json"):
+            return _read_json(path)
+        return _read_delimited(path, kind, header, skip_malformed)
+    except UnicodeDecodeError as err:
+        raise TaskError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
+
+
+def _read_delimited(path: Path, kind: str, header: tuple[str, ...] | None, skip_malformed: bool) -> Table:
     delimiter = "," if kind == "csv" else "\t"
     quoting = csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE
     rows, lines = [], []
@@ -109,18 +117,23 @@ def read_table(path: str | Path, header: tuple[str, ...] | None = None, skip_mal
 def _read_json(path: Path) -> Table:
     with _open_text(path) as f:
         text = f.read()
-    try:
-        if text.lstrip().startswith("["):
+    if text.lstrip().startswith("["):
+        try:
             records = json.loads(text)
-            lines = list(range(1, len(records) + 1))  # array index, 1-based
-        else:
-            records, lines = [], []
-            for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 is text
-                if line.strip():
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path} line {e.lineno}: invalid JSON ({e.msg}, column {e.colno}); expected a JSON "
+                            "array of objects, or one JSON object a line") from None
+        lines = list(range(1, len(records) + 1))  # array index, 1-based
+    else:
+        records, lines = [], []
+        for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 is text
+            if line.strip():
+                try:
                     records.append(json.loads(line))
-                    lines.append(number)
-    except json.JSONDecodeError as e:
-        raise TaskError(f"{path}: invalid JSON ({e}); expected one JSON object a line") from None
+                except json.JSONDecodeError as e:
+                    raise TaskError(f"{path} line {number}: invalid JSON ({e.msg}, column {e.colno}); expected "
+                                    "one JSON object a line") from None
+                lines.append(number)
     if not all(isinstance(r, dict) for r in records):
         raise TaskError(f"{path}: every record must be a JSON object with named fields")
     columns = list(records[0]) if records else []
@@ -215,6 +228,7 @@ def infer_label_spec(table: Table, label_column: str, text_columns: tuple[str, .
     values = [row.get(label_column) for row in table.rows]
     if not values:
         raise TaskError(f"{table.path} has no rows; the train file needs at least one labelled example")
+    check_label_values(table, label_column, regression)
     if regression is None:
         regression = all(_is_number(v) for v in values) and not all(float(v).is_integer() for v in values)
     spec = replace(FILE_TASK, text_columns=tuple(text_columns), label_column=label_column)
@@ -231,6 +245,34 @@ def infer_label_spec(table: Table, label_column: str, text_columns: tuple[str, .
     metrics = ("accuracy", "f1") if len(classes) == 2 else ("accuracy", "macro_f1")
     return replace(spec, num_labels=len(classes), label_names=tuple(classes), metric_names=metrics,
                    main_metric="accuracy")
+
+
+def _lines_of(table: Table, bad: list[int]) -> str:
+    shown = ", ".join(str(table.lines[i]) for i in bad[:5])
+    return f"line{'s' if len(bad) > 1 else ''} {shown}{', ...' if len(bad) > 5 else ''}"
+
+
+def check_label_values(table: Table, label_column: str, regression: bool | None) -> None:
+    """A label column that cannot be what the user meant is an error listing the unexpected values and their lines:
+    empty cells, numbers that are not finite, or names among integer class ids (0/1 and 'yes')."""
+    values = [row.get(label_column) for row in table.rows]
+    where = f"{table.path}: column {label_column!r}"
+    empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+    if empty:
+        raise TaskError(f"{where} has {len(empty)} empty label(s) ({_lines_of(table, empty)}); give every row a "
+                        "label, or remove the unlabelled rows")
+    numbers = [i for i, v in enumerate(values) if _is_number(v)]
+    infinite = [i for i in numbers if not math.isfinite(float(values[i]))]
+    if infinite:
+        raise TaskError(f"{where} holds {sorted({str(values[i]) for i in infinite})} ({_lines_of(table, infinite)}); "
+                        "labels must be finite: fix or remove those rows")
+    integers = [i for i, v in enumerate(values) if _is_int(v)]
+    odd = [i for i in range(len(values)) if not _is_number(values[i])]
+    if integers and odd:  # (integers mixed with fractions are scores: regression)
+        unexpected = sorted({str(values[i]) for i in odd})[:10]
+        raise TaskError(f"{where} mixes integer class ids {sorted({int(values[i]) for i in integers})[:10]} with "
+                        f"other values {unexpected} ({_lines_of(table, odd)}); make every label one kind (class "
+                        "ids or names): fix or remove those rows")
 
 
 def file_task_mapper(spec: TaskSpec) -> Callable[[Any, str], int | float]:

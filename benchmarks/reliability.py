@@ -1,0 +1,295 @@
+"""A kill campaign: SIGKILL `lorakit train` and `lorakit search --workers 2` at random moments and at the dangerous
+ones, resume, and check that nothing was lost.
+
+    python benchmarks/reliability.py --work /tmp/reliability              # the full campaign (RESULTS.md)
+    python benchmarks/reliability.py --work /tmp/rel --train-kills 3 --strace-kills 2 --search-kills 1   # short
+
+train (tiny 2-layer BERT, 96 CSV rows, 12 steps, evaluation and a checkpoint every 2 steps, one step checkpoint
+kept, so every checkpoint deletes the previous one): chains of kill -> check -> `--resume auto`, each ending in an
+uninterrupted resume whose result is compared bit for bit with one uninterrupted run (the adapter's tensors, the
+per-step losses, learning rates and gradient norms of log.jsonl, every evaluation, metrics.json's evaluation).
+Kills: at a random moment of the process's life (SIGKILL after a uniform delay), and, with strace
+(`strace -f -e inject=<syscall>:signal=SIGKILL:when=N`, strace >= 4.16; apt-get install strace), exactly on the
+N-th rename (atomic replacements of files and directories: checkpoints, checkpoints/best, the log rewrite), the
+N-th unlink / rmdir (deleting old checkpoints and temporaries) and the N-th fsync (a file written, not yet renamed).
+After each kill every visible file must parse completely (JSON, YAML, every log.jsonl line, safetensors) and
+every checkpoint directory must hold all its files: "incomplete files". Hidden temporaries (.NAME.tmp-*, .NAME.old,
+.NAME.trash-*) may remain after a kill; the next start cleans them (counted after the final resume, must be 0).
+
+search (4 grid points x 4-step trials, --workers 2 --threads 1): SIGKILL the search process at random moments
+(its trial processes die with it, PR_SET_PDEATHSIG), rerun the same command until it completes; then every grid
+point must have exactly one complete trial (none lost, none run twice: one trial directory with a complete
+result.json per point) with the objective of an uninterrupted search.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers as tf
+import yaml
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = [f"w{i}" for i in range(94)]
+TIMING = ("elapsed_s", "examples_per_s", "eval_seconds")
+STRACE_KINDS = {"rename": "rename,renameat,renameat2", "unlink": "unlink,unlinkat,rmdir", "fsync": "fsync,fdatasync"}
+
+
+def make_inputs(root: Path) -> Path:
+    """root/model (tiny BERT + WordPiece vocabulary), root/train.csv (96 rows), root/dev.csv (32 rows)."""
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tf.BertTokenizer(str(model_dir / "vocab.txt")).save_pretrained(model_dir)
+    torch.manual_seed(0)
+    config = tf.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=37, max_position_embeddings=64, num_labels=2)
+    tf.BertForSequenceClassification(config).save_pretrained(model_dir)
+    rng = random.Random(0)
+    for name, n in (("train.csv", 96), ("dev.csv", 32)):
+        lines = ["text,label"]
+        for _ in range(n):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 20))]
+            lines.append(f"{' '.join(words)},{'pos' if 2 * sum(int(w[1:]) < 47 for w in words) > len(words) else 'neg'}")
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def train_argv(inputs: Path, output: Path, resume: bool) -> list[str]:
+    return [sys.executable, "-m", "lorakit", "train", "--model", str(inputs / "model"), "--task", "csv",
+            "--train-file", str(inputs / "train.csv"), "--eval-file", str(inputs / "dev.csv"), "--batch-size", "8",
+            "--max-length", "32", "--max-steps", "12", "--eval-steps", "2", "--save-total-limit", "1",
+            "--lora-dropout", "0.1", "--seed", "0", "--threads", "1", "--output", str(output),
+            *(["--resume", "auto"] if resume else [])]
+
+
+# --- what a run directory holds ------------------------------------------------------------------------------------
+
+def fingerprint(run: Path) -> dict:
+    """What must be bit-identical to an uninterrupted run (timings left out)."""
+    tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    log = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+           for line in (run / "log.jsonl").read_text().splitlines()]
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {"tensors": {k: v.numpy().tobytes() for k, v in tensors.items()}, "log": log,
+            "eval": metrics["eval"], "best_step": metrics["best_step"], "steps": metrics["steps"]}
+
+
+def incomplete(run: Path) -> list[str]:
+    """Visible files that do not parse completely, and checkpoint / artifact directories missing a file."""
+    bad = []
+    for path in run.rglob("*"):
+        if any(part.startswith(".") for part in path.relative_to(run).parts) or not path.is_file():
+            continue
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".jsonl":
+                for line in path.read_text().splitlines():
+                    json.loads(line)
+            elif path.suffix == ".yaml":
+                yaml.safe_load(path.read_text())
+            elif path.suffix == ".safetensors":
+                load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - any failure to parse is what is counted
+            bad.append(f"{path}: {type(err).__name__}")
+    needs = {"step-": ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"),
+             "best": ("trainable.safetensors", "state.json"),
+             "adapter": ("adapter_config.json", "adapter_model.safetensors", "lorakit.json")}
+    for directory in [*(run / "checkpoints").glob("*"), run / "adapter"]:
+        for prefix, files in needs.items():
+            if directory.is_dir() and directory.name.startswith(prefix):
+                bad += [f"{directory}: no {f}" for f in files if not (directory / f).is_file()]
+    return bad
+
+
+def hidden(run: Path) -> list[str]:
+    return [str(p) for p in run.rglob(".*")]
+
+
+# --- train -----------------------------------------------------------------------------------------------------
+
+def run_killed(argv: list[str], how: str, rng: random.Random, typical_s: float, counts: dict) -> bool:
+    """Run argv and SIGKILL it per `how`; True if it was killed (False: it finished first)."""
+    if how == "random":
+        process = subprocess.Popen(argv, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=rng.uniform(0.3, typical_s))
+            return False
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return True
+    syscalls = STRACE_KINDS[how]
+    when = rng.randint(1, counts[how])
+    traced = ["strace", "-f", "-o", "/dev/null", "-e", f"trace={syscalls}",
+              "-e", f"inject={syscalls}:signal=SIGKILL:when={when}", *argv]
+    status = subprocess.run(traced, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    return status in (137, -9)
+
+
+def syscall_counts(argv: list[str], work: Path) -> dict:
+    """How often an uninterrupted run makes each kind of dangerous syscall (the range of N for strace kills)."""
+    log = work / "strace.txt"
+    every = ",".join(STRACE_KINDS.values())
+    subprocess.run(["strace", "-f", "-o", str(log), "-e", f"trace={every}", *argv], env=env(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    text = log.read_text().splitlines()
+    return {kind: max(1, sum(any(f" {name}(" in line or line.split(" ", 1)[-1].startswith(f"{name}(")
+                                 for name in names.split(",")) for line in text))
+            for kind, names in STRACE_KINDS.items()}
+
+
+def train_campaign(inputs: Path, work: Path, random_kills: int, strace_kills: int, rng: random.Random) -> dict:
+    reference = work / "reference"
+    began = time.perf_counter()
+    subprocess.run(train_argv(inputs, reference, False), env=env(), check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    typical = time.perf_counter() - began
+    expected = fingerprint(reference)
+    plan = ["random"] * random_kills
+    counts = {}
+    if strace_kills:
+        counts = syscall_counts(train_argv(inputs, work / "counted", False), work)
+        kinds = list(STRACE_KINDS)
+        plan += [kinds[i % len(kinds)] for i in range(strace_kills)]
+    figures = {"kills": {}, "chains": 0, "identical": 0, "incomplete": [], "hidden_after_resume": [],
+               "reference_s": round(typical, 1), "syscalls_per_run": counts}
+    chain, position = 0, 0
+    while position < len(plan):
+        run = work / f"chain-{chain:03d}"
+        length = rng.randint(3, 6)  # kills in this chain before the final, uninterrupted resume
+        for how in plan[position:position + length]:
+            attempts = 0
+            while not run_killed(train_argv(inputs, run, run.exists()), how, rng, typical, counts):
+                attempts += 1  # it finished before the kill: start the chain again
+                shutil.rmtree(run)
+                if attempts > 5:
+                    break
+            else:
+                figures["kills"][how] = figures["kills"].get(how, 0) + 1
+                figures["incomplete"] += incomplete(run)
+        position += length
+        status = subprocess.run(train_argv(inputs, run, True), env=env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        figures["chains"] += 1
+        if status.returncode == 0 and fingerprint(run) == expected:
+            figures["identical"] += 1
+        else:
+            print(f"  chain {chain}: NOT identical (exit {status.returncode}) {status.stderr[-300:]}")
+        figures["hidden_after_resume"] += hidden(run)
+        chain += 1
+    return figures
+
+
+# --- search ------------------------------------------------------------------------------------------------------
+
+def search_argv(inputs: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "lorakit", "search", "--model", str(inputs / "model"), "--task", "csv",
+            "--train-file", str(inputs / "train.csv"), "--eval-file", str(inputs / "dev.csv"), "--batch-size", "8",
+            "--max-length", "32", "--max-steps", "4", "--eval-steps", "2", "--seed", "0", "--space", "lora_r=1,2",
+            "--space", "lora_alpha=4,8", "--workers", "2", "--threads", "1", "--output", str(output)]
+
+
+def search_outcome(output: Path) -> dict:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="lorakit-search", storage=f"sqlite:///{output / 'study.db'}")
+    complete, directories = {}, {}
+    for trial in study.get_trials(deepcopy=False):
+        key = json.dumps(trial.system_attrs.get("fixed_params", {}), sort_keys=True)
+        if trial.state.name == "COMPLETE":
+            complete.setdefault(key, []).append(trial.value)
+    for result in output.glob("trials/*/result.json"):
+        job = json.loads((result.parent / "job.json").read_text())["config"]
+        if json.loads(result.read_text())["status"] == "complete":
+            key = json.dumps({"lora_alpha": job["lora_alpha"], "lora_r": job["lora_r"]}, sort_keys=True)
+            directories[key] = directories.get(key, 0) + 1
+    return {"complete": complete, "finished_directories": directories}
+
+
+def search_campaign(inputs: Path, work: Path, kills: int, rng: random.Random) -> dict:
+    reference = work / "search-reference"
+    began = time.perf_counter()
+    subprocess.run(search_argv(inputs, reference), env=env(), check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    typical = time.perf_counter() - began
+    expected = {k: v[0] for k, v in search_outcome(reference)["complete"].items()}
+    output = work / "search-killed"
+    figures = {"kills": 0, "runs": 0, "reference_s": round(typical, 1)}
+    while figures["kills"] < kills:
+        process = subprocess.Popen(search_argv(inputs, output), env=env(), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        figures["runs"] += 1
+        try:
+            process.wait(timeout=rng.uniform(1.0, typical))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            figures["kills"] += 1
+            continue
+        shutil.rmtree(output)  # finished before the kill: start over, so each kill interrupts the study
+    subprocess.run(search_argv(inputs, output), env=env(), check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    outcome = search_outcome(output)
+    figures["points"] = len(expected)
+    figures["lost"] = sum(1 for k in expected if k not in outcome["complete"])
+    figures["run_twice"] = sum(len(v) - 1 for v in outcome["complete"].values()) + \
+        sum(n - 1 for n in outcome["finished_directories"].values() if n > 1)
+    figures["identical"] = sum(1 for k, v in expected.items() if outcome["complete"].get(k) == [v])
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="scratch directory (emptied first)")
+    parser.add_argument("--train-kills", type=int, default=14, help="random-moment kills of train")
+    parser.add_argument("--strace-kills", type=int, default=12, help="kills on a rename / unlink / fsync (strace)")
+    parser.add_argument("--search-kills", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.strace_kills and shutil.which("strace") is None:
+        parser.error("--strace-kills needs strace (apt-get install strace), or pass --strace-kills 0")
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    rng = random.Random(args.seed)
+    inputs = make_inputs(args.work / "inputs")
+    began = time.perf_counter()
+    train = train_campaign(inputs, args.work, args.train_kills, args.strace_kills, rng)
+    search = search_campaign(inputs, args.work, args.search_kills, rng) if args.search_kills else None
+    kills = sum(train["kills"].values()) + (search["kills"] if search else 0)
+    print(f"kills: {kills} (train: {train['kills']}; search --workers 2: {search['kills'] if search else 0})")
+    print(f"train: {train['identical']} of {train['chains']} kill-and-resume chains bit-identical to the "
+          f"uninterrupted run; incomplete files after a kill: {len(train['incomplete'])}; hidden temporaries after "
+          f"the final resume: {len(train['hidden_after_resume'])}; dangerous syscalls per run: "
+          f"{train['syscalls_per_run']}")
+    for line in train["incomplete"][:10] + train["hidden_after_resume"][:10]:
+        print("  ", line)
+    ok = train["identical"] == train["chains"] and not train["incomplete"] and not train["hidden_after_resume"]
+    if search:
+        print(f"search: {search['points']} grid points, {search['runs']} search runs; trials lost: {search['lost']}; "
+              f"run twice: {search['run_twice']}; objective identical to an uninterrupted search: "
+              f"{search['identical']} of {search['points']}")
+        ok = ok and search["lost"] == 0 and search["run_twice"] == 0 and search["identical"] == search["points"]
+    print(f"{'PASS' if ok else 'FAIL'} in {time.perf_counter() - began:.0f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

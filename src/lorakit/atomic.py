@@ -1,0 +1,211 @@
+"""How lorakit writes and reads its own files: nothing is ever half-written, and a bad file is named.
+
+    write_text_atomic(path, text)           # temp file + fsync + rename: the old text or the new, never a mix
+    with atomic_dir("runs/x/adapter") as tmp:   # fill tmp; it replaces runs/x/adapter in one rename
+        ...
+    remove_dir(path)                        # rename to a hidden trash name first, then delete
+    recover(directory)                      # at start: put back an interrupted replacement, drop temporaries
+    read_json(path), read_safetensors(path) # a damaged file is a UserError naming it
+
+Every temporary name is hidden and says what it is: `.NAME.tmp-XXXX` (being written), `.NAME.old` (the previous
+version, moved aside while the new one is renamed in), `.NAME.trash-XXXX` (being deleted). A kill at any moment
+leaves NAME complete (old or new version) or, inside the two renames of a replacement, `.NAME.old` complete:
+`recover` renames it back. Files are fsynced before the rename and directories after it, so a power cut
+behaves like a kill.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp-[^.]+|trash-[^.]+|old)$")
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file under `path` and the directories themselves."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            _fsync_path(Path(root) / name)
+        _fsync_path(Path(root))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_path(path.parent)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield an empty temporary directory next to `path`; on success it replaces `path`.
+
+    The old version is renamed to `.NAME.old` before the new one is renamed in, and deleted after: a kill between
+    the renames leaves `.NAME.old`, which `recover` renames back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_one(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        old = path.parent / f".{path.name}.old"
+        if path.exists():
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _fsync_path(path.parent)
+            remove_dir(old)
+        else:
+            os.replace(tmp, path)
+            _fsync_path(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def remove_dir(path: str | os.PathLike) -> None:
+    """Delete a directory so that no one ever sees it half-deleted: rename it to a hidden trash name, then delete."""
+    path = Path(path)
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.trash-", dir=path.parent))
+    os.rmdir(trash)  # mkdtemp reserved a unique name; the directory itself takes it
+    os.replace(path, trash)
+    _fsync_path(path.parent)
+    shutil.rmtree(trash)
+
+
+def recover_one(path: Path) -> None:
+    """Finish what a kill interrupted for `path`: `.NAME.old` back in place if NAME is missing, else deleted."""
+    old = path.parent / f".{path.name}.old"
+    if old.exists():
+        if path.exists():
+            remove_dir(old)
+        else:
+            os.replace(old, path)
+
+
+def recover(directory: str | os.PathLike) -> list[str]:
+    """Recover interrupted replacements in `directory` and delete its temporaries; returns what was done."""
+    directory = Path(directory)
+    done = []
+    if not directory.is_dir():
+        return done
+    for entry in sorted(directory.iterdir()):
+        match = _TEMPORARY.match(entry.name)
+        if match is None:
+            continue
+        target = directory / match["name"]
+        if entry.name.endswith(".old") and not target.exists():
+            os.replace(entry, target)
+            done.append(f"restored {target} from {entry.name}")
+        elif entry.is_dir():
+            shutil.rmtree(entry)
+            done.append(f"deleted {entry}")
+        else:
+            entry.unlink()
+            done.append(f"deleted {entry}")
+    return done
+
+
+# --- checks before anything is written ----------------------------------------------------------------------
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--output") -> Path:
+    """`path` can be a directory lorakit writes: it is one (or can be made) and is writable. UserError if not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a directory; choose a directory path")
+    _check_writable(path, flag)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file path (e.g. {path / 'metrics.json'})")
+    _check_writable(path.parent if str(path.parent) else Path("."), flag, of=path)
+    return path
+
+
+def _check_writable(path: Path, flag: str, of: Path | None = None) -> None:
+    existing = path
+    while not existing.exists():  # the nearest existing ancestor is where the directories would be created
+        existing = existing.parent
+    what = of or path
+    if not existing.is_dir():
+        raise UserError(f"{flag} {what}: {existing} is a file, so nothing can be created under it; "
+                        "choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {what}: {existing} is not writable; choose a writable path")
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+def read_json(path: str | os.PathLike, what: str = "file"):
+    """json.loads of a file, or a UserError naming the file, the line and the fix."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                        "restore it or write it again") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{what} {path} is not valid JSON (line {err.lineno} column {err.colno}: {err.msg}); "
+                        "restore it or write it again") from None
+
+
+def read_safetensors(path: str | os.PathLike, what: str = "weights file"):
+    """safetensors.torch.load_file, or a UserError naming a truncated / damaged file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} is missing; the directory is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"{what} {path} is damaged or truncated ({str(err).splitlines()[0][:200]}); "
+                        "restore it, or write it again (retrain / resume from another checkpoint)") from None
+
+
+def check_replaceable(path: str | os.PathLike, ours, what: str, flag: str, overwrite: bool = False) -> Path:
+    """The one rule for writing a directory over `path`: lorakit replaces nothing but an empty directory or its own
+    kind of directory (`ours(path)` is True), unless the caller passes overwrite=True. A file is never replaced."""
+    path = Path(path)
+    check_output_dir(path, flag)
+    if not path.exists() or overwrite or not any(path.iterdir()) or ours(path):
+        return path
+    raise UserError(f"{flag} {path} exists and is not {what}; lorakit replaces only an empty directory or "
+                    f"{what}: choose a new directory (or pass overwrite=True to replace it)")
