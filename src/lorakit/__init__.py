@@ -7,6 +7,8 @@ from .adapter import load_adapter, save_adapter
 from .config import LoraConfig, QuantConfig
 from .inject import add_lora, disable_lora, lora_layers, merge_and_unload, merge_lora, unmerge_lora
 from .lora import LoRAEmbedding, LoRALinear
+from .dora import DoRALinear
+from .lora_init import apply_loftq
 from .params import parameter_report
 
 __version__ = "0.1.0"
@@ -25,4 +27,6 @@ __all__ = [
     "lora_layers",
     "LoRALinear",
     "LoRAEmbedding",
+    "DoRALinear",
+    "apply_loftq",
 ]
