@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import LoraConfig
+from .config import FAMILY_INITS, INITS, LoraConfig, is_family_init
 from .train_config import DEFAULT_LR, METHODS, PRECISIONS, REPORTERS, TrainConfig
 
 TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
@@ -37,7 +37,18 @@ def add_lora_flags(parser: argparse.ArgumentParser, default_alpha: float = 16.0)
                    help="module names ('.name' suffix match), or 'all-linear'; overrides the toggles")
     g.add_argument("--target-regex", metavar="REGEX", help="one regex that must match the whole module path")
     g.add_argument("--use-rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
-    g.add_argument("--lora-init", choices=("gaussian", "kaiming"), default="gaussian", help="init of A (B = 0)")
+    g.add_argument("--lora-init", type=_lora_init, default="gaussian", metavar="INIT",
+                   help="gaussian | kaiming (A random, B = 0), pissa | pissa_niter_<N> | olora (A, B from W0, W0 keeps "
+                        "the residual), loftq (--method qlora: W0 quantized against B·A) (default: gaussian)")
+    g.add_argument("--dora", action="store_true", default=False,
+                   help="DoRA: also train a magnitude per output unit, W' = m·(W0 + s·B·A)/||W0 + s·B·A||")
+    g.add_argument("--loftq-iter", type=int, default=1, metavar="T", help="LoftQ alternations (default: 1)")
+
+
+def _lora_init(text: str) -> str:
+    if text in INITS or is_family_init(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}; accepted: {', '.join(INITS + FAMILY_INITS)}, pissa_niter_<N>")
 
 
 def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:
@@ -48,7 +59,7 @@ def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:
     else:
         targets = tuple(t for t in TOGGLES if getattr(args, f"lora_{t}")) or ("query", "value")
     return LoraConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets,
-                      use_rslora=args.use_rslora, init=args.lora_init)
+                      use_rslora=args.use_rslora, init=args.lora_init, use_dora=args.dora, loftq_iter=args.loftq_iter)
 
 
 # --- settings: recorded config < --config file < flags -------------------------------------------------------
@@ -180,7 +191,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                                                          "--method head trains the head on top of it); its LoRA "
                                                          "settings replace the --lora-* flags")
     add_lora_flags(p, default_alpha=D.lora_alpha)
-    p.set_defaults(lora_r=None, lora_alpha=None, lora_dropout=None, lora_init=None, use_rslora=None,
+    p.set_defaults(lora_r=None, lora_alpha=None, lora_dropout=None, lora_init=None, use_rslora=None, dora=None,
+                   loftq_iter=None,
                    **{f"lora_{t}": None for t in TOGGLES})
     q = p.add_argument_group("QLoRA (--method qlora)")
     q.add_argument("--quant-kind", choices=("nf4", "fp4", "int8"), help=f"(default: {D.quant_kind})")

@@ -17,6 +17,7 @@ LoftQ (Li et al. 2023, alg. 1): A_0 = B_0 = 0; for t = 1..T:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -142,7 +143,8 @@ def apply_loftq(model: nn.Module, quant_config: QuantConfig) -> dict[str, dict[s
         errors[path] = {"plain": plain, "loftq": loftq}
     for path, layer in layers:
         _set_weight(layer, q_inputs[path])  # quantize_model below turns it into Q_T exactly (q is deterministic)
-    quantize_model(model, quant_config)
+    # the adapters' own lora_A / lora_B are nn.Linear too: never quantize them
+    quantize_model(model, dataclasses.replace(quant_config, skip_modules=(*quant_config.skip_modules, "lora_A", "lora_B")))
     for path, layer in layers:
         if isinstance(layer.base_layer, QuantLinear):
             layer.fan_in_fan_out = False  # QuantLinear keeps (out, in) whatever layer it replaced

@@ -61,6 +61,8 @@ class TrainConfig(_JsonMixin):
     target_modules: tuple[str, ...] | str = "all-linear"  # names/toggles, "all-linear", or one regex string
     use_rslora: bool = False
     lora_init: str = "gaussian"
+    dora: bool = False  # DoRA (dora.py): a trained magnitude per output unit on top of LoRA
+    loftq_iter: int = 1  # --lora-init loftq (qlora): quantize / SVD alternations
     quant_kind: str = "nf4"  # qlora: nf4 | fp4 | int8
     double_quant: bool = True  # qlora: quantize the absmax constants too
     quant_compute_dtype: str = "float32"  # qlora: dtype the base weights are dequantized to
@@ -130,6 +132,11 @@ class TrainConfig(_JsonMixin):
         if self.method in ("head", "last-layers", "full") and self.loraplus_ratio:
             raise ValueError(f"--loraplus-ratio applies to LoRA methods, not --method {self.method}")
         self.lora_config()  # validates the LoRA fields
+        if (self.lora_init == "loftq") != (self.method == "qlora" and self.lora_init == "loftq"):
+            raise ValueError("--lora-init loftq quantizes the base: it needs --method qlora")
+        if self.method == "qlora" and self.lora_init not in ("gaussian", "kaiming", "loftq"):
+            raise ValueError(f"--lora-init {self.lora_init} initialises from the full-precision weight; "
+                             "use --method lora (or --lora-init loftq with qlora)")
         if self.method == "qlora":
             self.quant_config()
 
@@ -140,6 +147,7 @@ class TrainConfig(_JsonMixin):
     def lora_config(self, modules_to_save: tuple[str, ...] | None = None) -> LoraConfig:
         return LoraConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
                           target_modules=self.target_modules, use_rslora=self.use_rslora, init=self.lora_init,
+                          use_dora=self.dora, loftq_iter=self.loftq_iter,
                           modules_to_save=modules_to_save)
 
     def quant_config(self) -> QuantConfig:
