@@ -1,6 +1,7 @@
 """The LoRA family on SST-2: LoRA, DoRA, PiSSA, OLoRA, QLoRA, QLoRA + LoftQ, MiniLM, 4,000 sentences, 1 epoch.
 
     python benchmarks/lora_family.py run --seed 0      # one `lorakit compare` per seed (6 rows) into runs/bench/lora-family
+    python benchmarks/lora_family.py run --seed 0 --methods dora   # one row (parallel processes: one output each)
     python benchmarks/lora_family.py report            # mean and spread over the seeds found, and the loss-curve plot
 
 Every row is `lorakit compare` with its method's default learning rate, r 8, alpha 8, all-linear (the TrainConfig
@@ -22,10 +23,11 @@ METHODS = ("lora", "dora", "pissa", "olora", "qlora", "qlora-loftq")
 PLOT = ROOT / "benchmarks" / "lora_family_sst2.png"
 
 
-def run(seed: int, data: str) -> None:
+def run(seed: int, data: str, methods: list[str]) -> None:
+    name = f"seed{seed}" if list(methods) == list(METHODS) else f"seed{seed}-{'-'.join(methods)}"
     cmd = [sys.executable, "-m", "lorakit", "compare", "--threads", "1", "--model", "minilm", "--task", "sst2",
            "--data-dir", data, "--epochs", "1", "--max-length", "64", "--max-train-samples", "4000",
-           "--loftq-iter", "5", "--seed", str(seed), "--methods", *METHODS, "--output", str(OUT / f"seed{seed}")]
+           "--loftq-iter", "5", "--seed", str(seed), "--methods", *methods, "--output", str(OUT / name)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     subprocess.run(cmd, check=True, env=env)
 
@@ -36,21 +38,21 @@ def _losses(path: Path, steps: int) -> list[float]:
 
 
 def report(steps: int = 100) -> None:
-    seeds = sorted(OUT.glob("seed*"))
+    runs_by_method: dict[str, list[Path]] = {}
+    for metrics in sorted(OUT.glob("*/*/metrics.json")):
+        runs_by_method.setdefault(metrics.parent.name, []).append(metrics.parent)
+    seeds = {d.parent.name.split("-")[0] for dirs in runs_by_method.values() for d in dirs}
     print(f"| method | accuracy (mean ± sd over {len(seeds)} seeds) | per seed | train time (s, mean) | "
           f"mean loss, steps 1-20 | mean loss, steps 81-100 |")
     print("| --- | --- | --- | --- | --- | --- |")
     curves = {}
     for method in METHODS:
         accs, times, runs = [], [], []
-        for seed in seeds:
-            result = seed / method / "result.json"
-            if not result.is_file():
-                continue
-            metrics = json.loads((seed / method / "metrics.json").read_text())
+        for run_dir in runs_by_method.get(method, []):
+            metrics = json.loads((run_dir / "metrics.json").read_text())
             accs.append(metrics["eval"]["validation"]["accuracy"])
             times.append(metrics["train_seconds"])
-            runs.append(_losses(seed / method / "log.jsonl", steps))
+            runs.append(_losses(run_dir / "log.jsonl", steps))
         if not accs:
             continue
         n = min(len(r) for r in runs)
@@ -86,11 +88,12 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run")
     r.add_argument("--seed", type=int, required=True)
+    r.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     r.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "sst2"))
     sub.add_parser("report")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.seed, args.data_dir)
+        run(args.seed, args.data_dir, args.methods)
     else:
         report()
 
