@@ -50,9 +50,9 @@ def main() -> None:
         errs, norms = errors(path, args.kind, args.r, t)
         for p, e in errs.items():
             for key in (layer_type(p), "total"):
-                sums[key]["plain"] = sums[key].get("plain", 0.0) if t != args.iters[0] else sums[key]["plain"] + e["plain"] ** 2
                 sums[key][f"T={t}"] += e["loftq"] ** 2
-                if t == args.iters[0]:
+                if t == args.iters[0]:  # the same for every T
+                    sums[key]["plain"] += e["plain"] ** 2
                     sums[key]["w"] += norms[p] ** 2
     cols = ["plain"] + [f"T={t}" for t in args.iters]
     print(f"{args.kind} (double quant, block 64), LoftQ r {args.r}: ||W0 - (Q + s·B·A)||_F (relative to ||W0||_F)\n")

@@ -132,7 +132,7 @@ class TrainConfig(_JsonMixin):
         if self.method in ("head", "last-layers", "full") and self.loraplus_ratio:
             raise ValueError(f"--loraplus-ratio applies to LoRA methods, not --method {self.method}")
         self.lora_config()  # validates the LoRA fields
-        if (self.lora_init == "loftq") != (self.method == "qlora" and self.lora_init == "loftq"):
+        if self.lora_init == "loftq" and self.method != "qlora":
             raise ValueError("--lora-init loftq quantizes the base: it needs --method qlora")
         if self.method == "qlora" and self.lora_init not in ("gaussian", "kaiming", "loftq"):
             raise ValueError(f"--lora-init {self.lora_init} initialises from the full-precision weight; "
