@@ -29,7 +29,8 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ["full", "head", "backprop-floor", "lorakit-full", "peft-qv", "peft-all", "lorakit-qv", "lorakit-all"]
+CONFIGS = ["full", "head", "backprop-floor", "lorakit-full", "peft-qv", "peft-all", "lorakit-qv", "lorakit-all",
+           "peft-dora-all", "lorakit-dora-all"]  # DoRA rows: all-linear, r 8, PEFT's use_dora / lorakit's dora.py
 
 
 def build(config: str, lora_dropout: float, torch_dropout: bool = False):
@@ -51,21 +52,24 @@ def build(config: str, lora_dropout: float, torch_dropout: bool = False):
     elif config.startswith("peft"):
         import peft
 
-        cfg = peft.LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=lora_dropout, target_modules=targets)
+        cfg = peft.LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=lora_dropout, target_modules=targets,
+                              use_dora="-dora" in config)
         model = peft.get_peft_model(model, cfg)
     elif config.startswith("lorakit"):
         from lorakit import LoraConfig, add_lora
         from lorakit.fast_dropout import fast_dropout
 
         if config != "lorakit-full":
-            add_lora(model, LoraConfig(r=8, alpha=16, dropout=lora_dropout, target_modules=targets))
+            add_lora(model, LoraConfig(r=8, alpha=16, dropout=lora_dropout, target_modules=targets,
+                                       use_dora="-dora" in config))
         if not torch_dropout:
             fast_dropout(model)
     torch.manual_seed(0)
     return model
 
 
-def worker(config: str, steps: int, eval_mode: bool, lora_dropout: float, threads: int, torch_dropout: bool) -> dict:
+def worker(config: str, steps: int, eval_mode: bool, lora_dropout: float, threads: int, torch_dropout: bool,
+           forward_only: bool = False) -> dict:
     import torch
 
     if threads:
@@ -81,10 +85,14 @@ def worker(config: str, steps: int, eval_mode: bool, lora_dropout: float, thread
     times = []
     for i in range(steps + 1):  # the first step warms up allocators and kernels
         start = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        if forward_only:  # inference: model.eval() and no autograd (DoRA's norm is cached here)
+            with torch.no_grad():
+                model(**batch)
+        else:
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         if i:
             times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -100,10 +108,12 @@ def main() -> None:
     ap.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout for PEFT and lorakit (default 0: both libraries' default)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
     ap.add_argument("--torch-dropout", action="store_true", help="lorakit-* with torch's dropout layers (as --torch-dropout)")
+    ap.add_argument("--forward-only", action="store_true", help="time eval-mode forward passes without grad")
     ap.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, args.eval_mode, args.lora_dropout, args.threads, args.torch_dropout)))
+        print(json.dumps(worker(args.worker, args.steps, args.eval_mode or args.forward_only, args.lora_dropout,
+                                args.threads, args.torch_dropout, args.forward_only)))
         return
     results: dict[str, list[dict]] = {c: [] for c in args.configs}
     for r in range(args.rounds):
@@ -112,6 +122,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", config, "--steps", str(args.steps), "--lora-dropout", str(args.lora_dropout),
                    "--threads", str(args.threads)]
             cmd += ["--eval-mode"] if args.eval_mode else []
+            cmd += ["--forward-only"] if args.forward_only else []
             cmd += ["--torch-dropout"] if args.torch_dropout else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -135,6 +146,10 @@ def main() -> None:
             vs_peft = f"{med[c] / med[peer]:.2f}x"
             paired = f"{statistics.median(a['median_s'] / b['median_s'] for a, b in zip(results[c], results[peer])):.2f}x"
         print(f"| {c} | {results[c][0]['trainable']:,} | {med[c]:.3f} | {full} | {own} | {vs_peft} | {paired} | {mem[c]:.0f} |")
+    if "lorakit-dora-all" in results and "lorakit-all" in results:
+        pairs = [a["median_s"] / b["median_s"] for a, b in zip(results["lorakit-dora-all"], results["lorakit-all"])]
+        print(f"\nlorakit DoRA / lorakit LoRA (all-linear), paired: {statistics.median(pairs):.2f}x "
+              f"(rounds: {', '.join(f'{p:.2f}' for p in pairs)})")
     print("\nvs full, vs PEFT: ratio of the medians over rounds. paired: the median over rounds of the ratio measured"
           " within each round (two processes run minutes apart, so slow drifts of the machine cancel).")
 

@@ -34,6 +34,8 @@ _EXPORTS = {
     "QuantLinear": "quant_linear",
     "fast_dropout": "fast_dropout",
     "load_quantized": "quant_load",
+    "DoRALinear": "dora",
+    "apply_loftq": "lora_init",
 }
 
 __all__ = list(_EXPORTS)

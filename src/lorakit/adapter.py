@@ -28,6 +28,7 @@ from .atomic import atomic_dir, check_replaceable, read_json, read_safetensors
 from .config import LoraConfig
 from .inject import add_lora, lora_layers, saved_in_full
 from .lora import LoRALinear
+from .lora_init import is_residual_init, plain_lora_fields, to_plain_lora
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ _FIELD_MAP = {
     "bias": "bias",
     "use_rslora": "use_rslora",
     "modules_to_save": "modules_to_save",
+    "use_dora": "use_dora",  # DoRA: "<path>.lora_magnitude_vector" tensors (dora.py)
 }
 # Metadata, or settings lorakit derives itself.
 _IGNORED = {
@@ -56,7 +58,7 @@ _IGNORED = {
 }
 # PEFT features lorakit does not implement: accepted only at their "off" value.
 _MUST_BE_OFF = {
-    "use_dora", "lora_bias", "layer_replication", "target_parameters", "trainable_token_indices", "use_qalora",
+    "lora_bias", "layer_replication", "target_parameters", "trainable_token_indices", "use_qalora",
     "loftq_config", "eva_config", "corda_config", "megatron_config", "alora_invocation_tokens", "arrow_config",
     "kasa_config", "lora_ga_config", "monteclora_config", "velora_config", "use_bdlora", "qalora_group_size",
     "ensure_weight_tying",
@@ -126,9 +128,9 @@ def peft_config_dict(model: nn.Module) -> dict:
         "alpha_pattern": dict(config.alpha_pattern),
         "bias": config.bias,
         "use_rslora": config.use_rslora,
-        "use_dora": False,
+        "use_dora": config.use_dora,
         "fan_in_fan_out": fan_in_fan_out,
-        "init_lora_weights": INIT_TO_PEFT[config.init],
+        "init_lora_weights": INIT_TO_PEFT.get(config.init, config.init),  # the family: "pissa", "loftq", ...
         "modules_to_save": list(config.modules_to_save) or None,
         "inference_mode": True,
         "revision": None,
@@ -158,13 +160,17 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, state: dict[str, tor
     state = {PREFIX + k: v for k, v in (adapter_state_dict(model) if state is None else state).items()}
     if not any(".lora_" in k for k in state):
         raise ValueError("save_adapter: refusing to write an adapter without LoRA weights")
+    fields = peft_config_dict(model)
+    if is_residual_init(model.lorakit_config.init):  # PiSSA / OLoRA: a rank-2r LoRA on the original W0
+        state = {PREFIX + k: v for k, v in to_plain_lora(model, adapter_state_dict(model)).items()}
+        fields = plain_lora_fields(fields)
     adapter_dtype = model.lorakit_config.adapter_dtype
     if adapter_dtype == "int8":
         state = adapter_int8.to_int8_state(state)
     path = Path(path)
     with atomic_dir(path) as tmp:  # the old version stays until the new one is in place
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lorakit_adapter_dtype": adapter_dtype})
-        (tmp / CONFIG_NAME).write_text(json.dumps(peft_config_dict(model), indent=2, sort_keys=True))
+        (tmp / CONFIG_NAME).write_text(json.dumps(fields, indent=2, sort_keys=True))
     size = (path / WEIGHTS_NAME).stat().st_size
     logger.info("saved adapter to %s: %d bytes of %s weights", path, size, adapter_dtype)
     return path

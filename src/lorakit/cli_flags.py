@@ -15,7 +15,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .config import INITS
+from .config import FAMILY_INITS, INITS, is_family_init
 from .train_config import DEFAULT_LR, INSTRUCT_EVAL_SAMPLES, METHODS, PRECISIONS, REPORTERS, TrainConfig
 from .validation import check_flag_contradictions
 
@@ -43,9 +43,19 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
                         f"{targets})")
     g.add_argument("--target-regex", metavar="REGEX", help="one regex that must match the whole module path")
     g.add_argument("--use-rslora", action="store_true", default=None, help="scale by alpha/sqrt(r) instead of alpha/r")
-    g.add_argument("--lora-init", choices=INITS,
-                   help=f"init of A (B = 0): kaiming (PEFT's), gaussian (PEFT's, std 1/r) or normal_1_over_r "
-                        f"(std 1/sqrt(r)) (default: {D.lora_init})")
+    g.add_argument("--lora-init", type=_lora_init, metavar="INIT",
+                   help=f"kaiming (PEFT's) | gaussian (PEFT's, std 1/r) | normal_1_over_r (std 1/sqrt(r)): A random, "
+                        f"B = 0; pissa | pissa_niter_<N> | olora: A, B from W0, W0 keeps the residual; loftq "
+                        f"(--method qlora): W0 quantized against B·A (default: {D.lora_init})")
+    g.add_argument("--dora", action="store_true", default=None,
+                   help="DoRA: also train a magnitude per output unit, W' = m·(W0 + s·B·A)/||W0 + s·B·A||")
+    g.add_argument("--loftq-iter", type=int, metavar="T", help=f"LoftQ alternations (default: {D.loftq_iter})")
+
+
+def _lora_init(text: str) -> str:
+    if text in INITS or is_family_init(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}; accepted: {', '.join(INITS + FAMILY_INITS)}, pissa_niter_<N>")
 
 
 # --- settings: recorded config < --config file < flags -------------------------------------------------------

@@ -4,7 +4,8 @@
         --search-dir runs/search --output runs/compare
 
 Methods (--methods, default all): head, last-layers, lora (the TrainConfig defaults: all-linear, r 8), lora-best (the
-LoRA settings of a search's best.yaml; only with --search-dir), qlora, full. Each method trains in its own process
+LoRA settings of a search's best.yaml; only with --search-dir), qlora, full; and the LoRA family rows dora, pissa,
+olora (lora with --dora / --lora-init pissa / olora) and qlora-loftq (qlora with --lora-init loftq). Each method trains in its own process
 (so each peak memory is its own), one after the other with every core, into <output>/<method>/; its learning rate is
 the method's default (train_config.DEFAULT_LR) unless --lr is given. A method whose finished run in <output> has the
 same settings is reused; delete its directory to train it again.
@@ -29,7 +30,11 @@ from .train_config import METHODS, TrainConfig
 
 BEST = "lora-best"  # the pseudo-method: LoRA with the settings of a search's best.yaml
 DEFAULT_METHODS = ("head", "last-layers", "lora", BEST, "qlora", "full")
-CHOICES = (*METHODS, BEST)
+# the LoRA family as rows: a training method plus the settings that make it (lorakit train --dora / --lora-init)
+FAMILY_ROWS = {"dora": {"method": "lora", "dora": True}, "pissa": {"method": "lora", "lora_init": "pissa"},
+               "olora": {"method": "lora", "lora_init": "olora"},
+               "qlora-loftq": {"method": "qlora", "lora_init": "loftq"}}
+CHOICES = (*METHODS, BEST, *FAMILY_ROWS)
 # settings every method shares (the comparison's conditions); a search's best.yaml contributes everything else
 SHARED = ("model", "task", "data_dir", "train_file", "eval_file", "text_columns", "label_column", "split_from_eval",
           "max_train_samples", "max_eval_samples", "max_length", "pad_to_max_length", "group_by_length", "epochs",
@@ -54,7 +59,7 @@ def method_configs(base: dict, methods: list[str], output: Path, search_dir: str
             shared = TrainConfig.from_dict({**base, "output": None})
             values = {**(yaml.safe_load(path.read_text()) or {}), **{k: getattr(shared, k) for k in SHARED}}
         else:
-            values = {**base, "method": method}
+            values = {**base, **FAMILY_ROWS.get(method, {"method": method})}
         values.update(output=str(output / method), resume=None)
         configs[method] = TrainConfig.from_dict(values)
     return configs

@@ -20,6 +20,15 @@ from .validation import check_fields, check_regex
 # "normal_1_over_r": N(0, 1/r) (std 1/sqrt(r)), lorakit's default before kaiming. Run configs written before the
 # rename say "gaussian" for that last one: they load, and now mean PEFT's gaussian (see README, "The idea").
 INITS = ("kaiming", "gaussian", "normal_1_over_r")
+# The LoRA family's initialisations (lora_init.py): W0 keeps a residual ("pissa", "pissa_niter_<N>", "olora") or
+# is quantized against the adapter ("loftq", QLoRA only).
+FAMILY_INITS = ("pissa", "olora", "loftq")
+
+
+def is_family_init(init: str) -> bool:
+    """"pissa", "olora", "loftq" or "pissa_niter_<N>" (PiSSA by randomized SVD with N subspace iterations)."""
+    niter = init.removeprefix("pissa_niter_")
+    return init in FAMILY_INITS or (niter != init and niter.isdigit())
 BIASES = ("none", "all", "lora_only")
 ADAPTER_DTYPES = ("float32", "int8")
 QUANT_KINDS = ("nf4", "fp4", "int8")
@@ -84,6 +93,9 @@ class LoraConfig(_JsonMixin):
     # (PEFT's rule); nothing inside them gets LoRA
     modules_to_save: tuple[str, ...] | None = None
     adapter_dtype: str = "float32"  # "int8" stores A and B as int8 with per-row scales (QLoRA issue)
+    # DoRA (Liu et al. 2024): a trainable magnitude per output unit, W' = m·(W0 + s·B·A)/||W0 + s·B·A|| (dora.py)
+    use_dora: bool = False
+    loftq_iter: int = 1  # init="loftq": alternations of quantize / rank-r SVD (LoftQ alg. 1, T); PEFT's default 1
 
     def __post_init__(self):
         for name in ("target_modules", "exclude_modules", "layers_to_transform", "modules_to_save"):
@@ -100,14 +112,20 @@ class LoraConfig(_JsonMixin):
             raise ValueError(f"LoraConfig: alpha must be > 0, got alpha={self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoraConfig: dropout must be in [0, 1), got dropout={self.dropout!r}")
-        if self.init not in INITS:
-            raise ValueError(f"LoraConfig: init={self.init!r} is not supported; accepted: {list(INITS)}")
+        if self.init not in INITS and not is_family_init(self.init):
+            raise ValueError(f"LoraConfig: init={self.init!r} is not supported; "
+                             f"accepted: {list(INITS + FAMILY_INITS)} or pissa_niter_<N>")
         if self.bias not in BIASES:
             raise ValueError(f"LoraConfig: bias={self.bias!r} is not supported; accepted: {list(BIASES)}")
         if self.adapter_dtype not in ADAPTER_DTYPES:
             raise ValueError(
                 f"LoraConfig: adapter_dtype={self.adapter_dtype!r} is not supported; accepted: {list(ADAPTER_DTYPES)}"
             )
+        if self.use_dora and (is_family_init(self.init) or self.adapter_dtype == "int8"):
+            raise ValueError(f"LoraConfig: use_dora=True works with init gaussian/kaiming and float32 adapters, "
+                             f"got init={self.init!r}, adapter_dtype={self.adapter_dtype!r}")
+        if isinstance(self.loftq_iter, bool) or not isinstance(self.loftq_iter, int) or self.loftq_iter < 1:
+            raise ValueError(f"LoraConfig: loftq_iter must be an integer >= 1, got loftq_iter={self.loftq_iter!r}")
         if not self.target_modules:
             raise ValueError("LoraConfig: target_modules is empty; give module names, a regex or 'all-linear'")
         for pattern, r in self.rank_pattern.items():

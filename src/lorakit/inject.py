@@ -20,8 +20,10 @@ import logging
 
 from torch import nn
 
-from .config import LoraConfig
+from .config import LoraConfig, is_family_init
+from .dora import DoRALinear
 from .lora import LORA_LAYERS, LoRAEmbedding, LoRALinear
+from .lora_init import is_residual_init, residual_init
 from .quant_linear import QuantLinear, dequantize_model, requantize_error
 from .targets import compact_targets, find_targets, pattern_value
 
@@ -98,8 +100,13 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         alpha = pattern_value(path, config.alpha_pattern, config.alpha)
         if isinstance(base, nn.Embedding):
             layer = LoRAEmbedding(base, r, alpha, config.use_rslora)
+        elif config.use_dora:  # DoRA: LoRA plus a magnitude vector (dora.py)
+            layer = DoRALinear(base, r, alpha, config.dropout, config.use_rslora, config.init)
         else:
-            layer = LoRALinear(base, r, alpha, config.dropout, config.use_rslora, config.init, config.adapter_dtype)
+            init = config.init if not is_family_init(config.init) else "kaiming"  # placeholder until lora_init
+            layer = LoRALinear(base, r, alpha, config.dropout, config.use_rslora, init, config.adapter_dtype)
+            if is_residual_init(config.init):
+                residual_init(layer, config.init)  # PiSSA / OLoRA: A, B from W0; W0 <- residual
         _set_submodule(model, path, layer)
     for name in to_save:
         matched = [m for p, m in model.named_modules() if p and p.endswith(name)]
@@ -119,6 +126,8 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         for name, param in layer.named_parameters():
             if name.startswith("lora_"):
                 param.requires_grad_(True)
+    if config.init == "loftq":
+        logger.info("init='loftq': A and B are set by lorakit.apply_loftq(model, quant_config), which also quantizes")
     model.lorakit_config = dataclasses.replace(
         config, target_modules=tuple(compact), exclude_modules=None, layers_to_transform=None, modules_to_save=tuple(to_save)
     )

@@ -40,6 +40,7 @@ from .errors import UserError
 from .inject import add_lora, lora_layers, merge_and_unload
 from .kinds import kind_of
 from .lora import LORA_LAYERS
+from .lora_init import apply_loftq
 from .models import quiet_transformers, resolve_model_path
 from .quant_linear import dequantize_model, is_quantized, quantize_model
 from .quant_load import load_quantized, safetensors_files
@@ -153,6 +154,11 @@ def train_in_full(model: nn.Module, names: tuple[str, ...]) -> None:
 
 def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Freeze, quantize or inject LoRA in place so exactly the parameters of cfg.method train."""
+    loftq = cfg.method == "qlora" and cfg.lora_init == "loftq" and not cfg.init_adapter
+    if loftq:  # LoftQ quantizes W0 against B·A: LoRA first, on the full-precision model (train.py loads it so)
+        add_lora(model, cfg.lora_config(modules_to_save=None))
+        apply_loftq(model, cfg.quant_config())
+        return model
     if cfg.method == "qlora" and not is_quantized(model):  # load_base(..., quant_config) quantizes while loading
         quantize_model(model, cfg.quant_config())
     if cfg.init_adapter:

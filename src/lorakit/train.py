@@ -139,7 +139,7 @@ def _train(cfg: TrainConfig, device: torch.device, on_evaluate, stop) -> dict:
                        include_test=cfg.eval_test, seed=cfg.seed)
     spec, kind = data.spec, kind_of(data.spec)
     model, tokenizer = load_base(cfg.model, spec, new_head=True,
-                                 quant_config=cfg.quant_config() if cfg.method == "qlora" else None)
+                                 quant_config=cfg.quant_config() if cfg.method == "qlora" and cfg.lora_init != "loftq" else None)
     check_max_length(model, cfg.max_length)
     setup_method(model, cfg)
     report = parameter_report(model)

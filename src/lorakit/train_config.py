@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
-from .config import LoraConfig, QuantConfig, _JsonMixin, _tupled
+from .config import LoraConfig, QuantConfig, _JsonMixin, _tupled, is_family_init
 from .validation import check_fields
 
 _LORA = {f.name: f.default for f in fields(LoraConfig)}  # the LoRA defaults live in LoraConfig alone
@@ -65,6 +65,8 @@ class TrainConfig(_JsonMixin):
     use_rslora: bool = _LORA["use_rslora"]
     # config.INITS; "gaussian" in a run config written before "normal_1_over_r" existed now means PEFT's gaussian
     lora_init: str = _LORA["init"]
+    dora: bool = _LORA["use_dora"]  # DoRA (dora.py): a trained magnitude per output unit on top of LoRA
+    loftq_iter: int = _LORA["loftq_iter"]  # --lora-init loftq (qlora): quantize / SVD alternations
     quant_kind: str = "nf4"  # qlora: nf4 | fp4 | int8
     double_quant: bool = True  # qlora: quantize the absmax constants too
     quant_compute_dtype: str = "float32"  # qlora: dtype the base weights are dequantized to
@@ -139,6 +141,11 @@ class TrainConfig(_JsonMixin):
             raise ValueError(f"--loraplus-ratio applies to LoRA methods, not --method {self.method}; drop it or "
                              "use --method lora")
         self.lora_config()  # validates the LoRA fields
+        if self.lora_init == "loftq" and self.method != "qlora":
+            raise ValueError("--lora-init loftq quantizes the base: it needs --method qlora")
+        if self.method == "qlora" and is_family_init(self.lora_init) and self.lora_init != "loftq":
+            raise ValueError(f"--lora-init {self.lora_init} initialises from the full-precision weight; "
+                             "use --method lora (or --lora-init loftq with qlora)")
         if self.method == "qlora":
             self.quant_config()
 
@@ -149,6 +156,7 @@ class TrainConfig(_JsonMixin):
     def lora_config(self, modules_to_save: tuple[str, ...] | None = None) -> LoraConfig:
         return LoraConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
                           target_modules=self.target_modules, use_rslora=self.use_rslora, init=self.lora_init,
+                          use_dora=self.dora, loftq_iter=self.loftq_iter,
                           modules_to_save=modules_to_save)
 
     def quant_config(self) -> QuantConfig:
