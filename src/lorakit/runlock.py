@@ -115,4 +115,6 @@ def early_train_lock(argv: list[str]) -> RunLock | None:
     locks again, a no-op then, once the settings are resolved)."""
     if not argv or argv[0] != "train" or "--output" not in argv[:-1] or "-h" in argv or "--help" in argv:
         return None
+    if os.environ.get("RANK", "0") != "0":  # torchrun: the global rank 0 alone holds the lock (distributed.env_rank)
+        return None
     return RunLock(argv[argv.index("--output") + 1]).acquire()
