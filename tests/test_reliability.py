@@ -405,3 +405,14 @@ def test_kill_campaign_short(tmp_path):
     figures = reliability.train_campaign(inputs, tmp_path, random_kills=2, strace_kills=strace, rng=random.Random(1))
     assert figures["chains"] >= 1 and figures["identical"] == figures["chains"]
     assert figures["incomplete"] == [] and figures["hidden_after_resume"] == []
+
+
+def test_4_recover_never_restores_a_temporary_of_a_temporary(tmp_path):
+    """A kill between the two renames of save_adapter's replace inside save_artifact's atomic_dir leaves
+    `..adapter.tmp-X.old`: restoring it would bring back `.adapter.tmp-X`, a temporary nobody deletes."""
+    from lorakit.atomic import recover
+
+    (tmp_path / "..adapter.tmp-abc.old").mkdir()
+    (tmp_path / ".adapter.old").mkdir()  # a real interrupted replacement: restored
+    recover(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]

@@ -125,7 +125,9 @@ def recover(directory: str | os.PathLike) -> list[str]:
         if match is None:
             continue
         target = directory / match["name"]
-        if entry.name.endswith(".old") and not target.exists():
+        # `..adapter.tmp-X.old` is a temporary of a temporary (save_adapter inside save_artifact's atomic_dir):
+        # restoring it would bring back a temporary, so it is deleted like the others
+        if entry.name.endswith(".old") and not target.exists() and _TEMPORARY.match(target.name) is None:
             os.replace(entry, target)
             done.append(f"restored {target} from {entry.name}")
         elif entry.is_dir():
