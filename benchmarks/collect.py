@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from lorakit.report import human_bytes
+from lorakit.experiments.report import human_bytes
 
 WEIGHTS = (".safetensors", ".bin", ".pt")
 GLUE = [("cola", "CoLA", "matthews_correlation"), ("cola-4ep", "CoLA", "matthews_correlation"),

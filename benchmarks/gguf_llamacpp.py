@@ -22,8 +22,8 @@ import torch
 import transformers as tf
 
 from lorakit import LoraConfig, add_lora, merge_and_unload
-from lorakit.gguf_convert import find_smollm2_gguf, smollm2_dir
-from lorakit.gguf_export import write_lora_gguf, write_merged_gguf
+from lorakit.training.gguf_convert import find_smollm2_gguf, smollm2_dir
+from lorakit.export.gguf_export import write_lora_gguf, write_merged_gguf
 
 NEW_TOKENS = 32
 PROMPT = [{"role": "user", "content": "Write a Python function that reverses a string."}]

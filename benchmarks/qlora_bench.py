@@ -44,7 +44,7 @@ SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "glue"
 
 
 def minilm_path() -> str:
-    from lorakit.models import resolve_model_path
+    from lorakit.training.models import resolve_model_path
 
     return resolve_model_path("minilm")
 

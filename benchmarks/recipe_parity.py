@@ -57,12 +57,12 @@ def peft_run(data_dir: str, seed: int, threads: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from lorakit.kinds import Evaluator, kind_of
-    from lorakit.methods import load_base
+    from lorakit.training.evaluation import Evaluator, kind_of
+    from lorakit.training.methods import load_base
     from lorakit.tasks import LengthGroupedBatchSampler, PaddingCollator, load_splits, sequence_lengths
-    from lorakit.train import set_seed
-    from lorakit.train_config import TrainConfig
-    from lorakit.train_step import build_optimizer, linear_schedule, optimizer_step
+    from lorakit.training.run import set_seed
+    from lorakit.training.config import TrainConfig
+    from lorakit.training.step import build_optimizer, linear_schedule, optimizer_step
 
     torch.set_num_threads(threads)
     cfg = TrainConfig(model=MODEL, task="sst2", data_dir=data_dir, max_train_samples=SAMPLES, epochs=EPOCHS, lr=LR,

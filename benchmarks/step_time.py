@@ -37,7 +37,7 @@ def build(config: str, lora_dropout: float, torch_dropout: bool = False):
     import torch
     import transformers as tf
 
-    from lorakit.models import resolve_model_path
+    from lorakit.training.models import resolve_model_path
 
     model = tf.AutoModelForSequenceClassification.from_pretrained(resolve_model_path("minilm"), num_labels=2)
     targets = ["query", "value"] if config.endswith("-qv") else "all-linear"

@@ -10,7 +10,7 @@
 # %% [markdown]
 # # Fine-tuning MiniLM on SST-2: last layers vs LoRA vs all layers
 #
-# The same model, data, epochs and seed; only what trains differs. `lorakit.train.train` is the loop behind
+# The same model, data, epochs and seed; only what trains differs. `lorakit.training.run.train` is the loop behind
 # `lorakit train`; its `TrainConfig` fields are the command's flags.
 #
 # Size and time: 4,000 SST-2 training sentences, one epoch, the 872 dev sentences: `make demo`'s settings for
@@ -22,8 +22,8 @@
 import os
 from pathlib import Path
 
-from lorakit.train import train
-from lorakit.train_config import TrainConfig
+from lorakit.training.run import train
+from lorakit.training.config import TrainConfig
 
 SMALL = os.environ.get("LORAKIT_EXAMPLE_SMALL") == "1"
 OUT = Path(os.environ.get("LORAKIT_EXAMPLE_OUT", "runs/examples"))

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from lorakit import load_adapter, merge_and_unload, merge_lora, unmerge_lora
-from lorakit.models import load_classifier
-from lorakit.train import train
-from lorakit.train_config import TrainConfig
+from lorakit.training.models import load_classifier
+from lorakit.training.run import train
+from lorakit.training.config import TrainConfig
 
 SMALL = os.environ.get("LORAKIT_EXAMPLE_SMALL") == "1"
 DEV_SENTENCES = int(os.environ.get("LORAKIT_DEV_SENTENCES", "256"))  # 872 = the whole dev set (~3x the time)

@@ -25,7 +25,7 @@ import os
 import torch
 
 from lorakit import LoraConfig, QuantConfig, add_lora, merge_and_unload, parameter_report
-from lorakit.models import load_classifier
+from lorakit.training.models import load_classifier
 from lorakit.quant import NF4_CODE, dequantize_4bit, quantize_4bit
 from lorakit.quant_linear import quantize_model, quantized_bits_per_parameter
 

@@ -17,12 +17,12 @@ import torch
 
 from lorakit import LoraConfig, add_lora, load_adapter, save_adapter
 from lorakit.atomic import read_json
-from lorakit.cli import main
+from lorakit.cli.main import main
 from lorakit.config import QuantConfig
 from lorakit.errors import UserError
 from lorakit.tasks import load_splits
-from lorakit.train import train
-from lorakit.train_config import TrainConfig
+from lorakit.training.run import train
+from lorakit.training.config import TrainConfig
 from test_train import make_tiny_run_inputs, tiny_classifier, tiny_config
 
 FIX_WORDS = ("give", "use", "choose", "must", "accepted", "fix", "drop", "remove", "pass", "restore", "wait",

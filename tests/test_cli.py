@@ -14,10 +14,10 @@ import pytest
 import torch
 import transformers as tf
 
-from lorakit import train_step
-from lorakit.cli import build_parser, main
-from lorakit.cli_flags import train_config_from_args
-from lorakit.train_config import TrainConfig
+from lorakit.training import step as train_step
+from lorakit.cli.main import build_parser, main
+from lorakit.cli.flags import train_config_from_args
+from lorakit.training.config import TrainConfig
 from test_train import make_tiny_run_inputs
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
@@ -265,8 +265,8 @@ def test_eval_test_flag_reaches_the_config(tmp_path):
 def test_params_reports_the_trainable_count_train_trains(tiny, tmp_path, capsys):
     """No LoRA flags: `params` describes the adapter `train` builds (TrainConfig's defaults), and search / compare
     start from the same LoRA settings."""
-    from lorakit.compare import method_configs
-    from lorakit.search_cli import settings_from_args
+    from lorakit.experiments.compare import method_configs
+    from lorakit.cli.search import settings_from_args
 
     capsys.readouterr()
     assert main(["params", "--model", str(tiny / "model")]) == 0

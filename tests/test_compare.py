@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import save_tiny_bert_classifier
-from lorakit import compare
-from lorakit.compare import artifact_bytes, method_configs
+from lorakit.experiments import compare
+from lorakit.experiments.compare import artifact_bytes, method_configs
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2" / "glue"
 BASE = {"model": "minilm", "task": "sst2", "max_train_samples": 100, "epochs": 1, "seed": 5}

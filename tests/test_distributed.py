@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lorakit import distributed
-from lorakit.train import train
-from lorakit.train_config import TrainConfig
+from lorakit.training import distributed
+from lorakit.training.run import train
+from lorakit.training.config import TrainConfig
 from test_train import make_tiny_run_inputs, step_losses, tiny_classifier
 
 

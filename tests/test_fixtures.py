@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorakit.cli import main
-from lorakit.methods import load_artifact
+from lorakit.cli.main import main
+from lorakit.training.methods import load_artifact
 from lorakit.tasks import load_splits
-from lorakit.train import train
-from lorakit.train_config import TrainConfig
+from lorakit.training.run import train
+from lorakit.training.config import TrainConfig
 from test_train import make_tiny_run_inputs
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

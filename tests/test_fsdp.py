@@ -60,7 +60,7 @@ def _train(model, rows: slice, reduce) -> list[float]:
 def _worker(rank: int, world: int, port: int, quantized: bool, out: Path) -> None:
     import torch.distributed as dist
 
-    from lorakit.fsdp import local_parameter_bytes, save_gathered_adapter, shard_model
+    from lorakit.training.fsdp import local_parameter_bytes, save_gathered_adapter, shard_model
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -14,7 +14,7 @@ import transformers as tf
 from conftest import randomize_lora
 
 from lorakit import LoraConfig, add_lora, merge_and_unload, save_adapter
-from lorakit.cli import main
+from lorakit.cli.main import main
 
 gguf = pytest.importorskip("gguf")
 
@@ -132,7 +132,7 @@ def test_lora_only_file_has_llama_cpp_names_shapes_and_rebuilds_the_merged_weigh
     export(adapter, tmp_path / "lora.gguf", "--lora-only")
     export(adapter, tmp_path / "merged.gguf", "--gguf-type", "f32")
     base_out = tmp_path / "base.gguf"
-    from lorakit.gguf_export import write_merged_gguf
+    from lorakit.export.gguf_export import write_merged_gguf
     write_merged_gguf(tiny_base(tmp_path / "base2", tokenizer), tokenizer, base_out, "f32")
     lora, merged, base = (gguf.GGUFReader(tmp_path / n) for n in ("lora.gguf", "merged.gguf", "base.gguf"))
     assert lora.fields["general.type"].contents() == "adapter"

@@ -202,7 +202,7 @@ def test_parameter_report():
 
 def test_one_set_of_lora_defaults():
     """TrainConfig's LoRA defaults are LoraConfig's (PEFT's: r 8, alpha 8, kaiming init of A)."""
-    from lorakit.train_config import DEFAULT_LR, TrainConfig
+    from lorakit.training.config import DEFAULT_LR, TrainConfig
     ours, train = LoraConfig(), TrainConfig().lora_config()
     assert (ours.r, ours.alpha, ours.init, ours.dropout) == (8, 8.0, "kaiming", 0.0)
     assert (train.r, train.alpha, train.init, train.dropout, train.use_rslora) == \

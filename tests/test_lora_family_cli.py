@@ -9,9 +9,9 @@ import torch
 from test_cli import error_line, tiny_flags
 from test_train import make_tiny_run_inputs
 
-from lorakit.cli import build_parser, main
-from lorakit.cli_flags import train_config_from_args
-from lorakit.compare import method_configs
+from lorakit.cli.main import build_parser, main
+from lorakit.cli.flags import train_config_from_args
+from lorakit.experiments.compare import method_configs
 
 
 @pytest.fixture(scope="module")

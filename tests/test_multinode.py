@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lorakit.train import train
-from lorakit.train_config import TrainConfig
+from lorakit.training.run import train
+from lorakit.training.config import TrainConfig
 from test_train import make_tiny_run_inputs, step_losses, tiny_classifier
 
 SRC = Path(__file__).resolve().parents[1] / "src"

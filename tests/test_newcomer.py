@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorakit.cli import main
+from lorakit.cli.main import main
 from test_train import make_tiny_run_inputs
 
 
@@ -83,7 +83,7 @@ def _study_with_trials(trials: list[tuple[dict, float, float, int]]):
 @pytest.fixture
 def captured_figures(monkeypatch):
     """The matplotlib figures report.py saves, still open, for checking their axes."""
-    from lorakit import report
+    from lorakit.experiments import report
 
     figures, save = [], report._save
 
@@ -106,8 +106,8 @@ def _title_fits(fig, ax) -> bool:
 
 
 def test_search_heatmap_shows_the_searched_dimensions_with_log_axes(tmp_path, captured_figures):
-    from lorakit.search import Range, SearchSettings
-    from lorakit.search_report import write_reports
+    from lorakit.experiments.search import Range, SearchSettings
+    from lorakit.experiments.search_report import write_reports
 
     lrs = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
     trials = [({"lr": lr, "lora_r": r}, 0.5 + 0.05 * i + 0.001 * r, 0.7 - 0.01 * i, 1000 * r)
@@ -125,7 +125,7 @@ def test_search_heatmap_shows_the_searched_dimensions_with_log_axes(tmp_path, ca
 
 
 def test_heatmap_of_two_grids_and_of_one_dimension(tmp_path, captured_figures):
-    from lorakit import report
+    from lorakit.experiments import report
 
     rows = [{"lora_r": r, "lora_alpha": a, "lr": 1e-3, "objective": 0.5 + 0.01 * r} for r in (1, 8) for a in (8, 16)]
     report.plot_heatmap(rows, "objective", tmp_path / "cells.png", scales={"lora_r": "grid", "lora_alpha": "grid"})
@@ -140,8 +140,8 @@ def test_heatmap_of_two_grids_and_of_one_dimension(tmp_path, captured_figures):
 
 
 def test_ties_go_to_the_lower_loss_then_fewer_parameters(tmp_path):
-    from lorakit.search import SearchSettings
-    from lorakit.search_report import TIE_BREAK, best_trial, write_reports
+    from lorakit.experiments.search import SearchSettings
+    from lorakit.experiments.search_report import TIE_BREAK, best_trial, write_reports
 
     # four trials at the majority class's accuracy; trial 1's loss is the lowest; trial 2 ties trial 1 on the loss
     # with more parameters
@@ -180,7 +180,7 @@ def test_a_bare_postgresql_url_takes_the_installed_psycopg2(tmp_path, monkeypatc
     import sys
     import types
 
-    from lorakit.search import SearchSettings
+    from lorakit.experiments.search import SearchSettings
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # SQLAlchemy 2.1's default driver missing
     monkeypatch.setitem(sys.modules, "psycopg2", types.ModuleType("psycopg2"))  # what lorakit[postgres] installs
@@ -211,7 +211,7 @@ def test_eval_names_its_sample_cap_and_accepts_all(tiny, tmp_path, capsys):
 
 
 def test_instruction_data_is_evaluated_on_a_default_subset():
-    from lorakit.train_config import INSTRUCT_EVAL_SAMPLES, eval_sample_cap
+    from lorakit.training.config import INSTRUCT_EVAL_SAMPLES, eval_sample_cap
 
     assert eval_sample_cap(None, instruction_data=True) == INSTRUCT_EVAL_SAMPLES
     assert eval_sample_cap(None, instruction_data=False) is None
@@ -343,9 +343,9 @@ def test_train_says_new_head_once_without_transformers_load_report(tiny, tmp_pat
 
 def test_qlora_and_lora_report_the_same_total():
     from conftest import tiny_model
-    from lorakit.methods import setup_method
+    from lorakit.training.methods import setup_method
     from lorakit.params import parameter_report
-    from lorakit.train_config import TrainConfig
+    from lorakit.training.config import TrainConfig
 
     plain = tiny_model("bert")
     reports = {}
@@ -363,7 +363,7 @@ def test_qlora_and_lora_report_the_same_total():
 # --- 4. the run's time, estimated at its start ---------------------------------------------------------------------
 
 def test_run_clock_estimates_once_from_the_steps_after_the_first():
-    from lorakit.estimate import RunClock, duration, evaluation_steps
+    from lorakit.training.estimate import RunClock, duration, evaluation_steps
 
     assert evaluation_steps(total_steps=10, steps_per_epoch=4, eval_steps=0) == 3  # steps 4, 8 and the last, 10
     assert evaluation_steps(total_steps=10, steps_per_epoch=4, eval_steps=3) == 6  # 3, 4, 6, 8, 9, 10
@@ -384,7 +384,7 @@ def test_run_clock_estimates_once_from_the_steps_after_the_first():
 # --- 9. comparison.md and its chart: the same precision, readable labels, a time and a memory panel ---------------
 
 def test_comparison_table_and_chart_agree(tmp_path, captured_figures):
-    from lorakit import compare
+    from lorakit.experiments import compare
 
     rows = [{"method": m, "status": "complete", "validation_accuracy": acc, "validation_loss": 0.61,
              "main_metric": "validation_accuracy", "trainable_params": params, "total_params": 22_000_000,
@@ -439,7 +439,7 @@ def readme_commands() -> list[str]:
 def test_readme_command_parses(command):
     import shlex
 
-    from lorakit.cli import build_parser
+    from lorakit.cli.main import build_parser
 
     args = build_parser().parse_args(shlex.split(command)[1:])  # argparse exits (code 2) on an unknown flag
     assert callable(args.func)

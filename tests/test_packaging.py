@@ -17,7 +17,7 @@ import pytest
 
 import lorakit
 from lorakit import extras
-from lorakit.cli import main
+from lorakit.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "lorakit"
@@ -66,7 +66,7 @@ def test_the_public_names_are_the_documented_ones():
 
 
 def test_fast_dropout_stays_the_function_when_its_module_is_imported_first():
-    code = ("import lorakit.train, lorakit\nassert lorakit.fast_dropout.__name__ == 'fast_dropout'\n"
+    code = ("import lorakit.training.run, lorakit\nassert lorakit.fast_dropout.__name__ == 'fast_dropout'\n"
             "assert type(lorakit.fast_dropout).__name__ == 'function'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})

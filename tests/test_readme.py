@@ -16,7 +16,7 @@ import torch
 import transformers as tf
 
 from conftest import inputs, logits, randomize_lora, tiny_model
-from lorakit.cli import build_parser, main
+from lorakit.cli.main import build_parser, main
 from test_train import make_tiny_run_inputs
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()

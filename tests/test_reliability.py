@@ -22,12 +22,12 @@ import torch
 from safetensors.torch import load_file
 
 from lorakit import LoraConfig, add_lora, save_adapter
-from lorakit.checkpoint import RunDir
-from lorakit.cli import main
+from lorakit.training.checkpoint import RunDir
+from lorakit.cli.main import main
 from lorakit.errors import RunInterrupted, UserError
 from lorakit.tasks import TaskError, load_splits
-from lorakit.train import train
-from lorakit.train_config import TrainConfig
+from lorakit.training.run import train
+from lorakit.training.config import TrainConfig
 from test_train import make_tiny_run_inputs, step_losses, tiny_classifier, tiny_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"

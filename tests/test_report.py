@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lorakit import report
+from lorakit.experiments import report
 
 PNG = b"\x89PNG"
 

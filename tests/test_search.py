@@ -17,10 +17,13 @@ import pytest
 import yaml
 
 from conftest import save_tiny_bert_classifier
-from lorakit import jobs, search, search_cli, search_report
-from lorakit.search import Range, SearchSettings, grid_points, toggled_targets, trial_config
-from lorakit.search_space import parse_space
-from lorakit.train_config import TrainConfig
+from lorakit.experiments import jobs
+from lorakit.experiments import search
+from lorakit.cli import search as search_cli
+from lorakit.experiments import search_report
+from lorakit.experiments.search import Range, SearchSettings, grid_points, toggled_targets, trial_config
+from lorakit.experiments.search_space import parse_space
+from lorakit.training.config import TrainConfig
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2" / "glue"
 
@@ -147,7 +150,7 @@ def _overlap(a: dict, b: dict) -> bool:
 
 CLI = textwrap.dedent("""
     import argparse, sys
-    from lorakit.search_cli import add_search_parser
+    from lorakit.cli.search import add_search_parser
     parser = argparse.ArgumentParser(prog="lorakit")
     add_search_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(sys.argv[1:])

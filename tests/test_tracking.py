@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from test_train import make_tiny_run_inputs, tiny_config
 
-from lorakit.train import train
-from lorakit.train_config import TrainConfig
+from lorakit.training.run import train
+from lorakit.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,15 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file
 
-from lorakit import train_step
-from lorakit.checkpoint import atomic_dir, load_checkpoint
-from lorakit.cli import main
-from lorakit.methods import load_artifact, setup_method
+from lorakit.training import step as train_step
+from lorakit.training.checkpoint import atomic_dir, load_checkpoint
+from lorakit.cli.main import main
+from lorakit.training.methods import load_artifact, setup_method
 from lorakit.quant_linear import QuantLinear
 from lorakit.tasks import get_task
-from lorakit.train import TrainingDiverged, enable_gradient_checkpointing, train
-from lorakit.train_config import DEFAULT_LR, TrainConfig, resolve_device, resolve_precision
-from lorakit.train_step import accumulate_gradients, build_optimizer, linear_schedule
+from lorakit.training.run import TrainingDiverged, enable_gradient_checkpointing, train
+from lorakit.training.config import DEFAULT_LR, TrainConfig, resolve_device, resolve_precision
+from lorakit.training.step import accumulate_gradients, build_optimizer, linear_schedule
 
 WORDS = [f"w{i}" for i in range(94)]
 
@@ -350,7 +350,7 @@ def test_train_config_defaults_validation_and_round_trip():
 
 def test_checkpoint_restores_optimizer_and_rng(tiny_inputs, tmp_path):
     train(tiny_config(tiny_inputs, tmp_path / "run", max_steps=2))
-    from lorakit.methods import load_base
+    from lorakit.training.methods import load_base
 
     spec = get_task("sst2")
     model, _ = load_base(str(tiny_inputs / "model"), spec)

@@ -11,7 +11,7 @@ import transformers as tf
 from conftest import inputs, logits, tiny_model
 
 from lorakit import LoraConfig, add_lora, load_adapter
-from lorakit.trainer import ADAPTER_DIR, SaveAdapterCallback, prepare_for_trainer
+from lorakit.training.hf_trainer import ADAPTER_DIR, SaveAdapterCallback, prepare_for_trainer
 
 
 @pytest.fixture(autouse=True)

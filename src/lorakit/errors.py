@@ -4,7 +4,7 @@
 
 A UserError (a ValueError, so `except ValueError` keeps working) is a bad input: a flag, a config value, a file's
 content, a path. Its message is one line that names the value and the fix. The command line prints it as
-`lorakit <command>: error: <message>` and exits with status 2 (lorakit.cli.main); the Python API raises it.
+`lorakit <command>: error: <message>` and exits with status 2 (lorakit.cli.main.main); the Python API raises it.
 The tasks' TaskError is one (for data files); FileNotFoundError for a missing path is treated the same way by the
 command line.
 """

@@ -15,9 +15,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .config import FAMILY_INITS, INITS, is_family_init
-from .train_config import DEFAULT_LR, INSTRUCT_EVAL_SAMPLES, METHODS, PRECISIONS, REPORTERS, TrainConfig
-from .validation import check_flag_contradictions
+from ..config import FAMILY_INITS, INITS, is_family_init
+from ..training.config import DEFAULT_LR, INSTRUCT_EVAL_SAMPLES, METHODS, PRECISIONS, REPORTERS, TrainConfig
+from ..validation import check_flag_contradictions
 
 TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
 D = TrainConfig()  # defaults, quoted in --help

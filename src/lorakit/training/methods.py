@@ -32,20 +32,20 @@ import transformers as tf
 from safetensors.torch import save_file
 from torch import nn
 
-from .adapter import CONFIG_NAME, load_adapter, save_adapter
-from .atomic import read_json, read_safetensors
+from ..adapter import CONFIG_NAME, load_adapter, save_adapter
+from ..atomic import read_json, read_safetensors
 from .checkpoint import TRAINABLE, atomic_dir, is_main_process, trainable_state
-from .config import QuantConfig
-from .errors import UserError
-from .inject import add_lora, lora_layers, merge_and_unload
-from .kinds import kind_of
-from .lora import LORA_LAYERS
-from .lora_init import apply_loftq
+from ..config import QuantConfig
+from ..errors import UserError
+from ..inject import add_lora, lora_layers, merge_and_unload
+from .evaluation import kind_of
+from ..lora import LORA_LAYERS
+from ..lora_init import apply_loftq
 from .models import quiet_transformers, resolve_model_path
-from .quant_linear import dequantize_model, is_quantized, quantize_model
-from .quant_load import load_quantized, safetensors_files
-from .tasks import SEQUENCE_CLASSIFICATION, TaskSpec
-from .train_config import TrainConfig
+from ..quant_linear import dequantize_model, is_quantized, quantize_model
+from ..quant_load import load_quantized, safetensors_files
+from ..tasks import SEQUENCE_CLASSIFICATION, TaskSpec
+from .config import TrainConfig
 
 RECORD = "lorakit.json"
 HEADS = ("classifier", "score", "qa_outputs")  # output layers of transformers' task models

@@ -30,10 +30,10 @@ from datasets import Dataset
 from torch import nn
 
 from . import distributed
-from .tasks import (CAUSAL_LM, LABEL, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR,
-                    LengthGroupedBatchSampler, PaddingCollator, TaskSpec, compute_metrics, predictions_from_logits, sequence_lengths, tokenize)
-from .tasks.lm_eval import progress_bar
-from .train_config import autocast, to_device
+from ..tasks import (CAUSAL_LM, LABEL, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR,
+                     LengthGroupedBatchSampler, PaddingCollator, TaskSpec, compute_metrics, predictions_from_logits, sequence_lengths, tokenize)
+from ..tasks.lm_eval import progress_bar
+from .config import autocast, to_device
 
 
 @dataclass
@@ -149,12 +149,12 @@ class QAEvalFeatures:
 
 
 def _qa_train_features(rows: Dataset, tokenizer, max_length: int) -> Dataset:
-    from .tasks.squad import prepare_train_features
+    from ..tasks.squad import prepare_train_features
     return prepare_train_features(rows, tokenizer, max_length)
 
 
 def _qa_eval_features(rows: Dataset, tokenizer, max_length: int) -> QAEvalFeatures:
-    from .tasks.squad import MODEL_INPUTS, prepare_eval_features, prepare_train_features
+    from ..tasks.squad import MODEL_INPUTS, prepare_eval_features, prepare_train_features
     windows = prepare_eval_features(rows, tokenizer, max_length)
     inputs = windows.select_columns([c for c in MODEL_INPUTS if c in windows.column_names])
     return QAEvalFeatures(windows, inputs, prepare_train_features(rows, tokenizer, max_length))
@@ -184,9 +184,9 @@ def _qa_logits(run: Evaluator, model: nn.Module, inputs: Dataset) -> tuple[list[
 
 def _evaluate_qa(run: Evaluator, model: nn.Module, rows: Dataset, features: QAEvalFeatures) -> dict[str, float]:
     """Official SQuAD EM / F1 (percent) from the windows' span logits; loss: the span loss of the answer windows."""
-    from .tasks.qa_eval import postprocess_qa_predictions
-    from .tasks.qa_metrics import squad_metrics
-    from .tasks.squad import ANSWERS, ID, is_version_2
+    from ..tasks.qa_eval import postprocess_qa_predictions
+    from ..tasks.qa_metrics import squad_metrics
+    from ..tasks.squad import ANSWERS, ID, is_version_2
 
     starts, ends = _qa_logits(run, model, features.inputs)
     version_2 = is_version_2(run.spec)
@@ -203,7 +203,7 @@ def _evaluate_qa(run: Evaluator, model: nn.Module, rows: Dataset, features: QAEv
 
 def _predict_qa(run: Evaluator, model: nn.Module, texts: list[str]) -> list[str]:
     """Lines "question<TAB>context" -> the answer span."""
-    from .tasks.qa_eval import answer_question
+    from ..tasks.qa_eval import answer_question
     lines = []
     for text in texts:
         question, _, context = text.partition("\t")
@@ -214,14 +214,14 @@ def _predict_qa(run: Evaluator, model: nn.Module, texts: list[str]) -> list[str]
 # ------------------------------------------------------------------------------ instruction tuning (causal LM)
 
 def _lm_features(rows: Dataset, tokenizer, max_length: int) -> Dataset:
-    from .tasks.instruct import tokenize_instruct
+    from ..tasks.instruct import tokenize_instruct
     return tokenize_instruct(rows, tokenizer, max_length)
 
 
 def _evaluate_causal(run: Evaluator, model: nn.Module, rows: Dataset, features: Dataset) -> dict[str, float]:
     """Response-token loss, perplexity and next-token accuracy (as tasks.lm_eval.evaluate_causal_lm; sharded)."""
-    from .tasks.batching import LABEL_PAD_ID
-    from .tasks.base import TaskError
+    from ..tasks.batching import LABEL_PAD_ID
+    from ..tasks.base import TaskError
 
     def fetch(out, batch):
         logits, labels = out.logits.float()[:, :-1], batch["labels"][:, 1:]  # logits at t predict token t + 1
@@ -249,8 +249,8 @@ GENERATION_TOKENS = 32
 
 
 def _generate_causal(run: Evaluator, model: nn.Module, rows: Dataset) -> list[dict]:
-    from .tasks.instruct import OUTPUT
-    from .tasks.lm_eval import generate_samples
+    from ..tasks.instruct import OUTPUT
+    from ..tasks.lm_eval import generate_samples
     picked = [rows[i] for i in range(min(GENERATION_SAMPLES, len(rows)))]
     texts = generate_samples(model, run.tokenizer, picked, max_new_tokens=GENERATION_TOKENS, desc="generate")
     return [{"prompt": {k: v for k, v in row.items() if k != OUTPUT}, "reference": row.get(OUTPUT),
@@ -259,7 +259,7 @@ def _generate_causal(run: Evaluator, model: nn.Module, rows: Dataset) -> list[di
 
 def _predict_causal(run: Evaluator, model: nn.Module, texts: list[str]) -> list[str]:
     """Greedy answers as generated (newlines kept); `lorakit predict --prompt` has its own sampling flags."""
-    from .tasks.lm_eval import generate_samples
+    from ..tasks.lm_eval import generate_samples
     return generate_samples(model, run.tokenizer, texts, max_new_tokens=128)
 
 

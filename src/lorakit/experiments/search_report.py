@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from . import report
 from .search_space import Range
-from .train_config import TrainConfig
+from ..training.config import TrainConfig
 
 if TYPE_CHECKING:
     from .search import SearchSettings

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 # position-embedding tables that start at padding_idx + 1 (the first rows are not positions)
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")

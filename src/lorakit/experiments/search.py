@@ -11,7 +11,7 @@ holds --n-trials trials. Trials cut short by Ctrl-C are retried at once; those o
 their heartbeat is GRACE_S seconds old.
 
 The space: `--space NAME=V1,V2,...` (repeatable) or `--space-file FILE`, over TrainConfig fields and target
-toggles; the syntax is in lorakit.search_space.
+toggles; the syntax is in lorakit.experiments.search_space.
 
 Parallel trials: --workers N runs N trial processes at once; on CPU each gets cores // N torch threads (--threads
 overrides), with CUDA each gets one device (CUDA_VISIBLE_DEVICES, round robin over the visible ones). A trial's
@@ -38,7 +38,7 @@ Outputs in <output>/: results.csv (a row per trial), best.yaml (`lorakit train -
 heatmap.png (metric over lora_r x lora_alpha), pareto.png (metric vs trainable parameters), curves.png (training loss
 of the best trials).
 
-The command line (the parser, SearchSettings from the flags, the command) is in lorakit.search_cli.
+The command line (the parser, SearchSettings from the flags, the command) is in lorakit.cli.search.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .jobs import JOB, RESULT, run_job  # noqa: F401  (re-exported)
 from .jobs import LOG, _engine_kwargs, _job_main, _now, _pruner, collect, cpu_count, launch
-from .runlock import pid_alive
+from ..training.runlock import pid_alive
 from .search_report import PLOTS, best_yaml, summary_markdown  # noqa: F401  (re-exported)
 from .search_report import _replaced, _shown, flat_metrics
 from .search_space import (ALL_LINEAR_TOGGLES, NOT_SEARCHABLE, TOGGLE_NAMES, TOGGLE_PARAMS,  # noqa: F401  (re-exported)
@@ -375,5 +375,5 @@ def run_search(s: SearchSettings) -> tuple[optuna.Study, int]:
     return search.study, search.ran
 
 
-if __name__ == "__main__":  # `python -m lorakit.search <job.json>`, as launched before lorakit.jobs
+if __name__ == "__main__":  # `python -m lorakit.experiments.search <job.json>`, as launched before lorakit.experiments.jobs
     _job_main(sys.argv[1])

@@ -4,7 +4,7 @@ trials and `lorakit compare`'s methods.
     result = run_job(cfg, Path("runs/compare/lora"), threads=cpu_count())  # {status, metrics?, error?, start, end}
     process = launch(cfg, directory, threads, cuda_device="0")            # or start it, then collect() the result
 
-The process is `python -m lorakit.jobs <directory>/job.json`: it trains the job's config (reporting each evaluation
+The process is `python -m lorakit.experiments.jobs <directory>/job.json`: it trains the job's config (reporting each evaluation
 to the Optuna trial with --prune) and writes result.json; its output goes to train.log, both in <directory>.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .atomic import write_text_atomic
-from .train_config import TrainConfig
+from ..atomic import write_text_atomic
+from ..training.config import TrainConfig
 
 if TYPE_CHECKING:  # imported where a trial prunes (search): `lorakit compare` runs without optuna
     import optuna
@@ -33,7 +33,7 @@ def cpu_count() -> int:
 
 def launch(cfg: TrainConfig, directory: Path, threads: int, cuda_device: str | None = None,
            prune: dict | None = None) -> subprocess.Popen:
-    """Start `python -m lorakit.jobs <directory>/job.json`: train(cfg) with `threads` torch threads (and only
+    """Start `python -m lorakit.experiments.jobs <directory>/job.json`: train(cfg) with `threads` torch threads (and only
     `cuda_device` visible), output to <directory>/train.log, the outcome to <directory>/result.json."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / RESULT).unlink(missing_ok=True)
@@ -46,7 +46,7 @@ def launch(cfg: TrainConfig, directory: Path, threads: int, cuda_device: str | N
     if cuda_device is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda_device
     with open(directory / LOG, "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "lorakit.jobs", str(directory / JOB)],
+        return subprocess.Popen([sys.executable, "-m", "lorakit.experiments.jobs", str(directory / JOB)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
@@ -85,7 +85,7 @@ def _job_main(job_file: str) -> None:
     """The trial process: train the job's config and write result.json beside the job file (never raises)."""
     import torch
 
-    from . import train as training
+    from ..training import run as training
 
     job_path = Path(job_file)
     job = json.loads(job_path.read_text())

@@ -1,7 +1,7 @@
 """`lorakit search`'s command line: its parser (the train flags, then the search group), the SearchSettings of
 the parsed flags, and the command, which runs this process's share of the study and writes the reports.
 
-The search itself (the study, claiming and running trials) is in lorakit.search, whose docstring describes the
+The search itself (the study, claiming and running trials) is in lorakit.experiments.search, whose docstring describes the
 command.
 """
 from __future__ import annotations
@@ -13,13 +13,13 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from .atomic import check_output_dir
-from .cli_flags import given_train_values, train_flags_parser
-from .search_space import DEFAULT_STUDY, SAMPLERS, parse_space
-from .train_config import TrainConfig
+from ..atomic import check_output_dir
+from .flags import given_train_values, train_flags_parser
+from ..experiments.search_space import DEFAULT_STUDY, SAMPLERS, parse_space
+from ..training.config import TrainConfig
 
 if TYPE_CHECKING:  # optuna (search, search_report) is imported when the command runs, not for `lorakit --help`
-    from .search import SearchSettings
+    from ..experiments.search import SearchSettings
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
             "      --space lora_r=4,8,16 --space lora_dropout=0,0.1 --output runs/tpe\n"
             "  lorakit search ... --lora-query --lora-value --space lora_key=on,off --space lora_mlp=on,off\n\n"
             "several machines: give every machine the same command with --storage postgresql://user:pw@host/db "
-            "(and a --study-name); see the lorakit.search module docstring.\n\n"
+            "(and a --study-name); see the lorakit.experiments.search module docstring.\n\n"
             "outputs in --output: results.csv, best.yaml, summary.md, heatmap.png, pareto.png, curves.png, "
             "trials/<number>/ (each trial's run directory and train.log).\n\n"
             "exit status: 0; 1 when every trial failed; 2 bad input; 130 interrupted (the same command continues)."))
@@ -83,7 +83,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
-    from .search import SearchSettings
+    from ..experiments.search import SearchSettings
 
     direction = args.direction or ("minimize" if args.metric and args.metric.endswith("loss") else "maximize")
     return SearchSettings(base=given_train_values(args), space=parse_space(args.space, args.space_file),
@@ -98,8 +98,8 @@ def _interrupt_on_sigterm(signum, frame):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import open_study, run_search
-    from .search_report import _shown, best_trial, objective_name, trial_rows, write_reports
+    from ..experiments.search import open_study, run_search
+    from ..experiments.search_report import _shown, best_trial, objective_name, trial_rows, write_reports
 
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     settings = settings_from_args(args)

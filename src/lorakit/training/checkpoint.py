@@ -35,8 +35,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .atomic import atomic_dir, read_json, read_safetensors, remove_dir, write_text_atomic  # noqa: F401 (re-export)
-from .errors import UserError
+from ..atomic import atomic_dir, read_json, read_safetensors, remove_dir, write_text_atomic  # noqa: F401 (re-export)
+from ..errors import UserError
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -68,7 +68,7 @@ def versions() -> dict[str, str]:
     import datasets
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {"lorakit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "datasets": datasets.__version__, "python": platform.python_version()}

@@ -1,9 +1,9 @@
 """`make demo`: fine-tuning methods compared on SST-2 with MiniLM-L6 (all-MiniLM-L6-v2), on CPU.
 
     lorakit demo                     # = `make demo`; about 10 minutes on 2 CPU cores
-    python -c "from lorakit.demo import run_demo; run_demo()"
+    python -c "from lorakit.experiments.demo import run_demo; run_demo()"
 
-Runs `lorakit compare` (lorakit.compare) for head, last-layers, lora, qlora and full with the same data, epochs and
+Runs `lorakit compare` (lorakit.experiments.compare) for head, last-layers, lora, qlora and full with the same data, epochs and
 seed (DEMO below), prints the comparison table and says where the chart and the trained adapters are (runs/demo).
 all-MiniLM-L6-v2 was trained for mean pooling, so the CLS pooler under the classifier needs adapting: the head alone
 stays near chance while all-linear LoRA (r 8, lr 5e-4) reaches ~80% with 1.5% of the parameters. The data is

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from .train_config import TrainConfig
+from ..training.config import TrainConfig
 
 if TYPE_CHECKING:
     import optuna

@@ -25,8 +25,8 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from .adapter import adapter_state_dict, save_adapter
-from .quant_linear import QuantLinear
+from ..adapter import adapter_state_dict, save_adapter
+from ..quant_linear import QuantLinear
 
 
 def codes_as_parameters(model: nn.Module) -> nn.Module:

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import check_output_dir
-from .errors import UserError
+from ..atomic import check_output_dir
+from ..errors import UserError
 
 LOCK = ".lock"
 

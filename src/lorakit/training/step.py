@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from . import distributed
-from .tasks.batching import LABEL_PAD_ID
-from .train_config import TrainConfig, autocast, to_device
+from ..tasks.batching import LABEL_PAD_ID
+from .config import TrainConfig, autocast, to_device
 
 
 def training_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

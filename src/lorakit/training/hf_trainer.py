@@ -1,7 +1,7 @@
 """lorakit models under Hugging Face's `transformers.Trainer` (and TRL's trainers, which subclass it).
 
     from lorakit import LoraConfig, add_lora
-    from lorakit.trainer import SaveAdapterCallback, prepare_for_trainer
+    from lorakit.training.hf_trainer import SaveAdapterCallback, prepare_for_trainer
     model = prepare_for_trainer(add_lora(model, LoraConfig(r=8, alpha=16, target_modules="all-linear")))
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[SaveAdapterCallback()])
     trainer.train()   # every checkpoint-N/ gets adapter/ (adapter_config.json + adapter_model.safetensors)
@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .adapter import save_adapter
+from ..adapter import save_adapter
 
 ADAPTER_DIR = "adapter"
 

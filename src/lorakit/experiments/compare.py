@@ -24,9 +24,9 @@ from pathlib import Path
 import yaml
 
 from . import report
-from .cli_flags import given_train_values, train_flags_parser
+from ..cli.flags import given_train_values, train_flags_parser
 from .jobs import JOB, RESULT, cpu_count, run_job
-from .train_config import METHODS, TrainConfig
+from ..training.config import METHODS, TrainConfig
 
 BEST = "lora-best"  # the pseudo-method: LoRA with the settings of a search's best.yaml
 DEFAULT_METHODS = ("head", "last-layers", "lora", BEST, "qlora", "full")

@@ -24,12 +24,12 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_flags import (RAW, _config_flag, _data_flags, _given, _read_config_file, _runtime_flags, _source_flags,
-                        _train_parser, _train_values, add_lora_flags, given_train_values, train_config_from_args)
-from .compare import add_compare_parser
-from .extras import missing_extra
-from .search_cli import add_search_parser
-from .train_config import TrainConfig
+from .flags import (RAW, _config_flag, _data_flags, _given, _read_config_file, _runtime_flags, _source_flags,
+                    _train_parser, _train_values, add_lora_flags, given_train_values, train_config_from_args)
+from ..experiments.compare import add_compare_parser
+from ..extras import missing_extra
+from .search import add_search_parser
+from ..training.config import TrainConfig
 
 # Only argparse and the settings dataclasses are imported at start (`lorakit --help` in well under a second); each
 # command imports torch, transformers, datasets, optuna, ... when it runs.
@@ -37,17 +37,17 @@ from .train_config import TrainConfig
 # --- commands ---------------------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .errors import RunInterrupted
-    from .runlock import RunLock
+    from ..errors import RunInterrupted
+    from ..training.runlock import RunLock
 
     cfg = train_config_from_args(args)
-    from .distributed import env_rank
+    from ..training.distributed import env_rank
 
     lock = RunLock(cfg.output) if env_rank() == 0 else None  # taken before the slow imports: first come, first run
     if lock is not None:
         lock.acquire()
     try:
-        from .train import TrainingDiverged, train
+        from ..training.run import TrainingDiverged, train
 
         metrics = train(cfg)
     except TrainingDiverged as err:
@@ -74,9 +74,9 @@ def _inference_setup(args: argparse.Namespace):
     the --config file, then flags."""
     import transformers
 
-    from .methods import find_artifact, load_artifact, load_base, read_record
-    from .tasks import CAUSAL_LM, get_task, load_splits
-    from .train_config import eval_sample_cap
+    from ..training.methods import find_artifact, load_artifact, load_base, read_record
+    from ..tasks import CAUSAL_LM, get_task, load_splits
+    from ..training.config import eval_sample_cap
 
     from_file, flags = _read_config_file(args), _given(args)
     for values in (from_file, flags):
@@ -117,12 +117,12 @@ def _inference_setup(args: argparse.Namespace):
 
 def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
     """The Evaluator for cfg's device, precision, batch size and max length; moves the model to the device."""
-    from .guards import check_max_length
-    from .kinds import Evaluator, kind_of
-    from .tasks import PaddingCollator
+    from ..training.guards import check_max_length
+    from ..training.evaluation import Evaluator, kind_of
+    from ..tasks import PaddingCollator
 
     check_max_length(model, cfg.max_length)
-    from .train_config import resolve_device, resolve_precision
+    from ..training.config import resolve_device, resolve_precision
 
     device = resolve_device(cfg.device)
     collator = PaddingCollator.from_tokenizer(tokenizer, pad_to_max_length=cfg.pad_to_max_length,
@@ -134,8 +134,8 @@ def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
 
 def _eval_cap_line(cfg: TrainConfig, spec, given: dict) -> str:
     """eval's first line: the task and the examples per split it evaluates, and where that cap comes from."""
-    from .tasks.base import CAUSAL_LM
-    from .train_config import eval_sample_cap
+    from ..tasks.base import CAUSAL_LM
+    from ..training.config import eval_sample_cap
 
     cap = eval_sample_cap(cfg.max_eval_samples, spec.kind == CAUSAL_LM)
     if cap is None:
@@ -148,7 +148,7 @@ def _eval_cap_line(cfg: TrainConfig, spec, given: dict) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .atomic import check_output_file, write_json_atomic
+    from ..atomic import check_output_file, write_json_atomic
 
     if args.output:
         check_output_file(args.output)
@@ -167,8 +167,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .atomic import atomic_dir, check_replaceable
-    from .methods import RECORD, merged_model, read_record
+    from ..atomic import atomic_dir, check_replaceable
+    from ..training.methods import RECORD, merged_model, read_record
 
     if not args.output:
         raise ValueError("lorakit merge needs --output DIR for the merged model")
@@ -188,7 +188,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .gguf_export import export_gguf
+    from ..export.gguf_export import export_gguf
 
     path = export_gguf(args.adapter, args.gguf, model=args.model, out_type=args.gguf_type, lora_only=args.lora_only,
                        base_gguf=args.base_gguf)
@@ -228,7 +228,7 @@ def _print_generations(args: argparse.Namespace, cfg: TrainConfig, model, tokeni
     import torch
     import transformers
 
-    from .tasks.lm_eval import generate_samples
+    from ..tasks.lm_eval import generate_samples
 
     torch.manual_seed(cfg.seed)  # --seed: the same sampled answers again (greedy ignores it)
     stream = sys.stdout.isatty()
@@ -244,7 +244,7 @@ def _print_generations(args: argparse.Namespace, cfg: TrainConfig, model, tokeni
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .tasks.base import CAUSAL_LM, SEQUENCE_CLASSIFICATION
+    from ..tasks.base import CAUSAL_LM, SEQUENCE_CLASSIFICATION
 
     texts = _predict_inputs(args)
     cfg, spec, _, model, tokenizer = _inference_setup(args)
@@ -266,9 +266,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from .inject import add_lora
-    from .models import load_classifier
-    from .params import parameter_report
+    from ..inject import add_lora
+    from ..training.models import load_classifier
+    from ..params import parameter_report
 
     lora = TrainConfig.from_dict(_train_values(_given(args))).lora_config()  # train's LoRA defaults, flags over them
     model, _ = load_classifier(args.model, args.num_labels)
@@ -280,7 +280,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..experiments.demo import run_demo
 
     return run_demo()
 
@@ -390,7 +390,7 @@ def _params_defaults(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runlock import early_train_lock
+    from ..training.runlock import early_train_lock
 
     argv = sys.argv[1:] if argv is None else argv
     try:

@@ -1,7 +1,7 @@
 """The training loop: plain PyTorch, top to bottom.
 
-    from lorakit.train import train
-    from lorakit.train_config import TrainConfig
+    from lorakit.training.run import train
+    from lorakit.training.config import TrainConfig
     metrics = train(TrainConfig(task="sst2", data_dir="../shared/data/sst2", method="lora", epochs=1))
 
 `train` does, in order:
@@ -41,22 +41,22 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import distributed
-from .atomic import atomic_dir, read_json, recover
+from ..atomic import atomic_dir, read_json, recover
 from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, is_main_process, load_checkpoint,
                          load_trainable, versions)
-from .errors import RunInterrupted, UserError
+from ..errors import RunInterrupted, UserError
 from .estimate import RunClock, evaluation_steps
-from .fast_dropout import fast_dropout
+from ..fast_dropout import fast_dropout
 from .guards import check_max_length
-from .kinds import Evaluator, kind_of
+from .evaluation import Evaluator, kind_of
 from .methods import load_base, save_artifact, setup_method
-from .params import parameter_report
+from ..params import parameter_report
 from .runlock import RunLock
 from .signals import stop_requests
-from .tasks import (CAUSAL_LM, LengthGroupedBatchSampler, PaddingCollator, TaskSpec, get_task, load_splits,
-                    sequence_lengths)
-from .train_config import TrainConfig, eval_sample_cap, resolve_device, resolve_precision
-from .train_step import build_optimizer, linear_schedule, optimizer_step
+from ..tasks import (CAUSAL_LM, LengthGroupedBatchSampler, PaddingCollator, TaskSpec, get_task, load_splits,
+                     sequence_lengths)
+from .config import TrainConfig, eval_sample_cap, resolve_device, resolve_precision
+from .step import build_optimizer, linear_schedule, optimizer_step
 
 
 class TrainingDiverged(RuntimeError):

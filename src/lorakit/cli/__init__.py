@@ -1,0 +1,4 @@
+"""The `lorakit` command."""
+from .main import main
+
+__all__ = ["main"]

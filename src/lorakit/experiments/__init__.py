@@ -1,0 +1,1 @@
+"""Many runs: search, comparison, reports and the demo."""

@@ -1,0 +1,1 @@
+"""Adapters out into other tools: GGUF for llama.cpp / Ollama."""
