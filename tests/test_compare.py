@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import save_tiny_bert_classifier
+from lorakit.cli import compare as compare_cli
 from lorakit.experiments import compare
 from lorakit.experiments.compare import artifact_bytes, method_configs
 
@@ -47,7 +48,7 @@ def test_artifact_bytes_counts_tensor_files_only(tmp_path):
 
 def test_parser_help():
     parser = argparse.ArgumentParser(prog="lorakit")
-    text = compare.add_compare_parser(parser.add_subparsers(dest="command")).format_help()
+    text = compare_cli.add_compare_parser(parser.add_subparsers(dest="command")).format_help()
     for flag in ("--methods", "--search-dir", "--output", "--model", "--max-train-samples", "--epochs", "--seed"):
         assert flag in text
     assert "--method {" not in text  # replaced by --methods
@@ -89,7 +90,7 @@ def test_compare_runs_methods_writes_table_chart_and_reuses_runs(tiny_base, tmp_
 
     # the same command (through the CLI parser) reuses the finished runs: no training
     parser = argparse.ArgumentParser(prog="lorakit")
-    compare.add_compare_parser(parser.add_subparsers(dest="command"))
+    compare_cli.add_compare_parser(parser.add_subparsers(dest="command"))
     argv = ["compare", *(f"--{k.replace('_', '-')}={v}" for k, v in tiny_base.items()),
             "--methods", "head", "lora", "--output", str(output)]
     capsys.readouterr()

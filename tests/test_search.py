@@ -21,7 +21,8 @@ from lorakit.experiments import jobs
 from lorakit.experiments import search
 from lorakit.cli import search as search_cli
 from lorakit.experiments import search_report
-from lorakit.experiments.search import Range, SearchSettings, grid_points, toggled_targets, trial_config
+from lorakit.experiments.search_settings import SearchSettings
+from lorakit.experiments.search_space import Range, grid_points, toggled_targets, trial_config
 from lorakit.experiments.search_space import parse_space
 from lorakit.training.config import TrainConfig
 
@@ -235,7 +236,7 @@ def test_interrupted_and_stale_trials_are_retried(tmp_path, monkeypatch):
     first = search.Search(settings)
     first.enqueue_grid()
     trial = first._claim()
-    first.running[0] = search._Running(trial, 1, subprocess.Popen(["sleep", "30"]), tmp_path, search._now())
+    first.running[0] = search._Running(trial, 1, subprocess.Popen(["sleep", "30"]), tmp_path, jobs.now())
     first._interrupt()
     stale = first._claim()  # trial 1: claimed, heartbeat recorded, then its process "dies"
     first.storage.record_heartbeat(first.storage.get_trial_id_from_study_id_trial_number(first.study_id, 1))
@@ -244,14 +245,14 @@ def test_interrupted_and_stale_trials_are_retried(tmp_path, monkeypatch):
     trials = first.study.get_trials()
     assert [t.state.name for t in trials] == ["FAIL", "FAIL", "WAITING", "WAITING"]
     assert [t.system_attrs["fixed_params"] for t in trials[2:]] == [{"lora_r": 1}, {"lora_r": 2}]
-    assert search._replaced(trials) == {trial.number, stale.number}
+    assert search_report.superseded_trials(trials) == {trial.number, stale.number}
     assert search_report.trial_rows(first.study, settings.space) == []  # retries still waiting: no rows yet
     assert search.Search(settings).enqueue_grid() == 0  # the grid points exist: nothing new
 
 
 def test_pruning_reports_each_evaluation_and_stops_hopeless_trials(tmp_path):
-    """--prune: the trial process wraps train's evaluation step to report the best metric so far; MedianPruner
-    stops a trial below the median of earlier trials at the same step."""
+    """--prune: the trial process's on_evaluate hook (train(cfg, on_evaluate=...)) reports the best metric so far;
+    MedianPruner stops a trial below the median of earlier trials at the same step."""
     url = f"sqlite:///{tmp_path / 'p.db'}"
     study = optuna.create_study(study_name="p", storage=url, direction="maximize")
     for value in (0.9, 0.8):
@@ -259,20 +260,16 @@ def test_pruning_reports_each_evaluation_and_stops_hopeless_trials(tmp_path):
         earlier.report(value, 10)
         study.tell(earlier, value)
     storage = optuna.storages.RDBStorage(url)
-    cfg = TrainConfig(model="minilm", output=str(tmp_path / "run"))
     for best, pruned in ((0.95, False), (0.5, True)):
         trial = study.ask()
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("p"), trial.number)
-        state, spec = SimpleNamespace(best_metric=best, step=10), SimpleNamespace(main_metric="accuracy")
-        training = SimpleNamespace(_evaluate_and_track=lambda *args: None)
-        training.train = lambda cfg: (training._evaluate_and_track(None, None, None, spec, state, None, cfg, None),
-                                      {"trained": True})[1]
-        prune = {"storage": url, "study": "p", "trial_id": trial_id}
+        state = SimpleNamespace(best_metric=best, step=10)
+        report = jobs.pruning_reporter({"storage": url, "study": "p", "trial_id": trial_id})
         if pruned:
             with pytest.raises(optuna.TrialPruned, match="pruned at step 10"):
-                jobs._train_with_pruning(training, cfg, prune)
+                report(state)
         else:
-            assert jobs._train_with_pruning(training, cfg, prune) == {"trained": True}
+            report(state)
         assert storage.get_trial(trial_id).intermediate_values == {10: best}
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .flags import (RAW, _config_flag, _data_flags, _given, _read_config_file, _runtime_flags, _source_flags,
                     _train_parser, _train_values, add_lora_flags, given_train_values, train_config_from_args)
-from ..experiments.compare import add_compare_parser
+from .compare import add_compare_parser
 from ..extras import missing_extra
 from .search import add_search_parser
 from ..training.config import TrainConfig

@@ -19,7 +19,7 @@ from ..experiments.search_space import DEFAULT_STUDY, SAMPLERS, parse_space
 from ..training.config import TrainConfig
 
 if TYPE_CHECKING:  # optuna (search, search_report) is imported when the command runs, not for `lorakit --help`
-    from ..experiments.search import SearchSettings
+    from ..experiments.search_settings import SearchSettings
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
@@ -83,7 +83,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
-    from ..experiments.search import SearchSettings
+    from ..experiments.search_settings import SearchSettings
 
     direction = args.direction or ("minimize" if args.metric and args.metric.endswith("loss") else "maximize")
     return SearchSettings(base=given_train_values(args), space=parse_space(args.space, args.space_file),
@@ -99,7 +99,7 @@ def _interrupt_on_sigterm(signum, frame):
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ..experiments.search import open_study, run_search
-    from ..experiments.search_report import _shown, best_trial, objective_name, trial_rows, write_reports
+    from ..experiments.search_report import best_trial, objective_name, shown_params, trial_rows, write_reports
 
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     settings = settings_from_args(args)
@@ -121,7 +121,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     best = best_trial(study)
     if best is not None:
         print(f"best: trial {best.number}, {objective_name(study, settings.metric)} {best.value:.4f}, "
-              f"{_shown(best.user_attrs['params'])}")
+              f"{shown_params(best.user_attrs['params'])}")
     for key, path in paths.items():
         print(f"  {key:8s} {path}")
     if interrupted:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from ..training.config import TrainConfig
 
 if TYPE_CHECKING:  # imported where a trial prunes (search): `lorakit compare` runs without optuna
     import optuna
+
+    from ..training.checkpoint import TrainState
 
 JOB, RESULT, LOG = "job.json", "result.json", "train.log"  # in each trial directory
 
@@ -81,76 +84,68 @@ def run_job(cfg: TrainConfig, directory: Path, threads: int) -> dict:
         raise
 
 
-def _job_main(job_file: str) -> None:
+def job_main(job_file: str) -> None:
     """The trial process: train the job's config and write result.json beside the job file (never raises)."""
     import torch
 
-    from ..training import run as training
+    from ..training.run import train
 
     job_path = Path(job_file)
     job = json.loads(job_path.read_text())
     torch.set_num_threads(job["threads"])
-    pruned = _trial_pruned() if job["prune"] else ()  # `except ()` catches nothing
-    result = {"start": _now()}
+    pruned = trial_pruned() if job["prune"] else ()  # `except ()` catches nothing
+    result = {"start": now()}
     try:
         cfg = TrainConfig.from_dict(job["config"])
-        if job["prune"]:
-            metrics = _train_with_pruning(training, cfg, job["prune"])
-        else:
-            metrics = training.train(cfg)
+        metrics = train(cfg, on_evaluate=pruning_reporter(job["prune"]) if job["prune"] else None)
         result.update(status="complete", metrics=metrics)
     except pruned as err:
         result.update(status="pruned", error=str(err))
     except Exception as err:  # a failed trial is recorded with its error; the search goes on
         traceback.print_exc()
         result.update(status="fail", error=f"{type(err).__name__}: {err}")
-    result["end"] = _now()
+    result["end"] = now()
     write_text_atomic(job_path.parent / RESULT, json.dumps(result, indent=2, default=str) + "\n")
 
 
-def _train_with_pruning(training, cfg: TrainConfig, prune: dict) -> dict:
-    """train(cfg), reporting the best main metric after each evaluation to the Optuna trial; TrialPruned when the
-    pruner says stop. train() has no evaluation callback yet, so this wraps train._evaluate_and_track in this
-    (single-trial) process."""
+def pruning_reporter(prune: dict) -> Callable[[TrainState], None]:
+    """train()'s on_evaluate hook for a pruned search: reports the best main metric after each evaluation to the
+    Optuna trial, and raises TrialPruned (which ends the run) when the pruner says stop."""
     import optuna
 
-    storage = optuna.storages.RDBStorage(prune["storage"], engine_kwargs=_engine_kwargs(prune["storage"]))
-    study = optuna.load_study(study_name=prune["study"], storage=storage, pruner=_pruner(True))
+    storage = optuna.storages.RDBStorage(prune["storage"], engine_kwargs=engine_kwargs(prune["storage"]))
+    study = optuna.load_study(study_name=prune["study"], storage=storage, pruner=make_pruner(True))
     trial = optuna.Trial(study, prune["trial_id"])
-    evaluate_and_track = training._evaluate_and_track
 
-    def evaluate_and_report(model, evaluate, eval_sets, spec, state, out, run_cfg, progress):
-        stop = evaluate_and_track(model, evaluate, eval_sets, spec, state, out, run_cfg, progress)
+    def report(state: TrainState) -> None:
         trial.report(state.best_metric, state.step)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {state.step}: best {spec.main_metric} {state.best_metric:.4f} "
-                                     "is below the median of earlier trials")
-        return stop
+            raise optuna.TrialPruned(f"pruned at step {state.step}: best metric {state.best_metric:.4f} is below "
+                                     "the median of earlier trials")
 
-    training._evaluate_and_track = evaluate_and_report
-    return training.train(cfg)
+    return report
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now().isoformat(timespec="milliseconds")
 
 
 # the study's storage and pruner settings, for the trial process (search.open_study uses them too)
-def _engine_kwargs(url: str) -> dict | None:
+def engine_kwargs(url: str) -> dict | None:
     return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out other writers
 
 
-def _trial_pruned() -> type[Exception]:
+def trial_pruned() -> type[Exception]:
     import optuna
 
     return optuna.TrialPruned
 
 
-def _pruner(prune: bool) -> optuna.pruners.BasePruner:
+def make_pruner(prune: bool) -> optuna.pruners.BasePruner:
     import optuna
 
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if prune else optuna.pruners.NopPruner()
 
 
 if __name__ == "__main__":  # the trial process started by launch()
-    _job_main(sys.argv[1])
+    job_main(sys.argv[1])

@@ -46,7 +46,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -57,14 +56,11 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from .jobs import JOB, RESULT, run_job  # noqa: F401  (re-exported)
-from .jobs import LOG, _engine_kwargs, _job_main, _now, _pruner, collect, cpu_count, launch
 from ..training.runlock import pid_alive
-from .search_report import PLOTS, best_yaml, summary_markdown  # noqa: F401  (re-exported)
-from .search_report import _replaced, _shown, flat_metrics
-from .search_space import (ALL_LINEAR_TOGGLES, NOT_SEARCHABLE, TOGGLE_NAMES, TOGGLE_PARAMS,  # noqa: F401  (re-exported)
-                           TRAIN_FIELDS, parse_value, toggled_targets)
-from .search_space import DEFAULT_STUDY, SAMPLERS, Range, grid_points, trial_config  # noqa: F401  (re-exported)
+from .jobs import LOG, RESULT, collect, cpu_count, engine_kwargs, launch, make_pruner, now
+from .search_report import flat_metrics, shown_params, superseded_trials
+from .search_settings import SearchSettings
+from .search_space import Range, grid_points, trial_config
 
 HEARTBEAT_S = 20  # a running trial's heartbeat is written this often
 GRACE_S = 180  # a running trial whose heartbeat is older is failed and retried (its process or machine died)
@@ -72,73 +68,6 @@ POLL_S = 0.5
 
 
 # --- the search -------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SearchSettings:
-    base: dict  # TrainConfig values as given (--config file, then flags), before defaults
-    space: dict  # name -> tuple of values or Range
-    output: Path
-    sampler: str = "grid"
-    n_trials: int | None = None  # random / tpe: trials the study should hold; grid: every combination
-    workers: int = 1
-    threads: int | None = None  # torch threads per trial; None = CPU cores // workers
-    storage: str | None = None  # None = sqlite:///<output>/study.db
-    study_name: str = DEFAULT_STUDY
-    prune: bool = False
-    metric: str | None = None  # a results column (validation_accuracy, validation_loss, ...); None = main metric
-    direction: str = "maximize"
-    seed: int = 0  # of the random / tpe sampler
-
-    def __post_init__(self):
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; accepted: {', '.join(SAMPLERS)}")
-        if self.sampler != "grid" and not (self.n_trials and self.n_trials > 0):
-            raise ValueError(f"--sampler {self.sampler} needs --n-trials N (the trials the study should hold)")
-        if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.threads}")
-        if self.prune and self.metric is not None:
-            raise ValueError("--prune reports the task's main metric; leave --metric out with --prune")
-        if self.storage is not None:
-            object.__setattr__(self, "storage", storage_with_driver(self.storage))
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.output / 'study.db').resolve()}"
-
-
-# the extra of pyproject.toml that installs a storage's database driver (psycopg2 for PostgreSQL)
-DRIVER_EXTRAS = {"postgresql": ("lorakit[postgres]", "postgresql+psycopg2")}
-
-
-def storage_with_driver(url: str) -> str:
-    """--storage as Optuna will open it. A bare postgresql:// URL takes psycopg2 (what `lorakit[postgres]` installs)
-    where SQLAlchemy's default driver for it (psycopg 3 from SQLAlchemy 2.1) is missing. A ValueError (one line)
-    for an unknown database or a missing driver, before Optuna fails on it with a traceback."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        parsed = make_url(url)
-        dialect = parsed.get_dialect()
-    except (ArgumentError, NoSuchModuleError, ValueError):
-        raise ValueError(f"--storage {url.split('://')[0]}://...: not a database URL SQLAlchemy knows "
-                         "(e.g. sqlite:///study.db, postgresql://user:password@host/db)") from None
-    extra, fallback = DRIVER_EXTRAS.get(dialect.name, (None, None))
-    candidates = [url]
-    if fallback and "+" not in parsed.drivername:
-        candidates.append(url.replace(parsed.drivername, fallback, 1))
-    errors = []
-    for candidate in candidates:
-        try:
-            make_url(candidate).get_dialect().import_dbapi()
-            return candidate
-        except ImportError as err:
-            errors.append(str(err))
-    fix = f"pip install '{extra}'" if extra else f"install the Python package {dialect.driver}"
-    raise ValueError(f"--storage {dialect.name}: no Python driver for it is installed ({'; '.join(errors)}); {fix}")
-
 
 @dataclass
 class _Running:
@@ -158,11 +87,11 @@ def open_study(s: SearchSettings) -> tuple[optuna.storages.RDBStorage, optuna.St
     for attempt in range(5):  # processes starting together race to create the tables and the study: retry
         try:
             storage = optuna.storages.RDBStorage(
-                s.storage_url, engine_kwargs=_engine_kwargs(s.storage_url), heartbeat_interval=HEARTBEAT_S,
+                s.storage_url, engine_kwargs=engine_kwargs(s.storage_url), heartbeat_interval=HEARTBEAT_S,
                 grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
             study = optuna.create_study(study_name=s.study_name, storage=storage, sampler=sampler,
-                                        pruner=_pruner(s.prune), direction=s.direction, load_if_exists=True)
+                                        pruner=make_pruner(s.prune), direction=s.direction, load_if_exists=True)
             return storage, study
         except SQLAlchemyError:
             if attempt == 4:
@@ -223,7 +152,7 @@ class Search:
             directory = Path(frozen.user_attrs.get("output", self.s.output / "trials" / str(frozen.number)))
             if (directory / RESULT).is_file():
                 print(f"trial {frozen.number}: its search process died after it finished; adopting its result")
-                self._finish(_Running(trial, trial_id, None, directory, _now()))
+                self._finish(_Running(trial, trial_id, None, directory, now()))
             else:
                 print(f"trial {frozen.number}: its search process died; running it again")
                 self._fail_and_retry(trial)
@@ -267,7 +196,7 @@ class Search:
         """The next trial for this process, or None when the study needs no more."""
         if self.s.sampler != "grid":
             trials = self.study.get_trials(deepcopy=False)
-            replaced = _replaced(trials)
+            replaced = superseded_trials(trials)
             held = [t for t in trials if t.state != TrialState.WAITING and t.number not in replaced]
             return self.study.ask() if len(held) < self.s.n_trials else None  # ask takes retries first
         for waiting in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -316,7 +245,7 @@ class Search:
         except ValueError as err:
             trial.set_user_attr("error", f"ValueError: {err}")
             self.study.tell(trial, state=TrialState.FAIL)
-            print(f"trial {trial.number} failed: {_shown(params)}: {err}")
+            print(f"trial {trial.number} failed: {shown_params(params)}: {err}")
             return True
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("output", str(directory))
@@ -324,15 +253,15 @@ class Search:
         prune = {"storage": self.s.storage_url, "study": self.s.study_name, "trial_id": trial_id} \
             if self.s.prune else None
         process = launch(cfg, directory, threads, cuda if cfg.device in ("auto", "cuda") else None, prune)
-        self.running[slot] = _Running(trial, trial_id, process, directory, _now())
-        print(f"trial {trial.number} started: {_shown(params)} ({threads} threads{', GPU ' + cuda if cuda else ''}; "
+        self.running[slot] = _Running(trial, trial_id, process, directory, now())
+        print(f"trial {trial.number} started: {shown_params(params)} ({threads} threads{', GPU ' + cuda if cuda else ''}; "
               f"log {directory / LOG})")
         return True
 
     def _finish(self, job: _Running) -> None:
         result = collect(job.directory, job.process.returncode if job.process is not None else -9)
         trial, status = job.trial, result["status"]
-        start, end = result.get("start", job.launched), result.get("end", _now())
+        start, end = result.get("start", job.launched), result.get("end", now())
         trial.set_user_attr("start", start)
         trial.set_user_attr("end", end)
         trial.set_user_attr("seconds", round((datetime.fromisoformat(end) - datetime.fromisoformat(start))
@@ -374,6 +303,3 @@ def run_search(s: SearchSettings) -> tuple[optuna.Study, int]:
     search.run()
     return search.study, search.ran
 
-
-if __name__ == "__main__":  # `python -m lorakit.experiments.search <job.json>`, as launched before lorakit.experiments.jobs
-    _job_main(sys.argv[1])

@@ -3,7 +3,7 @@
     paths = write_reports(study, settings)     # results.csv, best.yaml, summary.md, heatmap / pareto / curves .png
     rows = trial_rows(study, settings.space)   # a row per trial: params, objective, metrics, time, error
 
-Retried trials and duplicate grid points are left out (_replaced); best.yaml is the best trial's config, for
+Retried trials and duplicate grid points are left out (superseded_trials); best.yaml is the best trial's config, for
 `lorakit train --config best.yaml`.
 """
 from __future__ import annotations
@@ -21,19 +21,19 @@ from .search_space import Range
 from ..training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from .search import SearchSettings
+    from .search_settings import SearchSettings
 
 PLOTS = {"heatmap": "heatmap.png", "pareto": "pareto.png", "curves": "curves.png"}
 
 
-def _replaced(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+def superseded_trials(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     """Trial numbers that do not count: retried ones (a retry took their place) and duplicate grid points."""
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     dropped = {t.number for t in trials if "duplicate_of" in t.user_attrs or t.user_attrs.get("orphaned") == t.number}
     return retried | dropped  # orphaned: its process died; a retry or a re-enqueued copy runs the point again
 
 
-def _shown(params: dict) -> str:
+def shown_params(params: dict) -> str:
     return " ".join(f"{k}={report.fmt(v)}" for k, v in params.items())
 
 
@@ -56,7 +56,7 @@ def trial_rows(study: optuna.Study, space: dict) -> list[dict]:
     """One row per trial (retried and duplicate ones left out): number, status, the space's params, objective,
     the metrics, time, memory, timestamps, error, output directory."""
     trials = study.get_trials(deepcopy=False)
-    replaced = _replaced(trials)
+    replaced = superseded_trials(trials)
     rows = []
     for t in trials:
         if t.number in replaced or t.state == TrialState.WAITING:
@@ -98,7 +98,7 @@ def rank_key(row: dict, maximize: bool) -> tuple[float, float, float]:
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The best complete trial by rank_key (optuna's own best_trial takes the first of tied trials)."""
     trials = study.get_trials(deepcopy=False)
-    replaced = _replaced(trials)
+    replaced = superseded_trials(trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.number not in replaced]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     return min(complete, key=lambda t: rank_key({"objective": t.value, **t.user_attrs.get("metrics", {})}, maximize),
@@ -109,7 +109,7 @@ def best_yaml(trial: optuna.trial.FrozenTrial, name: str, study_name: str) -> st
     """The best trial's config as a `lorakit train --config` file (output and resume left to the new run)."""
     config = {k: v for k, v in trial.user_attrs["config"].items() if k not in ("output", "resume")}
     header = (f"# best trial ({trial.number}) of lorakit search study {study_name!r}: {name} {trial.value:.4f}\n"
-              f"# searched: {_shown(trial.user_attrs['params'])}\n"
+              f"# searched: {shown_params(trial.user_attrs['params'])}\n"
               "# run it: lorakit train --config best.yaml --output runs/best\n")
     return header + yaml.safe_dump(config, sort_keys=False)
 
@@ -128,7 +128,7 @@ def summary_markdown(rows: list[dict], space: dict, name: str, s: SearchSettings
     if done:
         best = done[0]
         lines += [f"**Best: trial {best['trial']}, {name} {best['objective']:.4f}** with "
-                  f"{_shown({k: best[k] for k in space})} ({best.get('trainable_params', 0):,} trainable parameters): "
+                  f"{shown_params({k: best[k] for k in space})} ({best.get('trainable_params', 0):,} trainable parameters): "
                   "`lorakit train --config best.yaml`", "", f"Trials are ranked by {name}; {TIE_BREAK}.", ""]
     columns = {"trial": "trial", **{k: k for k in space}, "objective": name, "trainable_params": "trainable params",
                "train_seconds": "train s", "peak_memory_mb": "peak MB", "status": "status"}
@@ -161,7 +161,7 @@ def write_reports(study: optuna.Study, s: SearchSettings, curves: int = 5) -> di
         "heatmap": report.plot_heatmap(done, "objective", s.output / PLOTS["heatmap"], label=name,
                                        scales=axis_scales(s.space), maximize=maximize),
         "pareto": report.plot_pareto(done, "objective", s.output / PLOTS["pareto"], label=name, maximize=maximize),
-        "curves": report.plot_curves({f"trial {r['trial']}: {_shown({k: r[k] for k in s.space})} "
+        "curves": report.plot_curves({f"trial {r['trial']}: {shown_params({k: r[k] for k in s.space})} "
                                       f"({r['objective']:.3f})": Path(r["output"]) / "log.jsonl"
                                       for r in done[:curves] if r.get("output")}, s.output / PLOTS["curves"],
                                      title=f"training loss of the {min(curves, len(done))} best trials"),

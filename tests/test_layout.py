@@ -1,0 +1,139 @@
+"""The package's layers, read from the source (issue 15): what may import what, no cycles, no private names used
+across modules, short functions, and README's tree equal to src/.
+
+    cli  ->  experiments, export  ->  training  ->  core (lorakit/*.py)        tasks/: data only, no LoRA
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+PACKAGE = SRC / "lorakit"
+MAX_FUNCTION_LINES = 60
+# layer -> the layers it may import (the package's __init__, the public facade, is open to all)
+ALLOWED = {
+    "core": {"core"},
+    "tasks": {"tasks"},
+    "training": {"core", "tasks", "training"},
+    "experiments": {"core", "tasks", "training", "experiments"},
+    "export": {"core", "tasks", "training", "export"},
+    "cli": {"core", "tasks", "training", "experiments", "export", "cli"},
+}
+FACADES = {"lorakit", "lorakit.__main__"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ALLOWED) else "core"
+
+
+def imports(module: str) -> list[tuple[str, str | None, int]]:
+    """(imported module, imported name or None, line) for every lorakit import in `module`, at any depth (inside
+    functions and under TYPE_CHECKING too)."""
+    path = MODULES[module]
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, None, node.lineno) for a in node.names if a.name.split(".")[0] == "lorakit"]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            if target.split(".")[0] != "lorakit":
+                continue
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.append((sub, None, node.lineno) if sub in MODULES else (target, alias.name, node.lineno))
+    return found
+
+
+def edges() -> dict[str, set[str]]:
+    return {m: {t for t, _, _ in imports(m) if t in MODULES and t != m} for m in MODULES}
+
+
+def test_layers_import_only_downwards():
+    wrong = [f"{m}:{line} imports {t} ({layer(m)} -> {layer(t)})"
+             for m in MODULES if m not in FACADES for t, _, line in imports(m)
+             if t not in FACADES and layer(t) not in ALLOWED[layer(m)]]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycles():
+    graph, state, cycles = edges(), {}, []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]) if nxt in stack else f"{node} -> {nxt}")
+            elif nxt not in state:
+                visit(nxt, stack + [node])
+        state[node] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_no_private_names_across_modules():
+    wrong = [f"{m}:{line} imports {name} from {t}" for m in MODULES for t, name, line in imports(m)
+             if name and name.startswith("_") and not name.startswith("__")]
+    assert not wrong, "\n".join(wrong)
+
+
+def function_lengths():
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+                if body:
+                    yield module, node.name, node.lineno, node.end_lineno - body[0].lineno + 1
+
+
+def test_functions_are_short():
+    long = [f"{m}.{name} (line {line}): {n} lines" for m, name, line, n in function_lengths()
+            if n > MAX_FUNCTION_LINES]
+    assert not long, "\n".join(long)
+
+
+def readme_tree() -> set[str]:
+    """The paths README's "How it is built" names under src/lorakit/: `name.py` and `pkg/` entries, nested by
+    indentation."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## How it is built", 1)[1].split("```", 2)[1]
+    paths, stack = set(), []
+    for line in block.splitlines()[1:]:
+        m = re.match(r"^( *)(\S+)", line)
+        if not m or not re.fullmatch(r"[\w.]+(\.py|/)", m.group(2)):
+            continue
+        depth = len(m.group(1)) // 2
+        stack = stack[:depth - 1] if depth else []
+        name = m.group(2)
+        if stack or depth == 1:
+            path = "/".join([*stack, name.rstrip("/")])
+            paths.add(path)
+        if name.endswith("/"):
+            stack = [*stack, name.rstrip("/")]
+    return paths
+
+
+def test_readme_tree_is_src():
+    on_disk = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    on_disk |= {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    named = readme_tree()
+    assert named == on_disk, (f"in src/ but not in README: {sorted(on_disk - named)}; "
+                              f"in README but not in src/: {sorted(named - on_disk)}")
