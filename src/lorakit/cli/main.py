@@ -14,8 +14,8 @@ file. eval / merge / predict start from the settings recorded with the trained m
 Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1; SIGTERM / Ctrl-C
 during train write a checkpoint and exit 143 / 130 with the command that resumes; `search` exits 1 when every trial
 failed.
-Run `lorakit <command> --help` for every flag. The flags and the settings precedence are in cli_flags.py;
-search and compare add their own subcommands (search_cli.py, compare.py).
+Run `lorakit <command> --help` for every flag. The flags (generated from TrainConfig) and the settings precedence are in
+flags.py, the other commands' parsers in parsers.py; search and compare add their own (search.py, compare.py).
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ import json
 import sys
 from pathlib import Path
 
-from .flags import (RAW, _config_flag, _data_flags, _given, _read_config_file, _runtime_flags, _source_flags,
-                    _train_parser, _train_values, add_lora_flags, given_train_values, train_config_from_args)
+from .flags import (add_train_parser, given_flags, given_train_values, read_config_file, train_config_from_args,
+                    train_values)
+from .parsers import add_eval_parser, add_export_parser, add_merge_parser, add_params_parser, add_predict_parser
 from .compare import add_compare_parser
 from ..extras import missing_extra
 from .search import add_search_parser
@@ -78,7 +79,7 @@ def _inference_setup(args: argparse.Namespace):
     from ..tasks import CAUSAL_LM, get_task, load_splits
     from ..training.config import eval_sample_cap
 
-    from_file, flags = _read_config_file(args), _given(args)
+    from_file, flags = read_config_file(args), given_flags(args)
     for values in (from_file, flags):
         values.pop("output", None)  # eval / merge --output names their own result, not the run directory
     adapter = flags.get("adapter") or from_file.get("adapter")
@@ -92,7 +93,7 @@ def _inference_setup(args: argparse.Namespace):
                          "hub id)")
     local = Path(source).is_dir()
     record = read_record(find_artifact(source)) if local else {}
-    values = {**record.get("config", {}), **_train_values(from_file), **_train_values(flags)}
+    values = {**record.get("config", {}), **train_values(from_file), **train_values(flags)}
     values.update(resume=None, init_adapter=None)
     cfg = TrainConfig.from_dict(values)
     data = None
@@ -270,7 +271,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     from ..training.models import load_classifier
     from ..params import parameter_report
 
-    lora = TrainConfig.from_dict(_train_values(_given(args))).lora_config()  # train's LoRA defaults, flags over them
+    lora = TrainConfig.from_dict(train_values(given_flags(args))).lora_config()  # train's LoRA defaults, flags over them
     model, _ = load_classifier(args.model, args.num_labels)
     add_lora(model, lora)
     report = parameter_report(model)
@@ -291,88 +292,13 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
     """params_defaults: values of a --config file for `lorakit params`, whose flags have ordinary defaults."""
     parser = argparse.ArgumentParser(prog="lorakit", description="LoRA and QLoRA fine-tuning, written from scratch.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub).set_defaults(func=cmd_train)
-
-    p = sub.add_parser("eval", help="evaluate a trained adapter or a (merged) model", formatter_class=RAW,
-                       description="Evaluate on the task's evaluation splits. Task, data and max length default to "
-                                   "the recorded run's settings.\n\nexamples:\n"
-                                   "  lorakit eval --adapter runs/sst2-lora\n"
-                                   "  lorakit eval --model runs/sst2-merged --max-eval-samples 200\n"
-                                   "  lorakit eval --adapter runs/sst2-lora --max-eval-samples all")
-    _config_flag(p)
-    _source_flags(p)
-    _data_flags(p, recorded=True)
-    _runtime_flags(p)
-    p.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("merge", help="fold an adapter into its base model and save a plain transformers model",
-                       formatter_class=RAW,
-                       description="Write a plain transformers model directory (weights, config, tokenizer) with the "
-                                   "adapter folded in; quantized (QLoRA) bases are dequantized.\n\nexample:\n"
-                                   "  lorakit merge --adapter runs/sst2-lora --output runs/sst2-merged")
-    _config_flag(p)
-    _source_flags(p)
-    p.add_argument("--task", help="the task (default: the recorded one)")
-    p.add_argument("--output", metavar="DIR", help="directory for the merged model (required)")
-    p.set_defaults(func=cmd_merge)
-
-    p = sub.add_parser("predict", help="classify texts, answer questions or follow prompts", formatter_class=RAW,
-                       description="Classification: one line per text: label, probability (or score), text.\n"
-                                   "Question answering: the answer, one line per input. Instruction tuning: each "
-                                   "answer as generated, a blank line between answers (streamed on a "
-                                   "terminal).\n\nexamples:\n"
-                                   "  lorakit predict --adapter runs/sst2-lora \"a gripping film\" \"flat and dull\"\n"
-                                   "  lorakit predict --adapter runs/mrpc-lora --file pairs.txt  # TAB-separated\n"
-                                   "  lorakit predict --adapter runs/squad --question \"Who wrote it?\" "
-                                   "--context \"It was written by Ann.\"\n"
-                                   "  lorakit predict --adapter runs/instruct --prompt \"Name three colours.\"\n"
-                                   "  lorakit predict --adapter runs/instruct --prompt \"Write a haiku.\" "
-                                   "--temperature 0.7 --top-p 0.9 --seed 1")
-    _config_flag(p)
-    _source_flags(p)
-    p.add_argument("texts", nargs="*", help="texts to classify (sentence pairs: 'first<TAB>second'; "
-                   "QA: 'question<TAB>context'; instruct: prompts)")
-    p.add_argument("--file", metavar="FILE", help="one text a line")
-    p.add_argument("--question", help="question answering: the question (with --context)")
-    p.add_argument("--context", help="question answering: the passage that holds the answer")
-    p.add_argument("--prompt", action="append", metavar="TEXT", help="instruction tuning: a prompt to answer "
-                   "(repeatable); answers are printed as generated, a blank line between them")
-    p.add_argument("--max-new-tokens", type=int, metavar="N", help="instruction tuning: tokens to generate at most "
-                                                                   "(default: 128)")
-    p.add_argument("--temperature", type=float, metavar="T", help="instruction tuning: 0 = greedy (default), "
-                                                                  "> 0 samples (with --seed)")
-    p.add_argument("--top-p", type=float, metavar="P", help="instruction tuning, with --temperature: nucleus "
-                                                            "sampling over the top tokens of mass P (default: 1)")
-    p.add_argument("--task", help="the task (default: the recorded one)")
-    p.add_argument("--max-length", type=int, metavar="T", help="tokens per text (default: the recorded one)")
-    _runtime_flags(p)
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("params", help="the per-module trainable-parameter table for a model and LoRA settings")
-    _config_flag(p)
-    p.add_argument("--model", default=TrainConfig.model, help=f"hub id, local directory, or 'minilm' (default: "
-                                                                 f"{TrainConfig.model})")
-    p.add_argument("--num-labels", type=int, default=2, help="outputs of the classification head (default: 2)")
-    p.add_argument("--all", action="store_true", help="list frozen parameters too")
-    add_lora_flags(p)
-    p.set_defaults(func=cmd_params, **(params_defaults or {}))
-    p = sub.add_parser("export", help="write the adapter as GGUF for llama.cpp / Ollama: merged, or --lora-only",
-                       formatter_class=RAW,
-                       description="GGUF for llama.cpp, Ollama and LM Studio (Llama-family causal LMs).\n\nexamples:\n"
-                                   "  lorakit export --adapter runs/instruct --gguf merged.gguf --gguf-type q8_0\n"
-                                   "  lorakit export --adapter runs/instruct --gguf adapter.gguf --lora-only")
-    p.add_argument("--adapter", required=True, help="a `lorakit train` output or an adapter directory")
-    p.add_argument("--model", help="the base model (default: the recorded one)")
-    p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write")
-    p.add_argument("--gguf-type", default="f16", metavar="TYPE", help="merged model: f16 (default), q8_0, f32, or "
-                   "base (each tensor in the base GGUF file's own type, e.g. SmolLM2's Q4_1)")
-    p.add_argument("--lora-only", action="store_true", help="write the adapter alone as a llama.cpp LoRA file")
-    p.add_argument("--base-gguf", metavar="FILE", help="the base model's GGUF file: its tokenizer and chat template "
-                   "are copied (default: SmolLM2's packaged file for the smollm2 base, else built from the tokenizer)")
-    p.set_defaults(func=cmd_export)
-    d = sub.add_parser("demo", help="the main job (see `make demo`)")
-    d.set_defaults(func=cmd_demo)
+    add_train_parser(sub).set_defaults(func=cmd_train)
+    add_eval_parser(sub).set_defaults(func=cmd_eval)
+    add_merge_parser(sub).set_defaults(func=cmd_merge)
+    add_predict_parser(sub).set_defaults(func=cmd_predict)
+    add_params_parser(sub, params_defaults or {}).set_defaults(func=cmd_params)
+    add_export_parser(sub).set_defaults(func=cmd_export)
+    sub.add_parser("demo", help="the main job (see `make demo`)").set_defaults(func=cmd_demo)
     add_search_parser(sub)
     add_compare_parser(sub)
     return parser
@@ -380,7 +306,7 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
 
 def _params_defaults(args: argparse.Namespace) -> dict:
     """`lorakit params --config FILE`: the file's values for params' own flags (the rest of a run config is ignored)."""
-    values = {k: v for k, v in _read_config_file(args).items() if k in vars(args)}
+    values = {k: v for k, v in read_config_file(args).items() if k in vars(args)}
     modules = values.get("target_modules")
     if isinstance(modules, str):  # a run config's "all-linear", or a regex
         values["target_modules"] = [modules] if modules == "all-linear" else None

@@ -15,7 +15,7 @@ prints and records what it actually used, and the two helpers that apply them (`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from ..config import LoraConfig, QuantConfig, _JsonMixin, _tupled, is_family_init
@@ -30,7 +30,20 @@ METHODS = ("lora", "qlora", "lora+head", "head", "last-layers", "full")
 # epochs. A fresh head alone tolerates 1e-3.
 DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "lora+head": 1e-3, "head": 1e-3, "last-layers": 5e-4, "full": 5e-5}
 PRECISIONS = ("auto", "fp32", "bf16")
+# Instruction tuning evaluates loss and perplexity over every held-out record twice a run (before and after);
+# SmolLM2-135M on CPU took ~0.45 s a record (202 records: 90 s per evaluation), so the default is a seeded subset.
+INSTRUCT_EVAL_SAMPLES = 100
 REPORTERS = ("wandb", "tensorboard")
+
+
+
+def setting(default, group: str, help: str, **cli) -> Field:
+    """A TrainConfig field with what `lorakit train --help` says of it: the --help section `group`, the `help`
+    text (the default is added from `default`), and optional cli keys: metavar, choices, flags (the flag names
+    when they are not --field-name), default_text (said instead of the default), recorded (eval: the default is
+    the recorded run's), after (text after the default). lorakit.cli.flags builds the flags from these."""
+    return field(default=default, metadata={"group": group, "help": help, **cli})
+
 
 if TYPE_CHECKING:  # torch and yaml are imported where used: `lorakit train --help` reads TrainConfig without them
     import torch
@@ -41,63 +54,104 @@ class TrainConfig(_JsonMixin):
     """One training run. Defaults are the recommended settings; `lr=None` means DEFAULT_LR[method]."""
 
     # model and data
-    model: str = "minilm"  # hub id, local directory or alias ("minilm")
-    task: str = "sst2"  # registered task (lorakit.tasks.task_names()) or "csv"
-    data_dir: str | None = None  # the task's original files; None with no files = the Hugging Face hub
-    train_file: str | None = None  # .csv/.tsv/.jsonl instead of data_dir (always for task csv)
-    eval_file: str | None = None
-    text_columns: tuple[str, ...] | None = None  # one or two text columns of train_file / eval_file
-    label_column: str | None = None
-    split_from_eval: float | None = None  # carve this share of the eval split into train (tasks without one)
-    max_train_samples: int | None = None  # seeded random subset, for quick runs
-    max_eval_samples: int | None = None  # 0 = all; None = the default: all, INSTRUCT_EVAL_SAMPLES for instruction data
-    eval_test: bool = False  # also evaluate on the labelled test split where one exists (IMDB, SST-2, MRPC)
-    max_length: int = 128  # tokens per example after truncation
-    pad_to_max_length: bool = False  # pad every batch to max_length (throughput baseline; off = dynamic padding)
-    group_by_length: bool = True  # batches of similar lengths (less padding); off = plain shuffle
+    model: str = setting("minilm", "model", "hub id, local directory, or 'minilm'")
+    task: str = setting("sst2", "data", "task name: sst2, cola, mrpc, stsb, qnli, rte, mnli, qqp, imdb, ... or csv",
+                        recorded=True)  # a registered task (lorakit.tasks.task_names()) or "csv"
+    data_dir: str | None = setting(None, "data", "the task's original files (e.g. ../shared/data/sst2); default: "
+                                   "the Hugging Face hub", metavar="DIR")
+    train_file: str | None = setting(None, "data", ".csv/.tsv/.jsonl training file (task csv, or any task)",
+                                     metavar="FILE")
+    eval_file: str | None = setting(None, "data", ".csv/.tsv/.jsonl evaluation file", metavar="FILE")
+    text_columns: tuple[str, ...] | None = setting(
+        None, "data", "text column of the files; give it twice for sentence pairs (default: text)", metavar="NAME",
+        flags=("--text-column", "--text-columns"))
+    label_column: str | None = setting(None, "data", "label column of the files (default: label)", metavar="NAME")
+    split_from_eval: float | None = setting(
+        None, "data", "carve a share F of the evaluation split into train (tasks without a train split)", metavar="F")
+    max_train_samples: int | None = setting(None, "data", "seeded random subset of the train split", metavar="N")
+    max_eval_samples: int | None = setting(  # 0 = all; None = all, INSTRUCT_EVAL_SAMPLES for instruction data
+        None, "data", "seeded random subset of each eval split; 'all': every row (default: all for classification "
+        f"and QA, {INSTRUCT_EVAL_SAMPLES} for instruction data)", metavar="N")
+    eval_test: bool = setting(False, "data", "also evaluate on the labelled test split where the data has one "
+                              "(IMDB, SST-2, MRPC)")
+    max_length: int = setting(128, "data", "tokens per example", metavar="T", recorded=True)  # after truncation
+    pad_to_max_length: bool = setting(False, "data", "pad every batch to --max-length (throughput baseline; "
+                                      "default: pad to the batch's longest)")
     # what trains
-    method: str = "lora"  # one of METHODS
-    init_adapter: str | None = None  # start from this saved adapter (e.g. LoRA first, then --method head)
-    lora_r: int = _LORA["r"]
-    lora_alpha: float = _LORA["alpha"]
-    lora_dropout: float = _LORA["dropout"]
-    target_modules: tuple[str, ...] | str = "all-linear"  # names/toggles, "all-linear", or one regex string
-    use_rslora: bool = _LORA["use_rslora"]
+    method: str = setting("lora", "method", (
+        "what trains: lora (LoRA + the task head), qlora (lora over a 4/8-bit base), lora+head (LoRA + the layers "
+        "below the head, e.g. BERT's pooler, in full), head (the classifier only), last-layers (the head and the "
+        "layer below it), full"), choices=METHODS, after=(
+        "LoRA adapts every linear layer below the head unless the --lora-<toggle> flags, --target-modules or "
+        "--target-regex say otherwise"))
+    init_adapter: str | None = setting(None, "method", "start from a saved adapter (e.g. LoRA first, then --method "
+                                       "head trains the head on top of it); its LoRA settings replace the --lora-* "
+                                       "flags", metavar="DIR")
+    lora_r: int = setting(_LORA["r"], "LoRA", "rank r of the update B·A")
+    lora_alpha: float = setting(_LORA["alpha"], "LoRA", "alpha; the update is scaled by alpha/r")
+    lora_dropout: float = setting(_LORA["dropout"], "LoRA", "dropout on the LoRA branch input")
+    # names/toggles, "all-linear", or one regex string (--target-regex)
+    target_modules: tuple[str, ...] | str = setting(
+        "all-linear", "LoRA", "module names ('.name' suffix match), or 'all-linear'; overrides the toggles",
+        metavar="NAME")
+    use_rslora: bool = setting(_LORA["use_rslora"], "LoRA", "scale by alpha/sqrt(r) instead of alpha/r")
     # config.INITS; "gaussian" in a run config written before "normal_1_over_r" existed now means PEFT's gaussian
-    lora_init: str = _LORA["init"]
-    dora: bool = _LORA["use_dora"]  # DoRA (dora.py): a trained magnitude per output unit on top of LoRA
-    loftq_iter: int = _LORA["loftq_iter"]  # --lora-init loftq (qlora): quantize / SVD alternations
-    quant_kind: str = "nf4"  # qlora: nf4 | fp4 | int8
-    double_quant: bool = True  # qlora: quantize the absmax constants too
-    quant_compute_dtype: str = "float32"  # qlora: dtype the base weights are dequantized to
+    lora_init: str = setting(_LORA["init"], "LoRA", (
+        "kaiming (PEFT's) | gaussian (PEFT's, std 1/r) | normal_1_over_r (std 1/sqrt(r)): A random, B = 0; pissa | "
+        "pissa_niter_<N> | olora: A, B from W0, W0 keeps the residual; loftq (--method qlora): W0 quantized against "
+        "B·A"), metavar="INIT")
+    dora: bool = setting(_LORA["use_dora"], "LoRA", "DoRA: also train a magnitude per output unit, "
+                         "W' = m·(W0 + s·B·A)/||W0 + s·B·A||")  # dora.py
+    loftq_iter: int = setting(_LORA["loftq_iter"], "LoRA", "LoftQ alternations", metavar="T")
+    quant_kind: str = setting("nf4", "QLoRA (--method qlora)", "", choices=("nf4", "fp4", "int8"))
+    double_quant: bool = setting(True, "QLoRA (--method qlora)", "keep the absmax constants in fp32 (default: "
+                                 "quantize them too)")
+    quant_compute_dtype: str = setting("float32", "QLoRA (--method qlora)", "dtype the base weights are "
+                                       "dequantized to", choices=("float32", "bfloat16", "float16"))
     # optimisation
-    epochs: int = 3
-    max_steps: int | None = None  # optimizer steps; overrides epochs
-    lr: float | None = None  # None = DEFAULT_LR[method]
-    loraplus_ratio: float | None = None  # LoRA+ (Hayou et al. 2024): B learns at lr * ratio (e.g. 16)
-    weight_decay: float = 0.0  # AdamW decoupled decay; never on biases and norm weights
-    batch_size: int = 32  # examples per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    eval_batch_size: int = 64
-    warmup_ratio: float = 0.06  # share of the steps with linear warmup (then linear decay to 0)
-    warmup_steps: int | None = None  # overrides warmup_ratio
-    max_grad_norm: float = 1.0  # gradient clipping; 0 = off
-    precision: str = "auto"  # auto (bf16 on CUDA that supports it, else fp32) | fp32 | bf16
-    gradient_checkpointing: bool = False
+    epochs: int = setting(3, "optimisation", "")
+    max_steps: int | None = setting(None, "optimisation", "optimizer steps; overrides --epochs", metavar="N")
+    lr: float | None = setting(None, "optimisation", "peak learning rate", default_text="per method: " + ", ".join(
+        f"{m} {lr:g}" for m, lr in DEFAULT_LR.items()))  # None = DEFAULT_LR[method]
+    loraplus_ratio: float | None = setting(None, "optimisation", "LoRA+: the B matrices learn at lr x R (e.g. 16; "
+                                           "default: off)", metavar="R")  # Hayou et al. 2024
+    weight_decay: float = setting(0.0, "optimisation", "AdamW weight decay on matrices")  # never biases and norms
+    batch_size: int = setting(32, "optimisation", "examples per micro-batch", metavar="N")
+    grad_accum: int = setting(1, "optimisation", "micro-batches per optimizer step", metavar="K")
+    eval_batch_size: int = setting(64, "runtime", "", metavar="N")
+    warmup_ratio: float = setting(0.06, "optimisation", "share of steps in linear warmup")  # then linear decay to 0
+    warmup_steps: int | None = setting(None, "optimisation", "warmup steps; overrides --warmup-ratio", metavar="N")
+    max_grad_norm: float = setting(1.0, "optimisation", "gradient clipping, 0 = off")
+    precision: str = setting("auto", "runtime", "auto = bf16 autocast on a CUDA GPU that supports it, else fp32",
+                             choices=PRECISIONS)
+    gradient_checkpointing: bool = setting(False, "optimisation", "recompute activations in backward: less memory, "
+                                           "~30%% slower")
     # the model's own dropout (hidden states, attention probabilities) from torch instead of lorakit's cheaper CPU
     # one (fast_dropout.py: same distribution, another random stream; no change on CUDA)
-    torch_dropout: bool = False
+    torch_dropout: bool = setting(False, "optimisation", "the model's dropout as torch runs it (default: lorakit's "
+                                  "cheaper CPU dropout, the same distribution from another random stream; on CUDA "
+                                  "both are torch's)")
+    group_by_length: bool = setting(True, "optimisation", "plain shuffled batches (default: batches of similar "
+                                    "lengths)")
     # evaluation, checkpoints, stopping
-    eval_steps: int = 0  # also evaluate every N steps (always at each epoch end); 0 = epoch ends only
-    save_steps: int = 0  # checkpoint every N steps; 0 = at every evaluation
-    save_total_limit: int = 2  # step checkpoints kept (the best one is kept separately)
-    early_stopping_patience: int = 0  # stop after N evaluations without improvement; 0 = off
+    eval_steps: int = setting(0, "evaluation, checkpoints, output", "also evaluate every N steps (default: epoch "
+                              "ends only)", metavar="N")  # always at each epoch end too
+    save_steps: int = setting(0, "evaluation, checkpoints, output", "checkpoint every N steps (default: at every "
+                              "evaluation)", metavar="N")
+    save_total_limit: int = setting(2, "evaluation, checkpoints, output", "step checkpoints kept",
+                                    metavar="N")  # the best one is kept separately
+    early_stopping_patience: int = setting(0, "evaluation, checkpoints, output", "stop after N evaluations without "
+                                           "improvement (default: off)", metavar="N")
     # run
-    seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    output: str | None = None  # None = runs/<task>-<method>
-    resume: str | None = None  # a checkpoint directory, or "auto" = the newest under output/checkpoints
-    report_to: tuple[str, ...] = ()  # wandb, tensorboard (JSON Lines are always written)
+    seed: int = setting(42, "runtime", "seed of data order, subsets, initialisation, dropout")
+    device: str = setting("auto", "runtime", "auto | cpu | cuda | cuda:N | mps")
+    output: str | None = setting(None, "evaluation, checkpoints, output", "output directory",
+                                 default_text="runs/<task>-<method>", metavar="DIR")
+    resume: str | None = setting(None, "evaluation, checkpoints, output", (
+        "a checkpoint directory (<output>/checkpoints/step-*), or 'auto': the newest one under --output; every "
+        "setting comes from the run's config.yaml, flags given override"), metavar="CHECKPOINT")
+    report_to: tuple[str, ...] = setting((), "evaluation, checkpoints, output", "also log to wandb / tensorboard "
+                                         "(JSON Lines always)", choices=REPORTERS)
 
     def __post_init__(self):
         for name in ("text_columns", "report_to"):  # one name may be given as a plain string
@@ -172,11 +226,6 @@ class TrainConfig(_JsonMixin):
         import yaml
 
         return cls.from_dict(yaml.safe_load(text) or {})
-
-
-# Instruction tuning evaluates loss and perplexity over every held-out record twice a run (before and after);
-# SmolLM2-135M on CPU took ~0.45 s a record (202 records: 90 s per evaluation), so the default is a seeded subset.
-INSTRUCT_EVAL_SAMPLES = 100
 
 
 def eval_sample_cap(max_eval_samples: int | None, instruction_data: bool) -> int | None:
