@@ -132,7 +132,7 @@ def readme_tree() -> set[str]:
 
 
 def test_readme_tree_is_src():
-    on_disk = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    on_disk = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.parent == PACKAGE or p.name != "__init__.py"}
     on_disk |= {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__"}
     named = readme_tree()
     assert named == on_disk, (f"in src/ but not in README: {sorted(on_disk - named)}; "

@@ -160,7 +160,7 @@ CLI = textwrap.dedent("""
 
 
 def _cli(base: dict, *flags: str) -> subprocess.Popen:
-    """`lorakit search` in a process of its own (cli.py wires the same parser)."""
+    """`lorakit search` in a process of its own (cli/main.py wires the same parser)."""
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in base.items()]
     return subprocess.Popen([sys.executable, "-c", CLI, "search", *argv, *flags], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

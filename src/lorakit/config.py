@@ -37,14 +37,14 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 HEAD_NAMES = ("classifier", "pre_classifier", "qa_outputs", "score", "lm_head")
 
 
-def _tupled(value):
+def tupled(value):
     """Lists become tuples so the dataclass stays hashable and frozen all the way down."""
     if isinstance(value, list):
         return tuple(value)
     return value
 
 
-class _JsonMixin:
+class JsonMixin:
     """to_dict / to_json / from_dict / from_json for a frozen dataclass of plain values."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,7 +71,7 @@ class _JsonMixin:
 
 
 @dataclass(frozen=True)
-class LoraConfig(_JsonMixin):
+class LoraConfig(JsonMixin):
     """Where and how to inject LoRA: h = W0·x + (alpha/r)·B·A·dropout(x)  (Hu et al. 2021, eq. 3)."""
 
     r: int = 8  # rank of the update B·A
@@ -99,7 +99,7 @@ class LoraConfig(_JsonMixin):
 
     def __post_init__(self):
         for name in ("target_modules", "exclude_modules", "layers_to_transform", "modules_to_save"):
-            object.__setattr__(self, name, _tupled(getattr(self, name)))
+            object.__setattr__(self, name, tupled(getattr(self, name)))
         check_fields(self, lambda name: f"LoraConfig: {name}")  # types, finite numbers (validation.py)
         for name in ("target_modules", "exclude_modules"):
             if isinstance(getattr(self, name), str) and getattr(self, name) != "all-linear":
@@ -140,7 +140,7 @@ class LoraConfig(_JsonMixin):
 
 
 @dataclass(frozen=True)
-class QuantConfig(_JsonMixin):
+class QuantConfig(JsonMixin):
     """How the frozen base weights are stored (QLoRA, Dettmers et al. 2023)."""
 
     kind: str = "nf4"  # "nf4" | "fp4" (4-bit, block-wise absmax) | "int8" (absmax per output row or per block)
@@ -151,7 +151,7 @@ class QuantConfig(_JsonMixin):
     int8_blockwise: bool = False  # int8 only: block-wise absmax instead of one absmax per output row
 
     def __post_init__(self):
-        object.__setattr__(self, "skip_modules", _tupled(self.skip_modules))
+        object.__setattr__(self, "skip_modules", tupled(self.skip_modules))
         if self.kind not in QUANT_KINDS:
             raise ValueError(f"QuantConfig: kind={self.kind!r} is not supported; accepted: {list(QUANT_KINDS)}")
         if self.compute_dtype not in COMPUTE_DTYPES:

@@ -169,19 +169,16 @@ class DoRALinear(LoRALinear):
     @torch.no_grad()
     def merge(self) -> None:
         """W0 <- g ⊙ (W0 + s·B·A); g is kept so unmerge can invert it. Idempotent."""
-        if self.merged:
-            return
-        weight = self._dense_weight()
-        self._merge_scale = self.lora_magnitude_vector.float() / self.weight_norm().float()  # (out,)
-        weight.copy_((weight.float() + self.delta_weight()).to(weight.dtype))
-        self.merged = True
+        if not self.merged:
+            self._merge_scale = self.lora_magnitude_vector.float() / self.weight_norm().float()  # (out,)
+            super().merge()  # W0 + delta_weight(), delta = g ⊙ (W0 + s·B·A) - W0
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """W0 <- W'/g - s·B·A. Idempotent."""
         if not self.merged:
             return
-        weight = self._dense_weight()
+        weight = self.dense_weight()
         g = self._merge_scale[None, :] if self.fan_in_fan_out else self._merge_scale[:, None]  # over (in, out) / (out, in)
         lora = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling  # (out, in)
         lora = lora.t() if self.fan_in_fan_out else lora

@@ -24,7 +24,8 @@ from .config import LoraConfig, is_family_init
 from .dora import DoRALinear
 from .lora import LORA_LAYERS, LoRAEmbedding, LoRALinear
 from .lora_init import is_residual_init, residual_init
-from .quant_linear import QuantLinear, dequantize_model, requantize_error
+from .quant import requantize_error
+from .quant_linear import QuantLinear, dequantize_model
 from .targets import compact_targets, find_targets, pattern_value
 
 logger = logging.getLogger(__name__)

@@ -31,9 +31,6 @@ from .adapter_int8 import adapter_weights
 from .fused import lora_linear
 from .quant_linear import QuantLinear, qlora_linear
 
-LINEAR_TYPES = (nn.Linear, Conv1D, QuantLinear)
-
-
 def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
     """alpha / r (the paper), or alpha / sqrt(r) (rsLoRA, Kalajdzievski 2023: keeps the update's scale with r)."""
     return alpha / math.sqrt(r) if use_rslora else alpha / r
@@ -55,7 +52,28 @@ def _adapter_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     return weight_dtype if weight_dtype == torch.float32 or weight_dtype == torch.float64 else torch.float32
 
 
-class LoRALinear(nn.Module):
+class Mergeable:
+    """merge() / unmerge() of a LoRA layer: W0 <- W0 ± ΔW, computed in fp32 and cast back, idempotent. The layer
+    gives `merged`, `delta_weight()` (ΔW shaped like W0) and `dense_weight()` (W0, a tensor that can hold the sum)."""
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W0 <- W0 + ΔW. Idempotent."""
+        if not self.merged:
+            weight = self.dense_weight()
+            weight.copy_((weight.float() + self.delta_weight()).to(weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W0 <- W0 - ΔW: restores W0 (exactly in fp32 up to rounding). Idempotent."""
+        if self.merged:
+            weight = self.dense_weight()
+            weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
+            self.merged = False
+
+
+class LoRALinear(Mergeable, nn.Module):
     """h = W0·x + b + (alpha/r)·B·A·dropout(x) around a frozen Linear, Conv1D or QuantLinear."""
 
     def __init__(
@@ -142,7 +160,7 @@ class LoRALinear(nn.Module):
         delta = (B.float() @ A.float()) * self.scaling  # (out, in)
         return delta.t() if self.fan_in_fan_out else delta
 
-    def _dense_weight(self) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
         if isinstance(self.base_layer, QuantLinear):
             raise TypeError(
                 "cannot merge LoRA into a quantized (QLoRA) base in place: the sum does not fit the 4/8-bit codes. "
@@ -150,29 +168,11 @@ class LoRALinear(nn.Module):
             )
         return self.base_layer.weight
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """W0 <- W0 + scaling·B·A, computed in fp32 and cast back. Idempotent."""
-        if self.merged:
-            return
-        weight = self._dense_weight()
-        weight.copy_((weight.float() + self.delta_weight()).to(weight.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """W0 <- W0 - scaling·B·A: restores W0 (exactly in fp32 up to rounding). Idempotent."""
-        if not self.merged:
-            return
-        weight = self._dense_weight()
-        weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
-        self.merged = False
-
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}, merged={self.merged}"
 
 
-class LoRAEmbedding(nn.Module):
+class LoRAEmbedding(Mergeable, nn.Module):
     """h = W0[x] + (alpha/r)·(A^T[x])·B^T around a frozen nn.Embedding.
 
     A: (r, num_embeddings) starts at zero and B: (embedding_dim, r) is random, the paper's choice for embeddings
@@ -207,21 +207,8 @@ class LoRAEmbedding(nn.Module):
         """scaling·(B·A)^T in fp32: (num_embeddings, dim), shaped like the embedding table."""
         return (self.lora_embedding_B.float() @ self.lora_embedding_A.float()).t() * self.scaling
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        if self.merged:
-            return
-        weight = self.base_layer.weight
-        weight.copy_((weight.float() + self.delta_weight()).to(weight.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        weight = self.base_layer.weight
-        weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
-        self.merged = False
+    def dense_weight(self) -> torch.Tensor:
+        return self.base_layer.weight
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, merged={self.merged}"

@@ -149,11 +149,6 @@ def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
     return (codes[0::2] << 4) | codes[1::2]
 
 
-def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """(ceil(n/2),) uint8 -> (n,) int64 codes (inverse of pack_4bit)."""
-    return torch.stack([packed >> 4, packed & 0x0F], dim=1).reshape(-1)[:n].long()
-
-
 # ---------------------------------------------------------------- 8-bit dynamic (double quantization)
 
 def _dynamic_lut() -> torch.Tensor:
@@ -255,7 +250,7 @@ def pair_table(kind: str, device: torch.device) -> torch.Tensor:
     """(256, 2) fp32: row b holds the values of both codes packed in byte b, (table[b >> 4], table[b & 15]).
 
     One gather of the packed bytes into this table dequantizes two elements at once, without unpacking the
-    nibbles into a temporary: about 2x faster than unpack_4bit + a 16-entry lookup. Built once per device.
+    nibbles into a temporary: about 2x faster than splitting the nibbles first and then a 16-entry lookup. Built once per device.
     """
     key = (kind, torch.device(device))
     if key not in _PAIR_TABLES:

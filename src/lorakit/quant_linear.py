@@ -27,7 +27,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import QuantConfig
 from .fused import keep_mask
-from .quant import QuantizedTensor, dequantize, quantize, requantize_error  # noqa: F401  (re-exported)
+from .quant import QuantizedTensor, dequantize, quantize
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -7,24 +7,25 @@ from pathlib import Path
 
 from ..experiments.compare import (BEST, CHOICES, DEFAULT_METHODS, describe, method_configs, run_compare,
                                    write_comparison)
-from .flags import given_train_values, train_flags_parser
+from .flags import given_train_values, command_parser
+
+COMPARE_DESCRIPTION = """\
+Train several methods with the same model, data, epochs and seed, one after the other, and write the comparison
+table (comparison.md, comparison.csv) and chart (comparison.png): metrics, trainable parameters (count and % of
+total), training time, peak memory, adapter size. The train flags below are shared by every method; each method's
+learning rate is its default unless --lr is given.
+
+examples:
+  lorakit compare --model minilm --task sst2 --data-dir ../shared/data/sst2 --max-train-samples 2000 \\
+      --max-length 64 --epochs 1 --output runs/compare
+  lorakit compare --config base.yaml --methods head lora full
+  lorakit compare --config base.yaml --search-dir runs/search   # adds lora-best from best.yaml"""
 
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "compare", parents=[train_flags_parser()], conflict_handler="resolve",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="train head / last-layers / lora / qlora / full on the same data and compare them",
-        description=(
-            "Train several methods with the same model, data, epochs and seed, one after the other, and write the "
-            "comparison table (comparison.md, comparison.csv) and chart (comparison.png): metrics, trainable "
-            "parameters (count and % of total), training time, peak memory, adapter size. The train flags below "
-            "are shared by every method; each method's learning rate is its default unless --lr is given.\n\n"
-            "examples:\n"
-            "  lorakit compare --model minilm --task sst2 --data-dir ../shared/data/sst2 --max-train-samples 2000 \\\n"
-            "      --max-length 64 --epochs 1 --output runs/compare\n"
-            "  lorakit compare --config base.yaml --methods head lora full\n"
-            "  lorakit compare --config base.yaml --search-dir runs/search   # adds lora-best from best.yaml"))
+    p = command_parser(subparsers, "compare",
+                       "train head / last-layers / lora / qlora / full on the same data and compare them",
+                       COMPARE_DESCRIPTION, train_flags=True)
     g = p.add_argument_group("compare")
     g.add_argument("--methods", nargs="+", choices=CHOICES, metavar="METHOD",
                    help=f"methods to run, in order: {', '.join(CHOICES)} (default: {', '.join(DEFAULT_METHODS)}; "

@@ -30,6 +30,17 @@ TARGET_KEYS = ("target_modules", "target_regex", *(f"lora_{t}" for t in TOGGLES)
 TRAIN_GROUPS = ("model", "data", "method", "LoRA", "QLoRA (--method qlora)", "optimisation",
                 "evaluation, checkpoints, output", "runtime")
 
+TRAIN_DESCRIPTION = """\
+Fine-tune a model on a task and write an output directory with the trained adapter (or weights), metrics.json,
+config.yaml, log.jsonl (one JSON line per step) and versions.json.
+
+examples:
+  lorakit train --model minilm --task sst2 --data-dir ../shared/data/sst2 --epochs 1
+  lorakit train --task csv --train-file train.csv --text-column review --label-column stars
+  lorakit train --config run.yaml --lr 5e-4          # flags override the file
+  lorakit train --output runs/x --resume auto         # continue an interrupted run"""
+
+
 
 def lora_init_choice(text: str) -> str:
     if text in INITS or is_family_init(text):
@@ -126,23 +137,27 @@ def config_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML of settings (long flag names as keys); flags override it")
 
 
-def source_flags(p: argparse.ArgumentParser) -> None:
+def trained_model_flags(p: argparse.ArgumentParser) -> None:
+    """--config, and the adapter or model that eval / merge / predict load."""
+    config_flag(p)
     p.add_argument("--adapter", metavar="DIR", help="a `lorakit train` output directory, or its adapter/ (or "
                                                     "weights/, model/) directory")
     p.add_argument("--model", help="the base model for --adapter (default: the one it was trained on), or, "
                                    "without --adapter, a merged model directory / hub id")
 
 
+def command_parser(sub, name: str, help: str, description: str = "",
+                   train_flags: bool = False) -> argparse.ArgumentParser:
+    """A subcommand's parser, its description printed as written; train_flags: it takes every `lorakit train` flag
+    first (search, compare), its own flags may then replace some."""
+    return sub.add_parser(name, help=help, description=description or None, formatter_class=RAW,
+                          parents=[train_flags_parser()] if train_flags else [],
+                          conflict_handler="resolve" if train_flags else "error")
+
+
 def add_train_parser(sub) -> argparse.ArgumentParser:
     """Add `lorakit train`'s parser to the subparsers `sub` and return it (cli.main sets the command it runs)."""
-    p = sub.add_parser("train", help="fine-tune a model on a task", formatter_class=RAW, description=(
-        "Fine-tune a model on a task and write an output directory with the trained adapter (or weights), "
-        "metrics.json, config.yaml, log.jsonl (one JSON line per step) and versions.json.\n\n"
-        "examples:\n"
-        "  lorakit train --model minilm --task sst2 --data-dir ../shared/data/sst2 --epochs 1\n"
-        "  lorakit train --task csv --train-file train.csv --text-column review --label-column stars\n"
-        "  lorakit train --config run.yaml --lr 5e-4          # flags override the file\n"
-        "  lorakit train --output runs/x --resume auto         # continue an interrupted run"))
+    p = command_parser(sub, "train", "fine-tune a model on a task", TRAIN_DESCRIPTION)
     config_flag(p)
     add_setting_flags(p, TRAIN_GROUPS)
     return p

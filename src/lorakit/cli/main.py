@@ -271,7 +271,8 @@ def cmd_params(args: argparse.Namespace) -> int:
     from ..training.models import load_classifier
     from ..params import parameter_report
 
-    lora = TrainConfig.from_dict(train_values(given_flags(args))).lora_config()  # train's LoRA defaults, flags over them
+    # train's LoRA defaults, flags over them
+    lora = TrainConfig.from_dict(train_values(given_flags(args))).lora_config()
     model, _ = load_classifier(args.model, args.num_labels)
     add_lora(model, lora)
     report = parameter_report(model)

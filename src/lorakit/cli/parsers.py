@@ -5,18 +5,47 @@ from __future__ import annotations
 import argparse
 
 from ..training.config import TrainConfig
-from .flags import RAW, add_lora_flags, add_setting_flags, config_flag, source_flags
+from .flags import add_lora_flags, add_setting_flags, command_parser, config_flag, trained_model_flags
+
+EVAL_DESCRIPTION = """\
+Evaluate on the task's evaluation splits. Task, data and max length default to the recorded run's settings.
+
+examples:
+  lorakit eval --adapter runs/sst2-lora
+  lorakit eval --model runs/sst2-merged --max-eval-samples 200
+  lorakit eval --adapter runs/sst2-lora --max-eval-samples all"""
+
+MERGE_DESCRIPTION = """\
+Write a plain transformers model directory (weights, config, tokenizer) with the adapter folded in; quantized
+(QLoRA) bases are dequantized.
+
+example:
+  lorakit merge --adapter runs/sst2-lora --output runs/sst2-merged"""
+
+PREDICT_DESCRIPTION = """\
+Classification: one line per text: label, probability (or score), text.
+Question answering: the answer, one line per input. Instruction tuning: each answer as generated, a blank line
+between answers (streamed on a terminal).
+
+examples:
+  lorakit predict --adapter runs/sst2-lora "a gripping film" "flat and dull"
+  lorakit predict --adapter runs/mrpc-lora --file pairs.txt  # TAB-separated
+  lorakit predict --adapter runs/squad --question "Who wrote it?" --context "It was written by Ann."
+  lorakit predict --adapter runs/instruct --prompt "Name three colours."
+  lorakit predict --adapter runs/instruct --prompt "Write a haiku." --temperature 0.7 --top-p 0.9 --seed 1"""
+
+EXPORT_DESCRIPTION = """\
+GGUF for llama.cpp, Ollama and LM Studio (Llama-family causal LMs).
+
+examples:
+  lorakit export --adapter runs/instruct --gguf merged.gguf --gguf-type q8_0
+  lorakit export --adapter runs/instruct --gguf adapter.gguf --lora-only"""
+
 
 
 def add_eval_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("eval", help="evaluate a trained adapter or a (merged) model", formatter_class=RAW,
-                       description="Evaluate on the task's evaluation splits. Task, data and max length default to "
-                                   "the recorded run's settings.\n\nexamples:\n"
-                                   "  lorakit eval --adapter runs/sst2-lora\n"
-                                   "  lorakit eval --model runs/sst2-merged --max-eval-samples 200\n"
-                                   "  lorakit eval --adapter runs/sst2-lora --max-eval-samples all")
-    config_flag(p)
-    source_flags(p)
+    p = command_parser(sub, "eval", "evaluate a trained adapter or a (merged) model", EVAL_DESCRIPTION)
+    trained_model_flags(p)
     add_setting_flags(p, ("data",), recorded=True)
     add_setting_flags(p, ("runtime",))
     p.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
@@ -24,33 +53,17 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
 
 
 def add_merge_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("merge", help="fold an adapter into its base model and save a plain transformers model",
-                       formatter_class=RAW,
-                       description="Write a plain transformers model directory (weights, config, tokenizer) with the "
-                                   "adapter folded in; quantized (QLoRA) bases are dequantized.\n\nexample:\n"
-                                   "  lorakit merge --adapter runs/sst2-lora --output runs/sst2-merged")
-    config_flag(p)
-    source_flags(p)
+    p = command_parser(sub, "merge", "fold an adapter into its base model and save a plain transformers model",
+                       MERGE_DESCRIPTION)
+    trained_model_flags(p)
     p.add_argument("--task", help="the task (default: the recorded one)")
     p.add_argument("--output", metavar="DIR", help="directory for the merged model (required)")
     return p
 
 
 def add_predict_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("predict", help="classify texts, answer questions or follow prompts", formatter_class=RAW,
-                       description="Classification: one line per text: label, probability (or score), text.\n"
-                                   "Question answering: the answer, one line per input. Instruction tuning: each "
-                                   "answer as generated, a blank line between answers (streamed on a "
-                                   "terminal).\n\nexamples:\n"
-                                   "  lorakit predict --adapter runs/sst2-lora \"a gripping film\" \"flat and dull\"\n"
-                                   "  lorakit predict --adapter runs/mrpc-lora --file pairs.txt  # TAB-separated\n"
-                                   "  lorakit predict --adapter runs/squad --question \"Who wrote it?\" "
-                                   "--context \"It was written by Ann.\"\n"
-                                   "  lorakit predict --adapter runs/instruct --prompt \"Name three colours.\"\n"
-                                   "  lorakit predict --adapter runs/instruct --prompt \"Write a haiku.\" "
-                                   "--temperature 0.7 --top-p 0.9 --seed 1")
-    config_flag(p)
-    source_flags(p)
+    p = command_parser(sub, "predict", "classify texts, answer questions or follow prompts", PREDICT_DESCRIPTION)
+    trained_model_flags(p)
     p.add_argument("texts", nargs="*", help="texts to classify (sentence pairs: 'first<TAB>second'; "
                    "QA: 'question<TAB>context'; instruct: prompts)")
     p.add_argument("--file", metavar="FILE", help="one text a line")
@@ -71,7 +84,7 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
 
 
 def add_params_parser(sub, defaults: dict) -> argparse.ArgumentParser:
-    p = sub.add_parser("params", help="the per-module trainable-parameter table for a model and LoRA settings")
+    p = command_parser(sub, "params", "the per-module trainable-parameter table for a model and LoRA settings")
     config_flag(p)
     p.add_argument("--model", default=TrainConfig.model, help=f"hub id, local directory, or 'minilm' (default: "
                                                                  f"{TrainConfig.model})")
@@ -83,11 +96,8 @@ def add_params_parser(sub, defaults: dict) -> argparse.ArgumentParser:
 
 
 def add_export_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("export", help="write the adapter as GGUF for llama.cpp / Ollama: merged, or --lora-only",
-                       formatter_class=RAW,
-                       description="GGUF for llama.cpp, Ollama and LM Studio (Llama-family causal LMs).\n\nexamples:\n"
-                                   "  lorakit export --adapter runs/instruct --gguf merged.gguf --gguf-type q8_0\n"
-                                   "  lorakit export --adapter runs/instruct --gguf adapter.gguf --lora-only")
+    p = command_parser(sub, "export", "write the adapter as GGUF for llama.cpp / Ollama: merged, or --lora-only",
+                       EXPORT_DESCRIPTION)
     p.add_argument("--adapter", required=True, help="a `lorakit train` output or an adapter directory")
     p.add_argument("--model", help="the base model (default: the recorded one)")
     p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write")

@@ -1,8 +1,8 @@
 """`lorakit search`'s command line: its parser (the train flags, then the search group), the SearchSettings of
 the parsed flags, and the command, which runs this process's share of the study and writes the reports.
 
-The search itself (the study, claiming and running trials) is in lorakit.experiments.search, whose docstring describes the
-command.
+The search itself (the study, claiming and running trials) is in lorakit.experiments.search, whose docstring
+describes the command.
 """
 from __future__ import annotations
 
@@ -14,36 +14,40 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..atomic import check_output_dir
-from .flags import given_train_values, train_flags_parser
+from .flags import given_train_values, command_parser
 from ..experiments.search_space import DEFAULT_STUDY, SAMPLERS, parse_space
 from ..training.config import TrainConfig
 
 if TYPE_CHECKING:  # optuna (search, search_report) is imported when the command runs, not for `lorakit --help`
     from ..experiments.search_settings import SearchSettings
 
+SEARCH_DESCRIPTION = """\
+Run many `lorakit train` trials over a space of training options, on Optuna. Every train flag below is the base of
+each trial; the trial's values override it. The study is stored (default <output>/study.db), so the same command
+again skips finished trials and runs only new ones.
+
+examples:
+  lorakit search --model minilm --task sst2 --data-dir ../shared/data/sst2 --max-train-samples 1000 \\
+      --epochs 1 --max-length 64 --space lora_r=1,2,4,8,16,32 --space lora_alpha=1,4,8,16,32,64 \\
+      --workers 2 --output runs/search
+  lorakit search --config base.yaml --space-file space.yaml --output runs/search2
+  lorakit search --config base.yaml --sampler tpe --n-trials 30 --space lr=1e-4..1e-2:log \\
+      --space lora_r=4,8,16 --space lora_dropout=0,0.1 --output runs/tpe
+  lorakit search ... --lora-query --lora-value --space lora_key=on,off --space lora_mlp=on,off
+
+several machines: give every machine the same command with --storage postgresql://user:pw@host/db (and a
+--study-name); see the lorakit.experiments.search module docstring.
+
+outputs in --output: results.csv, best.yaml, summary.md, heatmap.png, pareto.png, curves.png, trials/<number>/ (each
+trial's run directory and train.log).
+
+exit status: 0; 1 when every trial failed; 2 bad input; 130 interrupted (the same command continues)."""
+
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "search", parents=[train_flags_parser()], conflict_handler="resolve",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="hyperparameter search over train options (grid, random, TPE; resumable, parallel)",
-        description=(
-            "Run many `lorakit train` trials over a space of training options, on Optuna. Every train flag below is "
-            "the base of each trial; the trial's values override it. The study is stored (default "
-            "<output>/study.db), so the same command again skips finished trials and runs only new ones.\n\n"
-            "examples:\n"
-            "  lorakit search --model minilm --task sst2 --data-dir ../shared/data/sst2 --max-train-samples 1000 \\\n"
-            "      --epochs 1 --max-length 64 --space lora_r=1,2,4,8,16,32 --space lora_alpha=1,4,8,16,32,64 \\\n"
-            "      --workers 2 --output runs/search\n"
-            "  lorakit search --config base.yaml --space-file space.yaml --output runs/search2\n"
-            "  lorakit search --config base.yaml --sampler tpe --n-trials 30 --space lr=1e-4..1e-2:log \\\n"
-            "      --space lora_r=4,8,16 --space lora_dropout=0,0.1 --output runs/tpe\n"
-            "  lorakit search ... --lora-query --lora-value --space lora_key=on,off --space lora_mlp=on,off\n\n"
-            "several machines: give every machine the same command with --storage postgresql://user:pw@host/db "
-            "(and a --study-name); see the lorakit.experiments.search module docstring.\n\n"
-            "outputs in --output: results.csv, best.yaml, summary.md, heatmap.png, pareto.png, curves.png, "
-            "trials/<number>/ (each trial's run directory and train.log).\n\n"
-            "exit status: 0; 1 when every trial failed; 2 bad input; 130 interrupted (the same command continues)."))
+    p = command_parser(subparsers, "search",
+                       "hyperparameter search over train options (grid, random, TPE; resumable, parallel)",
+                       SEARCH_DESCRIPTION, train_flags=True)
     g = p.add_argument_group("search")
     g.add_argument("--space", action="append", default=[], metavar="NAME=VALUES",
                    help="a searched option and its values, repeatable: lora_r=1,2,4,8 | lora_key=on,off | "

@@ -99,10 +99,6 @@ class TaskData:
     train: Dataset
     eval: dict[str, Dataset]
 
-    @property
-    def main_eval_split(self) -> str:
-        return next(iter(self.eval))
-
 
 def label_to_id(value: Any, spec: TaskSpec, where: str) -> int | float:
     """Map one raw label (int, numeric string or class name) to the normalized label, or raise TaskError.

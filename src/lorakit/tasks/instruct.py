@@ -271,12 +271,6 @@ def _last_response(segments: list[Segment]) -> int:
     return max(i for i, (text, is_response) in enumerate(segments) if is_response and text is not None)
 
 
-def prompt_text(row: Mapping, tokenizer, use_template: bool) -> str:
-    """The text before the (last) response of a row: what the model sees when asked to generate it."""
-    segments = row_segments(row, tokenizer, use_template)
-    return "".join(text or tokenizer.eos_token for text, _ in segments[: _last_response(segments)])
-
-
 def adds_bos(tokenizer) -> bool:
     """Does the tokenizer put BOS in front of a text by default (Llama-style)?"""
     bos = tokenizer.bos_token_id
@@ -309,7 +303,7 @@ def encode_row(row: Mapping, tokenizer, max_length: int, use_template: bool,
 
 
 def prompt_ids(row: Mapping, tokenizer, use_template: bool) -> list[int]:
-    """Token ids of prompt_text, tokenized segment by segment exactly as in training."""
+    """Token ids of the text before the (last) response, tokenized segment by segment exactly as in training."""
     segments = row_segments(row, tokenizer, use_template)
     return encode_segments(segments[: _last_response(segments)], tokenizer, adds_bos(tokenizer))[0]
 

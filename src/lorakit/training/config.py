@@ -18,7 +18,7 @@ import os
 from dataclasses import Field, dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from ..config import LoraConfig, QuantConfig, _JsonMixin, _tupled, is_family_init
+from ..config import LoraConfig, QuantConfig, JsonMixin, tupled, is_family_init
 from ..validation import check_fields
 
 _LORA = {f.name: f.default for f in fields(LoraConfig)}  # the LoRA defaults live in LoraConfig alone
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # torch and yaml are imported where used: `lorakit train --he
 
 
 @dataclass(frozen=True)
-class TrainConfig(_JsonMixin):
+class TrainConfig(JsonMixin):
     """One training run. Defaults are the recommended settings; `lr=None` means DEFAULT_LR[method]."""
 
     # model and data
@@ -156,8 +156,8 @@ class TrainConfig(_JsonMixin):
     def __post_init__(self):
         for name in ("text_columns", "report_to"):  # one name may be given as a plain string
             value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else _tupled(value))
-        object.__setattr__(self, "target_modules", _tupled(self.target_modules))  # a string is a regex
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tupled(value))
+        object.__setattr__(self, "target_modules", tupled(self.target_modules))  # a string is a regex
         check_fields(self, lambda name: f"--{name.replace('_', '-')}")  # types, finite numbers (validation.py)
         for name in ("data_dir", "train_file", "eval_file", "init_adapter"):  # recorded absolute: found from anywhere
             if getattr(self, name) is not None:

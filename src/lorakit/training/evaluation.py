@@ -263,32 +263,14 @@ def _predict_causal(run: Evaluator, model: nn.Module, texts: list[str]) -> list[
     return generate_samples(model, run.tokenizer, texts, max_new_tokens=128)
 
 
+# per kind, in TaskKind's field order: model class, its kwargs, train and eval features, evaluate, predict, generate
 KINDS: dict[str, TaskKind] = {
-    SEQUENCE_CLASSIFICATION: TaskKind(
-        auto_model=tf.AutoModelForSequenceClassification,
-        model_kwargs=_classification_kwargs,
-        train_features=tokenize,
-        eval_features=tokenize,
-        evaluate=_evaluate_classification,
-        predict=_predict_classification,
-    ),
-    QUESTION_ANSWERING: TaskKind(
-        auto_model=tf.AutoModelForQuestionAnswering,
-        model_kwargs=_no_kwargs,
-        train_features=_qa_train_features,
-        eval_features=_qa_eval_features,
-        evaluate=_evaluate_qa,
-        predict=_predict_qa,
-    ),
-    CAUSAL_LM: TaskKind(
-        auto_model=tf.AutoModelForCausalLM,
-        model_kwargs=_no_kwargs,
-        train_features=_lm_features,
-        eval_features=_lm_features,
-        evaluate=_evaluate_causal,
-        predict=_predict_causal,
-        generate=_generate_causal,
-    ),
+    SEQUENCE_CLASSIFICATION: TaskKind(tf.AutoModelForSequenceClassification, _classification_kwargs, tokenize,
+                                      tokenize, _evaluate_classification, _predict_classification),
+    QUESTION_ANSWERING: TaskKind(tf.AutoModelForQuestionAnswering, _no_kwargs, _qa_train_features,
+                                 _qa_eval_features, _evaluate_qa, _predict_qa),
+    CAUSAL_LM: TaskKind(tf.AutoModelForCausalLM, _no_kwargs, _lm_features, _lm_features, _evaluate_causal,
+                        _predict_causal, _generate_causal),
 }
 
 

@@ -155,7 +155,7 @@ def train_in_full(model: nn.Module, names: tuple[str, ...]) -> None:
 def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Freeze, quantize or inject LoRA in place so exactly the parameters of cfg.method train."""
     loftq = cfg.method == "qlora" and cfg.lora_init == "loftq" and not cfg.init_adapter
-    if loftq:  # LoftQ quantizes W0 against B·A: LoRA first, on the full-precision model (train.py loads it so)
+    if loftq:  # LoftQ quantizes W0 against B·A: LoRA first, on the full-precision model (training/run.py loads it so)
         add_lora(model, cfg.lora_config(modules_to_save=None))
         apply_loftq(model, cfg.quant_config())
         return model
