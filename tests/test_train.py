@@ -13,7 +13,8 @@ import transformers as tf
 from safetensors.torch import load_file
 
 from lorakit.training import step as train_step
-from lorakit.training.checkpoint import atomic_dir, load_checkpoint
+from lorakit.atomic import atomic_dir
+from lorakit.training.checkpoint import load_checkpoint
 from lorakit.cli.main import main
 from lorakit.training.methods import load_artifact, setup_method
 from lorakit.quant_linear import QuantLinear

@@ -35,6 +35,14 @@ QUANT_KINDS = ("nf4", "fp4", "int8")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # Output heads of transformers models: never adapted by "all-linear", never quantized by default.
 HEAD_NAMES = ("classifier", "pre_classifier", "qa_outputs", "score", "lm_head")
+# The output layer of transformers' task models (the heads above less DistilBERT's pre_classifier and lm_head).
+TASK_HEADS = ("classifier", "score", "qa_outputs")
+
+
+def path_matches(path: str, name: str) -> bool:
+    """PEFT's name rule for target and skipped modules: `name` is the module's whole path or its last components
+    ("encoder.layer.0.attention.self.query" matches "query" and "self.query", not "uery")."""
+    return path == name or path.endswith("." + name)
 
 
 def tupled(value):

@@ -37,6 +37,46 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.
     return keep, _LEVELS / (_LEVELS - dropped)
 
 
+def low_rank_forward(x2: torch.Tensor, h: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
+                     p: float) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """h += s·B·A·(m ⊙ x / q) in place, h (N, out) from x2 (N, in). Returns what backward needs: xa = A·(m ⊙ x)/q
+    (N, r), the uint8 keep mask m (N, in) or None without dropout, and 1/q. Shared by LoRA's and QLoRA's nodes."""
+    if p > 0:
+        keep, inv_q = keep_mask(x2.shape, p, x2.device)  # (N, in) uint8
+        xa = (x2 * keep) @ lora_a.t()  # (N, r); the masked copy is freed right away
+        xa.mul_(inv_q)
+    else:
+        keep, inv_q = None, 1.0
+        xa = x2 @ lora_a.t()  # (N, r)
+    h.addmm_(xa, lora_b.t(), alpha=scaling)  # h += s·(A·x)·B^T, in place
+    return xa, keep, inv_q
+
+
+def low_rank_backward(g, x2, lora_a, lora_b, xa, keep, s: float, inv_q: float, need_a: bool, need_b: bool):
+    """The low-rank branch's gradients from g = dL/dh (N, out): returns dL/d(xa) = s·g·B (N, r), dL/dA (r, in) and
+    dL/dB (out, r) (None when not needed), and the keep mask as x's dtype (for add_low_rank_grad_x)."""
+    # dL/d(xa) as linear(g, B^T) with B^T (r, out) contiguous (a copy of r·out numbers): MKL runs g·B with B
+    # stored (out, r) about 2x slower (16 vs 8 ms for N=4096, out=1536, r=8, one thread).
+    grad_xa = F.linear(g, lora_b.t().contiguous()).mul_(s)
+    # s·g^T·xa: (out, r). Computed as (xa^T·g)^T: MKL runs g^T·xa (a transposed N x out operand against a
+    # skinny one) about 8x slower than the same product in this order.
+    grad_b = (xa.t() @ g).mul_(s).t() if need_b else None
+    # float * uint8 converts the mask on every use: convert it once here for the two uses
+    keep = keep.to(x2.dtype) if keep is not None else None  # (N, in) 0./1.
+    grad_a = None
+    if need_a:
+        grad_a = (grad_xa.t() @ (x2 * keep if keep is not None else x2)).mul_(inv_q)  # (r, in)
+    return grad_xa, grad_a, grad_b, keep
+
+
+def add_low_rank_grad_x(grad_x, grad_xa, lora_a, keep, inv_q: float) -> None:
+    """grad_x (N, in) += (dL/d(xa)·A) ⊙ m / q, in place: the low-rank path's share of dL/dx."""
+    if keep is None:
+        grad_x.addmm_(grad_xa, lora_a)
+    else:
+        grad_x.add_((grad_xa @ lora_a).mul_(keep), alpha=inv_q)  # the dropout mask gates the low-rank path
+
+
 class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, p, fan_in_fan_out):
@@ -44,14 +84,7 @@ class LoRALinearFunction(torch.autograd.Function):
         x2 = x.reshape(-1, shape[-1])  # (N, in), a view
         w_t = weight if fan_in_fan_out else weight.t()  # (in, out), a view: no transpose copy
         h = torch.addmm(bias, x2, w_t) if bias is not None else x2 @ w_t  # (N, out) = W0·x + b
-        if p > 0:
-            keep, inv_q = keep_mask(x2.shape, p, x2.device)  # (N, in) uint8
-            xa = (x2 * keep) @ lora_a.t()  # (N, r); the masked copy is freed right away
-            xa.mul_(inv_q)
-        else:
-            keep, inv_q = None, 1.0
-            xa = x2 @ lora_a.t()  # (N, r)
-        h.addmm_(xa, lora_b.t(), alpha=scaling)  # h += s·(A·x)·B^T, in place
+        xa, keep, inv_q = low_rank_forward(x2, h, lora_a, lora_b, scaling, p)
         ctx.save_for_backward(x, weight, lora_a, lora_b, xa, keep)
         ctx.scaling, ctx.inv_q, ctx.fan_in_fan_out, ctx.has_bias = scaling, inv_q, fan_in_fan_out, bias is not None
         return h.view(*shape[:-1], h.shape[-1])
@@ -62,26 +95,13 @@ class LoRALinearFunction(torch.autograd.Function):
         s, inv_q = ctx.scaling, ctx.inv_q
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         g = grad_h.reshape(-1, grad_h.shape[-1])  # (N, out)
-        # dL/d(xa) = s·g·B: (N, r). As linear(g, B^T) with B^T (r, out) contiguous (a copy of r·out numbers):
-        # MKL runs g·B with B stored (out, r) about 2x slower (16 vs 8 ms for N=4096, out=1536, r=8, one thread).
-        grad_xa = F.linear(g, lora_b.t().contiguous()).mul_(s)
-        # s·g^T·xa: (out, r). Computed as (xa^T·g)^T: MKL runs g^T·xa (a transposed N x out operand against a
-        # skinny one) about 8x slower than the same product in this order.
-        grad_b = (xa.t() @ g).mul_(s).t() if ctx.needs_input_grad[4] else None
-        grad_a = grad_x = grad_w = grad_bias = None
-        # float * uint8 converts the mask on every use: convert it once here for the two uses below
-        keep = keep.to(x2.dtype) if keep is not None else None  # (N, in) 0./1.
-        if ctx.needs_input_grad[3]:
-            x_in = x2 * keep if keep is not None else x2
-            grad_a = (grad_xa.t() @ x_in).mul_(inv_q)  # (r, in)
+        grad_xa, grad_a, grad_b, keep = low_rank_backward(g, x2, lora_a, lora_b, xa, keep, s, inv_q,
+                                                          ctx.needs_input_grad[3], ctx.needs_input_grad[4])
+        grad_x = grad_w = grad_bias = None
         if ctx.needs_input_grad[0]:
             w = weight.t() if ctx.fan_in_fan_out else weight  # (out, in)
             grad_x = g @ w  # (N, in): the frozen base path
-            if keep is None:
-                grad_x.addmm_(grad_xa, lora_a)
-            else:
-                low = (grad_xa @ lora_a).mul_(keep)  # (N, in): the dropout mask gates the low-rank path
-                grad_x.add_(low, alpha=inv_q)
+            add_low_rank_grad_x(grad_x, grad_xa, lora_a, keep, inv_q)
             grad_x = grad_x.view(x.shape)
         if ctx.needs_input_grad[1]:
             grad_w = g.t() @ x2  # (out, in)

@@ -20,7 +20,7 @@ import logging
 
 from torch import nn
 
-from .config import LoraConfig, is_family_init
+from .config import LoraConfig, is_family_init, path_matches
 from .dora import DoRALinear
 from .lora import LORA_LAYERS, LoRAEmbedding, LoRALinear
 from .lora_init import is_residual_init, residual_init
@@ -67,7 +67,7 @@ def saved_in_full(module_path: str, names: tuple[str, ...]) -> bool:
 
 def _inside(path: str, module_name: str) -> bool:
     """Is `path` the module called `module_name` (exact or ".name" suffix), or inside it?"""
-    return any(prefix == module_name or prefix.endswith("." + module_name) for prefix in _prefixes(path))
+    return any(path_matches(prefix, module_name) for prefix in _prefixes(path))
 
 
 def _prefixes(path: str) -> list[str]:

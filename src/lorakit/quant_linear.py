@@ -21,12 +21,11 @@ import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import QuantConfig
-from .fused import keep_mask
+from .config import QuantConfig, path_matches
+from .fused import add_low_rank_grad_x, low_rank_backward, low_rank_forward
 from .quant import QuantizedTensor, dequantize, quantize
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,13 +47,8 @@ class QuantLinearFunction(torch.autograd.Function):
         h = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()  # (N, out)
         del weight
         keep, inv_q, xa = None, 1.0, None
-        if lora_a is not None:
-            if p > 0:
-                keep, inv_q = keep_mask(x2.shape, p, x2.device)  # (N, in) uint8
-                xa = ((x2 * keep) @ lora_a.t()).mul_(inv_q)  # (N, r)
-            else:
-                xa = x2 @ lora_a.t()  # (N, r)
-            h.addmm_(xa, lora_b.t(), alpha=scaling)  # h += s·(A·x)·Bᵀ, in place
+        if lora_a is not None:  # h += s·B·A·dropout(x), fused.py's low-rank branch
+            xa, keep, inv_q = low_rank_forward(x2, h, lora_a, lora_b, scaling, p)
         names = tuple(qt.tensors())
         x_saved = x if lora_a is not None else None  # only grad_A needs x
         ctx.save_for_backward(x_saved, lora_a, lora_b, xa, keep, *qt.tensors().values())
@@ -68,20 +62,15 @@ class QuantLinearFunction(torch.autograd.Function):
         s, inv_q = ctx.scaling, ctx.inv_q
         g = grad_h.reshape(-1, grad_h.shape[-1])  # (N, out)
         grad_x = grad_bias = grad_a = grad_b = grad_xa = None
-        if lora_a is not None:
-            grad_xa = F.linear(g, lora_b.t().contiguous()).mul_(s)  # dL/d(xa) = s·g·B: (N, r); see fused.py
-            if ctx.needs_input_grad[5]:
-                grad_b = (xa.t() @ g).mul_(s).t()  # (out, r); this order is the fast one on CPU (see fused.py)
-            if ctx.needs_input_grad[4]:
-                x2 = x.reshape(-1, x.shape[-1])
-                grad_a = (grad_xa.t() @ (x2 * keep if keep is not None else x2)).mul_(inv_q)  # (r, in)
+        if lora_a is not None:  # fused.py's low-rank branch
+            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+            grad_xa, grad_a, grad_b, keep = low_rank_backward(g, x2, lora_a, lora_b, xa, keep, s, inv_q,
+                                                              ctx.needs_input_grad[4], ctx.needs_input_grad[5])
         if ctx.needs_input_grad[0]:
             qt = dataclasses.replace(ctx.qt, **dict(zip(ctx.names, codes)))
             grad_x = g @ dequantize(qt, ctx.dtype)  # (N, in): dq(W) rebuilt, used, dropped
-            if grad_xa is not None and keep is None:
-                grad_x.addmm_(grad_xa, lora_a)
-            elif grad_xa is not None:
-                grad_x.add_((grad_xa @ lora_a).mul_(keep), alpha=inv_q)  # the mask gates the low-rank path
+            if grad_xa is not None:
+                add_low_rank_grad_x(grad_x, grad_xa, lora_a, keep, inv_q)
             grad_x = grad_x.view(*grad_h.shape[:-1], grad_x.shape[-1])
         if ctx.needs_input_grad[1]:
             grad_bias = g.sum(0)
@@ -179,8 +168,9 @@ def qlora_linear(
     return QuantLinearFunction.apply(x, bias, layer._quantized(), layer.compute_dtype, lora_a, lora_b, scaling, p)
 
 
-def _skipped(name: str, skip_modules: tuple[str, ...]) -> bool:
-    return any(name == s or name.endswith("." + s) for s in skip_modules)
+def is_skipped(name: str, skip_modules: tuple[str, ...]) -> bool:
+    """Is the module at path `name` kept in full precision by quantize_model (QuantConfig.skip_modules)?"""
+    return any(path_matches(name, s) for s in skip_modules)
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -211,7 +201,7 @@ def quantize_model(model: nn.Module, quant_config: QuantConfig) -> nn.Module:
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D)) and not _skipped(name, quant_config.skip_modules)
+        if isinstance(module, (nn.Linear, Conv1D)) and not is_skipped(name, quant_config.skip_modules)
     ]  # names only: holding the modules would keep their weights alive
     for name in names:
         parent_name, _, child = name.rpartition(".")

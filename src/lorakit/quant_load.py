@@ -30,7 +30,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import QuantConfig
-from .quant_linear import QuantLinear
+from .quant_linear import QuantLinear, is_skipped
 
 INDEX = "model.safetensors.index.json"
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -107,9 +107,8 @@ def read_safetensors(file: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 def _quantize_targets(model: nn.Module, quant_config: QuantConfig) -> set[str]:
     """Module paths quantize_model would turn into QuantLinear (same rule: Linear / Conv1D not skipped)."""
-    skip = quant_config.skip_modules
     return {name for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, Conv1D)) and not any(name == s or name.endswith("." + s) for s in skip)}
+            if isinstance(m, (nn.Linear, Conv1D)) and not is_skipped(name, quant_config.skip_modules)}
 
 
 def _place(model: nn.Module, name: str, tensor: torch.Tensor, targets: set[str], quant_config: QuantConfig,

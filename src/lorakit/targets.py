@@ -22,7 +22,7 @@ import re
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import HEAD_NAMES
+from .config import HEAD_NAMES, path_matches
 from .quant_linear import QuantLinear
 
 TOGGLE_NAMES = ("query", "key", "value", "projection", "mlp", "head")
@@ -134,7 +134,7 @@ def name_matches(path: str, spec: tuple[str, ...] | list[str] | str) -> bool:
         if name.startswith("re:"):
             if re.fullmatch(name[3:], path):
                 return True
-        elif path == name or path.endswith("." + name):
+        elif path_matches(path, name):
             return True
     return False
 

@@ -18,10 +18,11 @@ import json
 from pathlib import Path
 
 from ..config import FAMILY_INITS, INITS, is_family_init
+from ..targets import TOGGLE_NAMES
 from ..training.config import TrainConfig
 from ..validation import check_flag_contradictions
 
-TOGGLES = ("query", "key", "value", "projection", "mlp", "head")
+TOGGLES = TOGGLE_NAMES
 RAW = argparse.RawDescriptionHelpFormatter
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TRAIN_FIELDS = tuple(FIELDS)

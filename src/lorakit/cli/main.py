@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.runlock import RunLock
 
     cfg = train_config_from_args(args)
-    from ..training.distributed import env_rank
+    from ..training.launch import env_rank
 
     lock = RunLock(cfg.output) if env_rank() == 0 else None  # taken before the slow imports: first come, first run
     if lock is not None:

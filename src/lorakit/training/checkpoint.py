@@ -35,8 +35,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import atomic_dir, read_json, read_safetensors, remove_dir, write_text_atomic  # noqa: F401 (re-export)
+from ..atomic import atomic_dir, read_json, read_safetensors, remove_dir, write_text_atomic
 from ..errors import UserError
+from .launch import is_main_process
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -57,11 +58,6 @@ class TrainState:
     train_seconds: float = 0.0  # time in training steps (evaluation excluded)
     examples_seen: int = 0
     stopped_early: str | None = None  # the early-stopping decision, once taken: a resumed run does not train on
-
-
-def is_main_process() -> bool:
-    """Rank 0 (or no distributed launch): the process that writes files."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def versions() -> dict[str, str]:

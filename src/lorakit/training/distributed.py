@@ -8,23 +8,12 @@ a launcher (WORLD_SIZE unset or 1) every helper is a no-op: world 1, rank 0, mai
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def env_local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+from .launch import env_local_rank, env_rank, env_world_size
 
 
 def is_distributed() -> bool:

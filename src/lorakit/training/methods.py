@@ -33,9 +33,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..adapter import CONFIG_NAME, load_adapter, save_adapter
-from ..atomic import read_json, read_safetensors
-from .checkpoint import TRAINABLE, atomic_dir, is_main_process, trainable_state
-from ..config import QuantConfig
+from ..atomic import atomic_dir, read_json, read_safetensors
+from .checkpoint import TRAINABLE, trainable_state
+from .launch import is_main_process
+from ..config import TASK_HEADS, QuantConfig
 from ..errors import UserError
 from ..inject import add_lora, lora_layers, merge_and_unload
 from .evaluation import kind_of
@@ -48,7 +49,6 @@ from ..tasks import SEQUENCE_CLASSIFICATION, TaskSpec
 from .config import TrainConfig
 
 RECORD = "lorakit.json"
-HEADS = ("classifier", "score", "qa_outputs")  # output layers of transformers' task models
 BELOW_HEAD = ("pooler", "pre_classifier")  # the layer feeding the head, where the architecture has one
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
                    "spiece.model", "sentencepiece.bpe.model")
@@ -90,7 +90,7 @@ def load_base(name: str, spec: TaskSpec, new_head: bool = False,
                          ) from None
     if fresh and new_head and is_main_process():  # transformers' LOAD REPORT table, in one line
         what = ("a new classification head is" if spec.kind == SEQUENCE_CLASSIFICATION else "a new task head is"
-                ) if all(k.split(".")[0] in HEADS for k in fresh) else "parameters missing from the checkpoint are"
+                ) if all(k.split(".")[0] in TASK_HEADS for k in fresh) else "parameters missing from the checkpoint are"
         shown = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
         print(f"lorakit: {what} initialised ({shown}); training learns it")
     local = Path(path)
@@ -128,9 +128,9 @@ def _first_line(err: Exception) -> str:
 def head_modules(model: nn.Module, method: str) -> tuple[str, ...]:
     """Module paths that train in full for `head` and `last-layers` (see the module docstring)."""
     names = {name for name, _ in model.named_modules()}
-    heads = [h for h in HEADS if h in names]
+    heads = [h for h in TASK_HEADS if h in names]
     if not heads:
-        raise ValueError(f"{type(model).__name__} has no task head ({', '.join(HEADS)}); "
+        raise ValueError(f"{type(model).__name__} has no task head ({', '.join(TASK_HEADS)}); "
                          "--method head / last-layers need a model with one")
     if method == "head":  # RoBERTa-style heads are dense -> tanh -> out_proj: the classifier proper is out_proj
         return tuple(f"{h}.out_proj" if f"{h}.out_proj" in names else h for h in heads)

@@ -42,12 +42,13 @@ from ..fast_dropout import fast_dropout
 from ..params import parameter_report
 from ..tasks import CAUSAL_LM, LengthGroupedBatchSampler, PaddingCollator, get_task, load_splits, sequence_lengths
 from . import distributed
-from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, is_main_process, load_checkpoint,
-                         load_trainable, versions)
+from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, load_checkpoint, load_trainable,
+                         versions)
 from .config import TrainConfig, eval_sample_cap, resolve_device, resolve_precision
 from .estimate import RunClock, evaluation_steps
 from .evaluation import Evaluator, kind_of
 from .guards import check_max_length
+from .launch import is_main_process
 from .methods import load_base, save_artifact, setup_method
 from .resume import adopt_best, note_changed_settings, resume_path, still_stopped
 from .runlock import RunLock

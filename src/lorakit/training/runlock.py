@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..atomic import check_output_dir
 from ..errors import UserError
+from .launch import is_main_process
 
 LOCK = ".lock"
 
@@ -115,6 +116,6 @@ def early_train_lock(argv: list[str]) -> RunLock | None:
     locks again, a no-op then, once the settings are resolved)."""
     if not argv or argv[0] != "train" or "--output" not in argv[:-1] or "-h" in argv or "--help" in argv:
         return None
-    if os.environ.get("RANK", "0") != "0":  # torchrun: the global rank 0 alone holds the lock (distributed.env_rank)
+    if not is_main_process():  # torchrun: the global rank 0 alone holds the lock
         return None
     return RunLock(argv[argv.index("--output") + 1]).acquire()
