@@ -84,7 +84,8 @@ class DoRALinearFunction(torch.autograd.Function):
         gy = grad_h.reshape(-1, grad_h.shape[-1])  # (N, out)
         grad_m = grad_bias = grad_a = grad_b = grad_x = None
         gy_sum = gy.sum(0) if bias is not None else None  # (out,)
-        if ctx.needs_input_grad[5]:  # dL/dm = Σ_N gy ⊙ u / n = Σ_N gy ⊙ (h - b) / m = (Σ_N gy ⊙ h - b ⊙ Σ_N gy) / m,
+        if ctx.needs_input_grad[5]:  # dL/dm = Σ_N gy ⊙ u / n = Σ_N gy ⊙ (h - b) / m
+            # = (Σ_N gy ⊙ h - b ⊙ Σ_N gy) / m: one (N, out) temporary, not two
             grad_m = (gy * h).sum(0)
             grad_m = (grad_m - bias * gy_sum if bias is not None else grad_m) / magnitude
         if bias is not None and ctx.needs_input_grad[2]:
