@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 from conftest import inputs, logits
-from test_train import make_tiny_run_inputs
+from test_train import make_tiny_run_inputs, one_thread  # noqa: F401  (autouse: one torch thread)
 
 from lorakit import load_adapter
 from lorakit.methods import load_artifact, load_base, save_artifact, setup_method
@@ -14,14 +14,6 @@ from lorakit.quant_linear import QuantLinear
 from lorakit.tasks import get_task
 from lorakit.train_config import TrainConfig
 from lorakit.train_step import build_optimizer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trained_loftq_run(root, quant_kind: str):
