@@ -3,9 +3,10 @@
     python benchmarks/loftq_error.py                          # NF4 + double quant, r 16, T = 1 and 5, all-linear
     python benchmarks/loftq_error.py --kind int8 --iters 1 5  # other kinds and iteration counts
 
-For every linear layer below the head of all-MiniLM-L6-v2 (36 layers), lorakit.apply_loftq computes Q_T and
-(A_T, B_T) with lorakit's own quantizer (no bitsandbytes); "plain" is ||W0 - dq(q(W0))||_F, the error QLoRA
-starts from (B = 0). Figures are sqrt(sum of squares) over the layers of each type; "relative" divides by ||W0||_F.
+For every linear layer below the head of all-MiniLM-L6-v2 (6 x 6 and the pooler: 37 layers), lorakit.apply_loftq
+computes Q_T and (A_T, B_T) with lorakit's own quantizer (no bitsandbytes); "plain" is ||W0 - dq(q(W0))||_F, the
+error QLoRA starts from (B = 0). Figures are sqrt(sum of squares) over the layers of each type; "relative" divides
+by ||W0||_F.
 Prints a markdown table.
 """
 from __future__ import annotations

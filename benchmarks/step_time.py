@@ -131,6 +131,7 @@ def main() -> None:
     med = {c: statistics.median(x["median_s"] for x in v) for c, v in results.items()}
     mem = {c: statistics.median(x["peak_mb"] for x in v) for c, v in results.items()}
     mode = "eval mode (dropout off)" if args.eval_mode else f"train mode (dropout on, lora_dropout={args.lora_dropout})"
+    mode = "eval-mode forward passes without grad" if args.forward_only else mode
     threads = args.threads or "default"
     dropout = "torch's" if args.torch_dropout else "lorakit's"
     print(f"\nMiniLM-L6, batch 32 x 128, r=8, {mode}, {args.rounds} rounds x {args.steps} steps, threads {threads}, "

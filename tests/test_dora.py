@@ -100,14 +100,15 @@ def test_fused_node_gradients_match_autograd(fan_in_fan_out, p):
     base = Conv1D(12, 10) if fan_in_fan_out else nn.Linear(10, 12)
     layer = DoRALinear(base, r=3, alpha=6, dropout=p).train()
     randomize_lora(layer, scale=0.4)
+    base.bias.requires_grad_(True)  # bias="all": the node's own dL/db
     x = torch.randn(2, 5, 10, requires_grad=True)
     torch.manual_seed(7)
     y = layer(x)
     gy = torch.randn_like(y)
     (y * gy).sum().backward()
     got = [x.grad.clone()] + [t.grad.clone() for t in (layer.lora_A.weight, layer.lora_B.weight,
-                                                        layer.lora_magnitude_vector)]
-    for t in (x, layer.lora_A.weight, layer.lora_B.weight, layer.lora_magnitude_vector):
+                                                        layer.lora_magnitude_vector, base.bias)]
+    for t in (x, layer.lora_A.weight, layer.lora_B.weight, layer.lora_magnitude_vector, base.bias):
         t.grad = None
     w0 = base.weight.t() if fan_in_fan_out else base.weight  # (out, in)
     a, b, m, s = layer.lora_A.weight, layer.lora_B.weight, layer.lora_magnitude_vector, layer.scaling
@@ -123,7 +124,7 @@ def test_fused_node_gradients_match_autograd(fan_in_fan_out, p):
     ref = ((m / norm) * u + base.bias).view_as(y)
     torch.testing.assert_close(ref, y, atol=1e-5, rtol=1e-5)
     (ref * gy).sum().backward()
-    want = [x.grad, a.grad, b.grad, m.grad]
+    want = [x.grad, a.grad, b.grad, m.grad, base.bias.grad]
     for g_got, g_want in zip(got, want):
         torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-4)
 

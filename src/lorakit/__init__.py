@@ -36,6 +36,7 @@ _EXPORTS = {
     "load_quantized": "quant_load",
     "DoRALinear": "dora",
     "apply_loftq": "lora_init",
+    "loftq_quantized_base": "loftq_base",
 }
 
 __all__ = list(_EXPORTS)

@@ -11,9 +11,10 @@ Speed (what PEFT does not do):
   * n is computed without the dense (out, in) update B·A:
         n² = ||W0||²_row + 2s·rowsum((W0·Aᵀ) ⊙ B) + s²·rowsum((B·(A·Aᵀ)) ⊙ B)
     ||W0||²_row is a vector norm over W0, W0·Aᵀ is (out, r): O(out·in·r) work and no (out, in) temporary.
-  * `DoRALinearFunction` is one autograd node: the LoRA node of fused.py with the output scaled by g in place.
-    Backward saves what LoRA saves plus the output h (out-sized, shared with the next op, which saves its input
-    anyway) instead of a second copy of the pre-scale output; dL/dm = Σ_N dL/dh ⊙ (h - b) / m.
+  * `DoRALinearFunction` is one autograd node: the LoRA node of fused.py with g folded into W0 and B (transient
+    (out, in) and (out, r) copies), so no extra pass over the (N, out) activations but dL/dm's. Backward saves
+    what LoRA saves plus the output h (out-sized, shared with the next op, which saves its input anyway) instead
+    of a second copy of the pre-scale output; dL/dm = Σ_N dL/dh ⊙ (h - b) / m.
   * In eval mode (or without grad) n is cached and reused until A, B or W0 change (their version counters).
 Dropout (p > 0) applies to the low-rank branch input only, as in LoRA: h = g ⊙ (W0·x + s·B·A·drop(x)) + b.
 (PEFT also multiplies (g - 1)·W0·drop(x), one more dense matmul; both agree whenever dropout is off, as in eval.)
@@ -49,51 +50,56 @@ def dora_norm(w0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, s: float) -> t
 
 
 class DoRALinearFunction(torch.autograd.Function):
-    """h = g ⊙ (W0·x + s·B·A·drop(x)) + b with g = m / n, n given (detached). Shapes as fused.py; m, n (out,)."""
+    """h = g ⊙ (W0·x + s·B·A·drop(x)) + b with g = m / n, n given (detached). Shapes as fused.py; m, n (out,).
+
+    g is folded into the (out, ·) operands, g ⊙ (W0·x) = (g ⊙ W0)·x and g ⊙ (B·xa) = (g ⊙ B)·xa, so no pass
+    over an (N, out) activation is added to LoRA's: the scaled copies of W0 (out, in) and B (out, r) are
+    transient (freed after the matmul; N = 4096 tokens make an (N, out) pass 10x the work of an (out, in) one)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, norm, scaling, p, fan_in_fan_out):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (N, in)
-        w_t = weight if fan_in_fan_out else weight.t()  # (in, out) view
-        h = x2 @ w_t  # (N, out) = W0·x
+        g = magnitude / norm  # (out,)
+        w_t = weight * g if fan_in_fan_out else weight * g[:, None]  # g ⊙ W0 (a transient copy)
+        w_t = w_t if fan_in_fan_out else w_t.t()  # (in, out) view
+        h = torch.addmm(bias, x2, w_t) if bias is not None else x2 @ w_t  # (N, out) = g ⊙ (W0·x) + b
+        del w_t
         if p > 0:
             keep, inv_q = keep_mask(x2.shape, p, x2.device)
             xa = ((x2 * keep) @ lora_a.t()).mul_(inv_q)  # (N, r)
         else:
             keep, inv_q = None, 1.0
             xa = x2 @ lora_a.t()  # (N, r)
-        h.addmm_(xa, lora_b.t(), alpha=scaling)  # u = W0·x + s·B·A·x
-        g = magnitude / norm  # (out,)
-        h.mul_(g)  # g ⊙ u, in place
-        if bias is not None:
-            h.add_(bias)
+        h.addmm_(xa, (lora_b * g[:, None]).t(), alpha=scaling)  # h = g ⊙ (W0·x + s·B·A·x) + b
         ctx.save_for_backward(x, weight, bias, lora_a, lora_b, magnitude, g, xa, keep, h)
         ctx.scaling, ctx.inv_q, ctx.fan_in_fan_out = scaling, inv_q, fan_in_fan_out
         return h.view(*shape[:-1], h.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_h):
-        x, weight, bias, lora_a, lora_b, magnitude, g_scale, xa, keep, h = ctx.saved_tensors
+        x, weight, bias, lora_a, lora_b, magnitude, g, xa, keep, h = ctx.saved_tensors
         s, inv_q = ctx.scaling, ctx.inv_q
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         gy = grad_h.reshape(-1, grad_h.shape[-1])  # (N, out)
         grad_m = grad_bias = grad_a = grad_b = grad_x = None
+        gy_sum = gy.sum(0) if bias is not None else None  # (out,)
         if ctx.needs_input_grad[5]:  # dL/dm = Σ_N gy ⊙ u / n = Σ_N gy ⊙ (h - b) / m
-            hb = h - bias if bias is not None else h
-            grad_m = (gy * hb).sum(0) / magnitude
+            # = (Σ_N gy ⊙ h - b ⊙ Σ_N gy) / m: one (N, out) temporary, not two
+            grad_m = (gy * h).sum(0)
+            grad_m = (grad_m - bias * gy_sum if bias is not None else grad_m) / magnitude
         if bias is not None and ctx.needs_input_grad[2]:
-            grad_bias = gy.sum(0)
-        g = gy * g_scale  # dL/du: (N, out); from here on LoRA's backward (fused.py)
-        grad_xa = torch.nn.functional.linear(g, lora_b.t().contiguous()).mul_(s)  # (N, r)
+            grad_bias = gy_sum
+        # dL/du = g ⊙ gy; from here on LoRA's backward (fused.py) with g folded into B and W0
+        grad_xa = torch.nn.functional.linear(gy, (lora_b * g[:, None]).t().contiguous()).mul_(s)  # (N, r)
         if ctx.needs_input_grad[4]:
-            grad_b = (xa.t() @ g).mul_(s).t()  # (out, r)
+            grad_b = (xa.t() @ gy).t().mul(g[:, None]).mul_(s)  # (out, r) = s·(g ⊙ gy)ᵀ·xa
         keep = keep.to(x2.dtype) if keep is not None else None
         if ctx.needs_input_grad[3]:
             grad_a = (grad_xa.t() @ (x2 * keep if keep is not None else x2)).mul_(inv_q)  # (r, in)
         if ctx.needs_input_grad[0]:
             w = weight.t() if ctx.fan_in_fan_out else weight  # (out, in)
-            grad_x = g @ w
+            grad_x = gy @ (w * g[:, None])  # (N, in) = (g ⊙ gy)·W0, with g ⊙ W0 transient
             if keep is None:
                 grad_x.addmm_(grad_xa, lora_a)
             else:

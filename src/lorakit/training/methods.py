@@ -34,14 +34,15 @@ from torch import nn
 
 from ..adapter import CONFIG_NAME, load_adapter, save_adapter
 from ..atomic import atomic_dir, read_json, read_safetensors
-from .checkpoint import TRAINABLE, trainable_state
-from .launch import is_main_process
 from ..config import TASK_HEADS, QuantConfig
 from ..errors import UserError
 from ..inject import add_lora, lora_layers, merge_and_unload
-from .evaluation import kind_of
+from ..loftq_base import loftq_quantized_base
 from ..lora import LORA_LAYERS
 from ..lora_init import apply_loftq
+from .checkpoint import TRAINABLE, trainable_state
+from .evaluation import kind_of
+from .launch import is_main_process
 from .models import quiet_transformers, resolve_model_path
 from ..quant_linear import dequantize_model, is_quantized, quantize_model
 from ..quant_load import load_quantized, safetensors_files
@@ -154,8 +155,7 @@ def train_in_full(model: nn.Module, names: tuple[str, ...]) -> None:
 
 def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Freeze, quantize or inject LoRA in place so exactly the parameters of cfg.method train."""
-    loftq = cfg.method == "qlora" and cfg.lora_init == "loftq" and not cfg.init_adapter
-    if loftq:  # LoftQ quantizes W0 against B·A: LoRA first, on the full-precision model (training/run.py loads it so)
+    if uses_loftq(cfg):  # LoftQ quantizes W0 against B·A: LoRA first, on the full-precision model (run.py loads it so)
         add_lora(model, cfg.lora_config(modules_to_save=None))
         apply_loftq(model, cfg.quant_config())
         return model
@@ -177,6 +177,11 @@ def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         model.requires_grad_(False)
         train_in_full(model, head_modules(model, cfg.method))
     return model
+
+
+def uses_loftq(cfg: TrainConfig) -> bool:
+    """QLoRA with LoftQ's initialisation: the base is quantized against the adapter (lora_init.apply_loftq)."""
+    return cfg.method == "qlora" and cfg.lora_init == "loftq" and not cfg.init_adapter
 
 
 def save_artifact(model: nn.Module, tokenizer, cfg: TrainConfig, spec: TaskSpec, output: str | Path) -> Path:
@@ -249,7 +254,12 @@ def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = Non
         adapter_config = _read_json(art / CONFIG_NAME, "adapter config")
         base = _base_model(art, base_model, record.get("base_model"), adapter_config.get("base_model_name_or_path"))
         quant = record.get("quantization")
-        model, tokenizer = load_base(base, spec, quant_config=QuantConfig.from_dict(quant) if quant else None)
+        quant_config = QuantConfig.from_dict(quant) if quant else None
+        run = TrainConfig.from_dict(record["config"]) if quant and "config" in record else None
+        loftq = run is not None and uses_loftq(run)  # the adapter was trained over LoftQ's Q_T, not q(W0)
+        model, tokenizer = load_base(base, spec, quant_config=None if loftq else quant_config)
+        if loftq:
+            loftq_quantized_base(model, run.lora_config(modules_to_save=None), quant_config)
         load_adapter(model, art)  # a damaged weights file: atomic.read_safetensors' UserError
     elif (art / TRAINABLE).is_file():
         base = _base_model(art, base_model, record.get("base_model"))

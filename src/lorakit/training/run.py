@@ -49,7 +49,7 @@ from .estimate import RunClock, evaluation_steps
 from .evaluation import Evaluator, kind_of
 from .guards import check_max_length
 from .launch import is_main_process
-from .methods import load_base, save_artifact, setup_method
+from .methods import load_base, save_artifact, setup_method, uses_loftq
 from .resume import adopt_best, note_changed_settings, resume_path, still_stopped
 from .runlock import RunLock
 from .signals import stop_requests
@@ -161,7 +161,7 @@ class Run:
                                                             get_task(cfg.task).kind == CAUSAL_LM),
                            include_test=cfg.eval_test, seed=cfg.seed)
         self.spec, self.kind = data.spec, kind_of(data.spec)
-        quantize_while_loading = cfg.method == "qlora" and cfg.lora_init != "loftq"  # LoftQ quantizes W0 - s·B·A
+        quantize_while_loading = cfg.method == "qlora" and not uses_loftq(cfg)  # LoftQ quantizes W0 - s·B·A
         model, self.tokenizer = load_base(cfg.model, self.spec, new_head=True,
                                           quant_config=cfg.quant_config() if quantize_while_loading else None)
         check_max_length(model, cfg.max_length)
