@@ -35,6 +35,8 @@ QUANT_KINDS = ("nf4", "fp4", "int8")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # Output heads of transformers models: never adapted by "all-linear", never quantized by default.
 HEAD_NAMES = ("classifier", "pre_classifier", "qa_outputs", "score", "lm_head")
+# The architecture toggles of target_modules, resolved per model type by targets.TOGGLES
+TOGGLE_NAMES = ("query", "key", "value", "projection", "mlp", "head")
 # The output layer of transformers' task models (the heads above less DistilBERT's pre_classifier and lm_head).
 TASK_HEADS = ("classifier", "score", "qa_outputs")
 

@@ -22,10 +22,9 @@ import re
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import HEAD_NAMES, path_matches
+from .config import HEAD_NAMES, TOGGLE_NAMES, path_matches
 from .quant_linear import QuantLinear
 
-TOGGLE_NAMES = ("query", "key", "value", "projection", "mlp", "head")
 
 _BERT = {
     "query": ["query"],

@@ -17,8 +17,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..config import FAMILY_INITS, INITS, is_family_init
-from ..targets import TOGGLE_NAMES
+from ..config import FAMILY_INITS, INITS, TOGGLE_NAMES, is_family_init
 from ..training.config import TrainConfig
 from ..validation import check_flag_contradictions
 
