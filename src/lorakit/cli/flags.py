@@ -21,11 +21,10 @@ from ..config import FAMILY_INITS, INITS, TOGGLE_NAMES, is_family_init
 from ..training.config import TrainConfig
 from ..validation import check_flag_contradictions
 
-TOGGLES = TOGGLE_NAMES
 RAW = argparse.RawDescriptionHelpFormatter
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TRAIN_FIELDS = tuple(FIELDS)
-TARGET_KEYS = ("target_modules", "target_regex", *(f"lora_{t}" for t in TOGGLES))
+TARGET_KEYS = ("target_modules", "target_regex", *(f"lora_{t}" for t in TOGGLE_NAMES))
 # `lorakit train --help`'s sections, in order ("model" is the top level)
 TRAIN_GROUPS = ("model", "data", "method", "LoRA", "QLoRA (--method qlora)", "optimisation",
                 "evaluation, checkpoints, output", "runtime")
@@ -122,7 +121,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...], 
 
 def add_target_flags(group) -> None:
     """The LoRA toggles and --target-regex: other ways to say target_modules (lora_targets folds them in)."""
-    for t in TOGGLES:
+    for t in TOGGLE_NAMES:
         group.add_argument(f"--lora-{t}", action="store_true", default=None,
                            help=f"adapt the {t} layers (resolved per architecture)")
     group.add_argument("--target-regex", metavar="REGEX", help="one regex that must match the whole module path")
@@ -210,7 +209,7 @@ def lora_targets(values: dict) -> tuple[str, ...] | str | None:
         if not isinstance(modules, (list, tuple)):
             return modules  # "all-linear" or a regex (a run's config.yaml); another type: TrainConfig says so
         return "all-linear" if list(modules) == ["all-linear"] else tuple(modules)
-    return tuple(t for t in TOGGLES if values.get(f"lora_{t}")) or None
+    return tuple(t for t in TOGGLE_NAMES if values.get(f"lora_{t}")) or None
 
 
 def train_values(values: dict) -> dict:

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from ..config import TOGGLE_NAMES
 from ..training.config import TrainConfig
 
 if TYPE_CHECKING:
     import optuna
 
-TOGGLE_NAMES = ("query", "key", "value", "projection", "mlp", "head")  # targets.TOGGLE_NAMES
 TOGGLE_PARAMS = tuple(f"lora_{t}" for t in TOGGLE_NAMES)
-ALL_LINEAR_TOGGLES = ("query", "key", "value", "projection", "mlp")  # what "all-linear" adapts, as toggles
+ALL_LINEAR_TOGGLES = tuple(t for t in TOGGLE_NAMES if t != "head")  # what "all-linear" adapts, as toggles
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 NOT_SEARCHABLE = ("output", "resume")  # set by the search for every trial
 SAMPLERS = ("grid", "random", "tpe")
