@@ -32,24 +32,32 @@ def evaluate_causal_lm(model, loader: Iterable[dict[str, torch.Tensor]]) -> dict
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_loss, total_tokens, correct = 0.0, 0, 0
+    sums = [0.0, 0, 0]  # summed loss, scored tokens, correct predictions
     for batch in loader:
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
         labels = batch.pop("labels")  # (B, T), -100 on prompt and padding tokens
-        logits = model(**batch).logits.float()  # (B, T, V)
-        # logits at position t predict token t + 1: pair logits[:, :-1] with labels[:, 1:]
-        shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
-        scored = shifted_labels != LABEL_PAD_ID  # (B, T - 1)
-        total_loss += F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1),
-                                      ignore_index=LABEL_PAD_ID, reduction="sum").item()
-        total_tokens += int(scored.sum())
-        correct += int(((shifted_logits.argmax(dim=-1) == shifted_labels) & scored).sum())
+        sums = [a + b for a, b in zip(sums, score_tokens(model(**batch).logits.float(), labels))]
     model.train(was_training)
-    if total_tokens == 0:
-        raise TaskError("no labelled token to score: the evaluation batches hold no response tokens")
-    loss = total_loss / total_tokens
-    return {"token_accuracy": correct / total_tokens, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-            "tokens": float(total_tokens)}
+    return lm_metrics(*sums)
+
+
+def score_tokens(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
+    """One batch's summed response-token cross-entropy, scored tokens and correct next-token predictions.
+    logits (B, T, V) at position t predict token t + 1: logits[:, :-1] pair with labels[:, 1:]; -100 is not scored."""
+    shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
+    scored = shifted_labels != LABEL_PAD_ID  # (B, T - 1)
+    loss = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1),
+                           ignore_index=LABEL_PAD_ID, reduction="sum").item()
+    return loss, int(scored.sum()), int(((shifted_logits.argmax(dim=-1) == shifted_labels) & scored).sum())
+
+
+def lm_metrics(total_loss: float, tokens: int, correct: int) -> dict[str, float]:
+    """token_accuracy, loss (mean over scored tokens), perplexity and tokens from score_tokens' sums."""
+    if tokens == 0:
+        raise TaskError("no labelled token to score: the evaluation rows hold no response tokens")
+    loss = total_loss / tokens
+    return {"token_accuracy": correct / tokens, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "tokens": float(tokens)}
 
 
 def _stop_ids(model, tokenizer) -> list[int]:

@@ -48,13 +48,23 @@ def qa_logits(model, features: Dataset, tokenizer, batch_size: int = 32) -> tupl
     for indices in LengthGroupedBatchSampler(lengths, batch_size, shuffle=False):
         batch = collator([{name: values[i] for name, values in columns.items()} for i in indices])
         output = model(**{name: tensor.to(device) for name, tensor in batch.items()})
-        start_logits = output.start_logits.float().cpu().numpy()  # (B, T)
-        end_logits = output.end_logits.float().cpu().numpy()  # (B, T)
-        for row, index in enumerate(indices):
-            starts[index] = start_logits[row, : lengths[index]]
-            ends[index] = end_logits[row, : lengths[index]]
+        keep_window_logits(starts, ends, indices, lengths, *window_logits(output, batch))
     model.train(was_training)
     return starts, ends
+
+
+def window_logits(output, batch=None) -> tuple[np.ndarray, np.ndarray]:
+    """A QA model output's start and end logits, (B, T) each, as NumPy arrays."""
+    return output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy()
+
+
+def keep_window_logits(starts: list, ends: list, indices: list[int], lengths: list[int], start_logits: np.ndarray,
+                       end_logits: np.ndarray) -> None:
+    """Store each batch row's start and end logits (B, T), cut to its window's length L (right padding: positions
+    0..L-1), at the window's index."""
+    for row, index in enumerate(indices):
+        starts[index] = start_logits[row, : lengths[index]]
+        ends[index] = end_logits[row, : lengths[index]]
 
 
 def postprocess_qa_predictions(examples: Dataset, features: Dataset, start_logits: list[np.ndarray],

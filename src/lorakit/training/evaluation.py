@@ -18,7 +18,6 @@ TaskKind each in KINDS: their own features (windows with offsets; prompt-masked 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -170,15 +169,12 @@ def _qa_logits(run: Evaluator, model: nn.Module, inputs: Dataset) -> tuple[list[
     """Start and end logits per window, in window order, cut to each window's length (sharded under DDP)."""
     lengths = sequence_lengths(inputs)
 
-    def fetch(out, batch):
-        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()  # (B, T) each
+    from ..tasks.qa_eval import keep_window_logits, window_logits
 
     starts: list[np.ndarray] = [np.empty(0)] * len(lengths)
     ends: list[np.ndarray] = [np.empty(0)] * len(lengths)
-    for indices, (start_logits, end_logits) in run.run(model, inputs, fetch, _right_padded(run.collator)):
-        for row, index in enumerate(indices):
-            starts[index] = start_logits[row, : lengths[index]]
-            ends[index] = end_logits[row, : lengths[index]]
+    for indices, (start_logits, end_logits) in run.run(model, inputs, window_logits, _right_padded(run.collator)):
+        keep_window_logits(starts, ends, indices, lengths, start_logits, end_logits)
     return starts, ends
 
 
@@ -219,28 +215,19 @@ def _lm_features(rows: Dataset, tokenizer, max_length: int) -> Dataset:
 
 
 def _evaluate_causal(run: Evaluator, model: nn.Module, rows: Dataset, features: Dataset) -> dict[str, float]:
-    """Response-token loss, perplexity and next-token accuracy (as tasks.lm_eval.evaluate_causal_lm; sharded)."""
-    from ..tasks.batching import LABEL_PAD_ID
-    from ..tasks.base import TaskError
+    """Response-token loss, perplexity and next-token accuracy (tasks.lm_eval's scoring, sharded under DDP)."""
+    from ..tasks.lm_eval import lm_metrics, score_tokens
 
     def fetch(out, batch):
-        logits, labels = out.logits.float()[:, :-1], batch["labels"][:, 1:]  # logits at t predict token t + 1
-        scored = labels != LABEL_PAD_ID
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                 ignore_index=LABEL_PAD_ID, reduction="sum").item()
-        return loss, int(scored.sum()), int(((logits.argmax(dim=-1) == labels) & scored).sum())
+        return score_tokens(out.logits.float(), batch["labels"])
 
     # logits are (rows, T, vocab) in fp32, and the loss makes two more of that size: with SmolLM2's 49,152-token
     # vocabulary, 64 rows of 256 tokens are 3.2 GB each. Rows per batch are capped to keep them near LOGITS_BYTES.
     rows = max(1, min(run.batch_size, LOGITS_BYTES // (4 * run.max_length * model.config.vocab_size)))
-    total_loss, tokens, correct = 0.0, 0, 0
-    for _, (loss, n, right) in run.run(model, features, fetch, batch_size=rows):
-        total_loss, tokens, correct = total_loss + loss, tokens + n, correct + right
-    if tokens == 0:
-        raise TaskError("no labelled token to score: the evaluation rows hold no response tokens")
-    loss = total_loss / tokens
-    return {"token_accuracy": correct / tokens, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-            "tokens": float(tokens)}
+    sums = [0.0, 0, 0]  # summed loss, scored tokens, correct predictions
+    for _, scores in run.run(model, features, fetch, batch_size=rows):
+        sums = [a + b for a, b in zip(sums, scores)]
+    return lm_metrics(*sums)
 
 
 LOGITS_BYTES = 512 * 2**20  # causal-LM evaluation: the size of one batch's logits to stay near
