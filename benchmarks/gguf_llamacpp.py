@@ -4,8 +4,12 @@ layers, 32 new tokens after a chat prompt).
 
     python benchmarks/gguf_llamacpp.py --llamacpp-python /tmp/llamacpp-venv/bin/python [--out /tmp/gguf-bench]
 
-llama.cpp comes from `pip install llama-cpp-python` (builds llama.cpp from source) in a separate virtualenv: it is not
-a lorakit dependency. The llama.cpp side runs in that interpreter (a subprocess); tokens are compared as ids, the
+llama.cpp comes from the `llama-cpp-py-sync` wheel (llama.cpp b11739 prebuilt, CPU; CFFI bindings to llama.h) in a
+separate virtualenv: `python3 -m venv /tmp/llamacpp-venv && /tmp/llamacpp-venv/bin/pip install llama-cpp-py-sync==0.11739`;
+it is not a lorakit dependency (`llama-cpp-python` has no wheel on PyPI: it compiles llama.cpp, long on 2 cores).
+That wheel's libraries ask for glibc 2.38 only for C23's __isoc23_strto*/sscanf; on glibc 2.36 (Debian 12) mark that
+version requirement weak and preload a 5-line shim forwarding them to strtol & co. (what RESULTS.md's run did; the
+shim and the patcher are in the RESULTS entry), then give `--llamacpp-python` a wrapper that sets LD_PRELOAD. The llama.cpp side runs in that interpreter (a subprocess); tokens are compared as ids, the
 prompt is tokenized once by transformers and given to both. Prints a Markdown block for benchmarks/RESULTS.md.
 """
 from __future__ import annotations
@@ -29,16 +33,32 @@ NEW_TOKENS = 32
 PROMPT = [{"role": "user", "content": "Write a Python function that reverses a string."}]
 
 LLAMA_SIDE = textwrap.dedent("""
+    # llama.cpp's own C API (llama.h) through llama-cpp-py-sync's CFFI bindings: load, attach the LoRA GGUF with
+    # llama_adapter_lora_init + llama_set_adapters_lora (what llama-cli --lora does), decode the prompt, then argmax
     import json, sys
-    from llama_cpp import Llama
+    from llama_cpp_py_sync._cffi_bindings import get_ffi, get_lib
+    ffi, lib = get_ffi(), get_lib()
     job = json.loads(sys.argv[1])
-    llm = Llama(model_path=job["model"], lora_path=job.get("lora"), n_ctx=256, n_threads=2, seed=0, verbose=False,
-                logits_all=False)
-    out = []
-    for token in llm.generate(job["prompt"], top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
-        out.append(int(token))
-        if len(out) == job["n"]:
-            break
+    lib.llama_backend_init()
+    model = lib.llama_model_load_from_file(job["model"].encode(), lib.llama_model_default_params())
+    assert model != ffi.NULL, "llama.cpp could not load " + job["model"]
+    params = lib.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_threads, params.n_threads_batch = 512, 512, 512, 2, 2
+    ctx = lib.llama_init_from_model(model, params)
+    if job.get("lora"):
+        adapter = lib.llama_adapter_lora_init(model, job["lora"].encode())
+        assert adapter != ffi.NULL, "llama.cpp could not load the LoRA " + job["lora"]
+        assert lib.llama_set_adapters_lora(ctx, ffi.new("struct llama_adapter_lora *[1]", [adapter]), 1,
+                                           ffi.new("float[1]", [1.0])) == 0
+    n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model))
+    tokens, out = list(job["prompt"]), []
+    while len(out) < job["n"]:
+        buf = ffi.new("llama_token[]", tokens)
+        assert lib.llama_decode(ctx, lib.llama_batch_get_one(buf, len(tokens))) == 0
+        logits = lib.llama_get_logits_ith(ctx, -1)
+        best = max(range(n_vocab), key=lambda i: logits[i])
+        out.append(best)
+        tokens = [best]
     print(json.dumps(out))
 """)
 
@@ -51,7 +71,7 @@ def llama_cpp_tokens(python: str, model: Path, prompt: list[int], lora: Path | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--llamacpp-python", required=True, help="python of the virtualenv with llama-cpp-python")
+    parser.add_argument("--llamacpp-python", required=True, help="python of the virtualenv with llama-cpp-py-sync")
     parser.add_argument("--out", default="/tmp/gguf-bench", help="directory for the GGUF files")
     args = parser.parse_args()
     out = Path(args.out)
