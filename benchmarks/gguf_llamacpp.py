@@ -2,15 +2,14 @@
 against transformers' greedy tokens from the merged model (SmolLM2-135M-Instruct, a seeded random LoRA on all linear
 layers, 32 new tokens after a chat prompt).
 
-    python benchmarks/gguf_llamacpp.py --llamacpp-python /tmp/llamacpp-venv/bin/python [--out /tmp/gguf-bench]
+    python benchmarks/gguf_llamacpp.py --llamacpp-python /tmp/llamacpp-venv/python [--out /tmp/gguf-bench]
 
-llama.cpp comes from the `llama-cpp-py-sync` wheel (llama.cpp b11739 prebuilt, CPU; CFFI bindings to llama.h) in a
-separate virtualenv: `python3 -m venv /tmp/llamacpp-venv && /tmp/llamacpp-venv/bin/pip install llama-cpp-py-sync==0.11739`;
-it is not a lorakit dependency (`llama-cpp-python` has no wheel on PyPI: it compiles llama.cpp, long on 2 cores).
-That wheel's libraries ask for glibc 2.38 only for C23's __isoc23_strto*/sscanf; on glibc 2.36 (Debian 12) mark that
-version requirement weak and preload a 5-line shim forwarding them to strtol & co. (what RESULTS.md's run did; the
-shim and the patcher are in the RESULTS entry), then give `--llamacpp-python` a wrapper that sets LD_PRELOAD. The llama.cpp side runs in that interpreter (a subprocess); tokens are compared as ids, the
-prompt is tokenized once by transformers and given to both. Prints a Markdown block for benchmarks/RESULTS.md.
+llama.cpp comes from the `llama-cpp-py-sync` wheel (llama.cpp b11739 prebuilt for CPU, CFFI bindings to llama.h) in
+a virtualenv of its own: `bash benchmarks/llamacpp_venv.sh /tmp/llamacpp-venv` installs it (and, on glibc < 2.38 such
+as Debian 12's, fixes its libraries) and writes /tmp/llamacpp-venv/python, the interpreter for --llamacpp-python.
+It is not a lorakit dependency (`llama-cpp-python` has no wheel on PyPI: it compiles llama.cpp, long on 2 cores).
+The llama.cpp side runs in that interpreter (a subprocess); tokens are compared as ids, the prompt is tokenized once
+by transformers and given to both. Prints a Markdown block for benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
