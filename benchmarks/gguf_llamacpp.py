@@ -29,7 +29,8 @@ from lorakit.gguf_convert import find_smollm2_gguf, smollm2_dir
 from lorakit.gguf_export import write_lora_gguf, write_merged_gguf
 
 NEW_TOKENS = 32
-PROMPT = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+PROMPTS = ["Write a Python function that reverses a string.", "Name three colours.",
+           "Explain in one sentence what a LoRA adapter is."]
 
 LLAMA_SIDE = textwrap.dedent("""
     # llama.cpp's own C API (llama.h) through llama-cpp-py-sync's CFFI bindings: load, attach the LoRA GGUF with
@@ -89,7 +90,14 @@ def main() -> None:
     merged = merge_and_unload(copy.deepcopy(model)).eval()
     for kind, m in (("merged", merged), ("base", base)):
         files[kind] = write_merged_gguf(m, tokenizer, out / f"{kind}-f32.gguf", "f32", base_gguf=source)
-    prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True, return_dict=False)
+    print("| prompt | llama.cpp run | tokens | vs transformers merged | equal tokens | text |\n|---|---|---|---|---|---|")
+    for text in PROMPTS:
+        compare_prompt(tokenizer, text, base, merged, files, source, args.llamacpp_python)
+
+
+def compare_prompt(tokenizer, text: str, base, merged, files: dict, source: Path, python: str) -> None:
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=False)
     prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
     with torch.no_grad():
         ids = torch.tensor([prompt])
@@ -97,18 +105,16 @@ def main() -> None:
                                     pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
         base_tokens = base.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
-    runs = {"llama.cpp merged f32 GGUF": llama_cpp_tokens(args.llamacpp_python, files["merged"], prompt),
-            "llama.cpp base f32 GGUF + LoRA GGUF": llama_cpp_tokens(args.llamacpp_python, files["base"], prompt,
-                                                                  files["lora"]),
-            "llama.cpp packaged Q4_1 base + LoRA GGUF": llama_cpp_tokens(args.llamacpp_python, source, prompt,
-                                                                        files["lora"])}
-    print(f"transformers merged ({NEW_TOKENS} greedy tokens): {reference}")
-    print(f"transformers base (the adapter changes the output: {base_tokens != reference})")
+    runs = {"merged f32 GGUF": llama_cpp_tokens(python, files["merged"], prompt),
+            "base f32 GGUF + LoRA GGUF": llama_cpp_tokens(python, files["base"], prompt, files["lora"]),
+            "packaged Q4_1 base + LoRA GGUF": llama_cpp_tokens(python, source, prompt, files["lora"])}
+    changed = sum(a != b for a, b in zip(base_tokens, reference))
+    print(f"| {text!r} | transformers merged (vs base: {changed}/{NEW_TOKENS} tokens changed by the adapter) "
+          f"| {NEW_TOKENS} | - | - | {tokenizer.decode(reference)[:50]!r} |")
     for name, tokens in runs.items():
         same = sum(a == b for a, b in zip(tokens, reference))
-        print(f"| {name} | {len(tokens)} | {'equal' if tokens == reference else 'differ'} | {same}/{NEW_TOKENS} "
-              f"| {tokenizer.decode(tokens)[:60]!r} |")
-
+        print(f"| | llama.cpp {name} | {len(tokens)} | {'equal' if tokens == reference else 'differ'} "
+              f"| {same}/{NEW_TOKENS} | {tokenizer.decode(tokens)[:50]!r} |")
 
 if __name__ == "__main__":
     started = time.time()
