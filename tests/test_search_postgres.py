@@ -16,6 +16,9 @@ import optuna
 import pytest
 import yaml
 
+from lorakit import search, search_report
+from lorakit.search import SearchSettings
+from lorakit.search_space import parse_space
 from test_search import tiny_run  # noqa: F401  (the tiny BERT + 500 SST-2 sentences fixture)
 
 SPACE = "--space=lora_r=2,4"
@@ -69,9 +72,12 @@ def _best(output: Path) -> tuple[dict, list[str]]:
 
 @pytest.fixture(scope="module")
 def one_process(tiny_run, tmp_path_factory) -> Path:  # noqa: F811
-    """The reference: the same grid searched by one process on its own SQLite study."""
+    """The reference: the same grid searched by one process (this one) on its own SQLite study."""
     output = tmp_path_factory.mktemp("one")
-    _finish([_search(tiny_run, output)])
+    settings = SearchSettings(base=tiny_run, space=parse_space([SPACE.split("=", 1)[1]]), output=output, threads=1)
+    study, ran = search.run_search(settings)
+    search_report.write_reports(study, settings)
+    assert ran == 2
     assert sorted(_results(output)) == ["2", "4"]
     return output
 
@@ -85,9 +91,12 @@ def test_two_machines_share_one_postgres_study(tiny_run, postgres_url, one_proce
     study = optuna.load_study(study_name="two", storage=postgres_url.replace("postgresql://", "postgresql+psycopg2://"))
     states = sorted((t.state.name, t.system_attrs["fixed_params"]["lora_r"]) for t in study.get_trials())
     assert states == [("COMPLETE", 2), ("COMPLETE", 4)], states  # one trial per point in the shared study
-    # the same command again on machine a: nothing left to run; its reports now cover the whole study
-    again = _finish([_search(tiny_run, machines[0], f"--storage={postgres_url}", "--study-name=two")])[0]
-    assert " started: " not in again
+    # the same search again on machine a: nothing left to run; its reports now cover the whole study
+    settings = SearchSettings(base=tiny_run, space=parse_space([SPACE.split("=", 1)[1]]), output=machines[0],
+                              threads=1, storage=postgres_url, study_name="two")
+    study, ran = search.run_search(settings)
+    search_report.write_reports(study, settings)
+    assert ran == 0
     assert _results(machines[0]) == _results(one_process)
     assert _best(machines[0]) == _best(one_process)
 
