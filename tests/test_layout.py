@@ -137,3 +137,14 @@ def test_readme_tree_is_src():
     named = readme_tree()
     assert named == on_disk, (f"in src/ but not in README: {sorted(on_disk - named)}; "
                               f"in README but not in src/: {sorted(named - on_disk)}")
+
+
+def test_the_demo_finds_the_data_beside_the_repository_from_any_directory(monkeypatch, tmp_path):
+    """A path built from a module's own file (demo.py: ../shared/data/sst2 beside the repository) moved with it."""
+    data = ROOT.parent / "shared" / "data" / "sst2"
+    if not data.is_dir():
+        pytest.skip("no ../shared/data/sst2 beside this repository")
+    monkeypatch.chdir(tmp_path)
+    from lorakit.experiments.demo import sst2_dir
+
+    assert Path(sst2_dir()).resolve() == data.resolve()

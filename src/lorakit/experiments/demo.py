@@ -26,7 +26,7 @@ DEMO = {"model": "minilm", "task": "sst2", "max_train_samples": 4000, "max_eval_
 
 def sst2_dir() -> str | None:
     """../shared/data/sst2 beside the repository, or beside the current directory; None = the hub."""
-    for root in (Path(__file__).resolve().parents[3], Path.cwd().parent):
+    for root in (Path(__file__).resolve().parents[4], Path.cwd().parent):
         candidate = root / "shared" / "data" / "sst2"
         if candidate.is_dir():
             return str(candidate)
