@@ -3,13 +3,14 @@
     summed (set_adapter([a, b])):   h = W0·x + b0 + Σ_k s_k·B_k·A_k·drop(x)
     mixed batch (mixed_batch):      h_i = W0·x_i + b0 + s_k(i)·B_k(i)·A_k(i)·x_i      for batch row i
 
-A mixed batch is one batched computation, not one sub-batch per adapter (what PEFT does): the layer's adapters are
-stacked once, zero-padded to the largest rank R, with a zero adapter for rows that use none,
-    A_stack (K+1, R, in),  B_stack (K+1, out, R) with s_k folded in,
-and each forward gathers every row's pair and runs two batched matmuls:
-    xa = x_i · A_k(i)ᵀ  (rows, T, R),     h_i += xa · B_k(i)ᵀ  (rows, T, out)
-The padding adds zero columns, so the result equals the adapter's own product; the cost is one rank-R LoRA.
-Inference only: a plan holds the stacks it was built with (no gradient), and merged layers are refused.
+A mixed batch is one batched computation, not one sub-batch per adapter (what PEFT does). The adapters the batch
+uses in a layer are concatenated once along the rank, with each scaling folded into B,
+    A_cat (Σr, in) = [A_1; ...; A_K],     B_cat (out, Σr) = [s_1·B_1, ..., s_K·B_K],
+and a 0/1 mask M (rows, Σr) keeps, for row i, the columns of its own adapter k(i) (none for a base-model row):
+    h_i += ((x_i · A_catᵀ) ⊙ M_i) · B_catᵀ  =  s_k(i)·B_k(i)·A_k(i)·x_i
+Two plain matrix products over the whole batch, whatever the adapters' ranks: for K adapters of rank r the low-rank
+work is K times one adapter's, small against W0·x while K·r << in (4 x r 8 on a 384-wide layer: 8%).
+Inference only: a plan holds the concatenations it was built with (no gradient), and merged layers are refused.
 """
 from __future__ import annotations
 
@@ -31,39 +32,38 @@ def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def row_index(layer: nn.Module, row_names: list[str | None]) -> tuple[list[str], torch.Tensor]:
-    """The layer's adapters in stacking order and each row's index into them; len(names) = "no adapter here"."""
-    names = layer.adapter_names()
+    """The layer's adapters that the rows use, and each row's index into them (len(names) = "none here")."""
+    names = [n for n in dict.fromkeys(row_names) if n is not None and n in layer.adapter_names()]
     position = {name: k for k, name in enumerate(names)}
-    index = [position.get(name, len(names)) if name is not None else len(names) for name in row_names]
+    index = [position.get(name, len(names)) for name in row_names]
     return names, torch.tensor(index, dtype=torch.long)
 
 
 class LinearRows:
-    """A mixed-batch plan for a LoRALinear: the stacked, padded adapters and each row's index (see module docstring)."""
+    """A mixed-batch plan for a LoRALinear: A_cat, B_cat and the row mask M (see the module docstring)."""
 
     def __init__(self, layer: nn.Module, row_names: list[str | None]):
-        names, self.index = row_index(layer, row_names)
-        pairs = [layer.low_rank(name) for name in names]
-        rank = max(a.shape[0] for a, _, _ in pairs)
-        a0 = pairs[0][0]
-        self.a_stack = a0.new_zeros(len(names) + 1, rank, layer.in_features)  # (K+1, R, in)
-        self.b_stack = a0.new_zeros(len(names) + 1, layer.out_features, rank)  # (K+1, out, R)
+        names, index = row_index(layer, row_names)
+        self.rows = len(row_names)
+        if not names:  # no row uses an adapter of this layer
+            self.a_cat = None
+            return
         with torch.no_grad():
-            for k, (a, b, s) in enumerate(pairs):
-                self.a_stack[k, : a.shape[0]] = a
-                self.b_stack[k, :, : a.shape[0]] = b * s
-        self.index = self.index.to(a0.device)
+            pairs = [layer.low_rank(name) for name in names]
+            self.a_cat = torch.cat([a for a, _, _ in pairs])  # (Σr, in)
+            self.b_cat = torch.cat([b * s for _, b, s in pairs], dim=1)  # (out, Σr)
+            owner = torch.cat([torch.full((a.shape[0],), k) for k, (a, _, _) in enumerate(pairs)])  # (Σr,)
+            self.mask = (index[:, None] == owner[None, :]).to(self.a_cat)[:, None, :]  # (rows, 1, Σr)
 
     def forward(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:  # x: (rows, ..., in)
+        if x.shape[0] != self.rows:
+            raise ValueError(f"mixed_batch was given {self.rows} adapter names but the batch has {x.shape[0]} rows")
         h = layer.base_layer(x)
-        rows = x.shape[0]
-        if rows != self.index.numel():
-            raise ValueError(f"mixed_batch was given {self.index.numel()} adapter names but the batch has {rows} rows")
-        a = self.a_stack[self.index]  # (rows, R, in)
-        b = self.b_stack[self.index]  # (rows, out, R)
-        x3 = x.reshape(rows, -1, x.shape[-1]).to(a.dtype)  # (rows, T, in)
-        delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))  # (rows, T, out)
-        return h + delta.view(h.shape).to(h.dtype)
+        if self.a_cat is None:
+            return h
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1]).to(self.a_cat.dtype)  # (rows, T, in)
+        xa = (x3 @ self.a_cat.t()).mul_(self.mask)  # (rows, T, Σr): each row keeps its adapter's columns
+        return h + (xa @ self.b_cat.t()).view(h.shape).to(h.dtype)  # (rows, T, out)
 
 
 class EmbeddingRows:
