@@ -45,7 +45,7 @@ examples:
 
 def add_eval_parser(sub) -> argparse.ArgumentParser:
     p = command_parser(sub, "eval", "evaluate a trained adapter or a (merged) model", EVAL_DESCRIPTION)
-    trained_model_flags(p)
+    trained_model_flags(p, several=True)
     add_setting_flags(p, ("data",), recorded=True)
     add_setting_flags(p, ("runtime",))
     p.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
@@ -63,7 +63,7 @@ def add_merge_parser(sub) -> argparse.ArgumentParser:
 
 def add_predict_parser(sub) -> argparse.ArgumentParser:
     p = command_parser(sub, "predict", "classify texts, answer questions or follow prompts", PREDICT_DESCRIPTION)
-    trained_model_flags(p)
+    trained_model_flags(p, several=True)
     p.add_argument("texts", nargs="*", help="texts to classify (sentence pairs: 'first<TAB>second'; "
                    "QA: 'question<TAB>context'; instruct: prompts)")
     p.add_argument("--file", metavar="FILE", help="one text a line")
