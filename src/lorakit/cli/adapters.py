@@ -40,6 +40,8 @@ def load_more_adapters(model: nn.Module, first: str, more: list[tuple[str, str]]
     from .. import load_adapter
     from ..training.methods import find_artifact, read_record
 
+    if not more:
+        return
     first_record = read_record(find_artifact(first))
     for i, (label, directory) in enumerate(more, start=1):
         if not Path(directory).is_dir():
