@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from lorakit.combine_math import (COMBINATION_TYPES, MERGES, SVD_TYPES, check_combination, combine_layer,
-                                  dare_tensor, elected_sign_mask, magnitude_prune_tensor, merge_tensors)
+from lorakit.combine_config import COMBINATION_TYPES, MERGES, SVD_TYPES, CombineConfig
+from lorakit.combine_math import combine_layer, dare_tensor, elected_sign_mask, magnitude_prune_tensor, merge_tensors
 
 peft = pytest.importorskip("peft")
 from peft.tuners.lora import LoraLayer  # noqa: E402
@@ -205,7 +205,7 @@ def test_svd_of_full_rank_is_exact_and_pads_beyond_the_layer():
 def test_equal_rank_types_say_which_types_take_any_ranks():
     factors = [(torch.randn(2, 6), torch.randn(5, 2), 1.0), (torch.randn(4, 6), torch.randn(5, 4), 1.0)]
     for merge in MERGES:
-        with pytest.raises(ValueError, match=r"need equal ranks \(got \[2, 4\]\).*cat, svd, ties_svd"):
+        with pytest.raises(ValueError, match=r"needs adapters of equal rank \(got ranks \[2, 4\]\).*cat, svd and"):
             combine_layer(merge, factors, [1.0, 1.0], 4, density=0.5)
     for combination_type in ("cat", *SVD_TYPES):
         A, B = combine_layer(combination_type, factors, [1.0, 1.0], 6, density=0.5,
@@ -213,15 +213,14 @@ def test_equal_rank_types_say_which_types_take_any_ranks():
         assert A.shape == (6, 6) and B.shape == (5, 6)
 
 
-@pytest.mark.parametrize("args,message", [
-    (("mean", 2, 2, None, "total", None), "combination_type 'mean' is not one of linear"),
-    (("linear", 2, 3, None, "total", None), "3 weight.s. for 2 adapter"),
-    (("ties", 2, 2, None, "total", None), "needs density in .0, 1."),
-    (("dare_ties_svd", 2, 2, 0.0, "total", None), "needs density"),
-    (("ties", 2, 2, 0.5, "majority", None), "majority_sign_method 'majority'"),
-    (("svd", 2, 2, None, "total", 1.5), "svd_clamp is a quantile"),
-    (("svd", 0, 0, None, "total", None), "no adapters"),
+@pytest.mark.parametrize("options,message", [
+    ({"combination_type": "mean"}, "combination_type 'mean' is not one of linear"),
+    ({"combination_type": "ties"}, r"'ties' needs density in \(0, 1\]"),
+    ({"combination_type": "dare_ties_svd", "density": 0.0}, "needs density"),
+    ({"combination_type": "ties", "density": 0.5, "majority_sign_method": "majority"}, "majority_sign_method 'major"),
+    ({"svd_clamp": 1.5}, "svd_clamp is a quantile"),
+    ({"svd_rank": 0}, "svd_rank must be a positive integer"),
 ])
-def test_bad_arguments(args, message):
+def test_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
-        check_combination(*args)
+        CombineConfig(**options)

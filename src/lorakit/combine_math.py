@@ -30,21 +30,9 @@ import math
 
 import torch
 
-# Every combination type, PEFT's names.
-MERGES = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")  # on A and B: equal ranks needed
-SVD_TYPES = ("svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
-COMBINATION_TYPES = (*MERGES, "cat", *SVD_TYPES)
-NEEDS_DENSITY = ("ties", "dare_linear", "dare_ties", "magnitude_prune")  # and their _svd variants
-SIGN_METHODS = ("total", "frequency")
+from .combine_config import MERGES, SVD_TYPES, base_merge
 
 LowRank = tuple[torch.Tensor, torch.Tensor, float]  # (A (r, in), B (out, r), scaling)
-
-
-def base_merge(combination_type: str) -> str:
-    """The merge of task tensors a type uses: "ties_svd" -> "ties", "svd" -> "linear", "cat" -> "cat"."""
-    if combination_type == "svd":
-        return "linear"
-    return combination_type.removesuffix("_svd")
 
 
 # --- merging task tensors (stacked (n, ...)) ----------------------------------------------------------------
@@ -110,15 +98,20 @@ def combine_cat(factors: list[LowRank], weights: list[float]) -> tuple[torch.Ten
     return A, B
 
 
+def unequal_ranks(combination_type: str, ranks: list[int]) -> ValueError:
+    """The error of an entry-wise merge (MERGES) asked to combine adapters of different ranks."""
+    return ValueError(f"combination_type {combination_type!r} needs adapters of equal rank (got ranks {ranks}): "
+                      f"{', '.join(MERGES)} merge A and B entry by entry; cat, svd and the _svd variants "
+                      f"({', '.join(SVD_TYPES[1:])}) take any ranks")
+
+
 def combine_merged_factors(merge: str, factors: list[LowRank], weights: list[float], density: float | None,
                            sign_method: str, generator: torch.Generator | None = None):
     """A' = merge({A_i}, {sign(w_i s_i)·sqrt|w_i s_i|}), B' = merge({B_i}, {sqrt|w_i s_i|}): equal ranks only.
     The draws (DARE) come in PEFT's order: every A_i, then every B_i."""
     ranks = [A.shape[0] for A, _, _ in factors]
     if len(set(ranks)) != 1:
-        raise ValueError(f"combination_type {merge!r} merges the A and B matrices entry by entry, so the adapters "
-                         f"need equal ranks (got {ranks}); types that take any ranks: cat, svd, "
-                         f"{', '.join(t for t in SVD_TYPES if t != 'svd')}")
+        raise unequal_ranks(merge, ranks)
     ws = [w * s for (_, _, s), w in zip(factors, weights)]
     a = [(1 if x >= 0 else -1) * math.sqrt(abs(x)) for x in ws]  # the sign goes on A's side only
     b = [math.sqrt(abs(x)) for x in ws]
@@ -157,21 +150,3 @@ def combine_layer(combination_type: str, factors: list[LowRank], weights: list[f
     else:
         A, B = combine_merged_factors(combination_type, factors, weights, density, sign_method, generator)
     return pad_rank(A, B, rank)
-
-
-def check_combination(combination_type: str, n_adapters: int, n_weights: int, density: float | None,
-                      sign_method: str, svd_clamp: float | None) -> None:
-    """The arguments that are wrong whatever the model: one ValueError line naming the value and what is accepted."""
-    if combination_type not in COMBINATION_TYPES:
-        raise ValueError(f"combination_type {combination_type!r} is not one of {', '.join(COMBINATION_TYPES)}")
-    if n_adapters == 0:
-        raise ValueError("no adapters to combine; give at least one adapter name")
-    if n_weights != n_adapters:
-        raise ValueError(f"{n_weights} weight(s) for {n_adapters} adapter(s); give one weight per adapter")
-    if base_merge(combination_type) in NEEDS_DENSITY and (density is None or not 0 < density <= 1):
-        raise ValueError(f"combination_type {combination_type!r} needs density in (0, 1] (the fraction of entries "
-                         f"kept), got {density!r}")
-    if sign_method not in SIGN_METHODS:
-        raise ValueError(f"majority_sign_method {sign_method!r} is not one of {', '.join(SIGN_METHODS)}")
-    if svd_clamp is not None and not 0 <= svd_clamp <= 1:
-        raise ValueError(f"svd_clamp is a quantile in [0, 1], got {svd_clamp!r}")

@@ -15,7 +15,8 @@ Bad input exits with status 2 and one line naming the problem; a diverging run e
 during train write a checkpoint and exit 143 / 130 with the command that resumes; `search` exits 1 when every trial
 failed.
 Run `lorakit <command> --help` for every flag. The flags (generated from TrainConfig) and the settings precedence are in
-flags.py, the other commands' parsers in parsers.py; search and compare add their own (search.py, compare.py).
+flags.py, the other commands' parsers in parsers.py; merge, search and compare add their own (merge.py, search.py,
+compare.py).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from .flags import (add_train_parser, given_flags, given_train_values, read_config_file, train_config_from_args,
                     train_values)
-from .parsers import add_eval_parser, add_export_parser, add_merge_parser, add_params_parser, add_predict_parser
+from .merge import add_merge_parser
+from .parsers import add_eval_parser, add_export_parser, add_params_parser, add_predict_parser
 from .compare import add_compare_parser
 from ..extras import missing_extra
 from .search import add_search_parser
@@ -170,12 +172,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from ..atomic import atomic_dir, check_replaceable
     from ..training.methods import RECORD, merged_model, read_record
+    from .merge import combine_settings, combining, write_combination
 
     if not args.output:
         raise ValueError("lorakit merge needs --output DIR for the merged model")
-    check_replaceable(args.output, lambda path: read_record(path).get("method") == "merged",
+    adapters, combine = list(args.adapter or []), combining(args)
+    settings = combine_settings(args) if combine else None  # bad flags fail before any model is loaded
+    ours = (lambda path: "combined" in read_record(path)) if combine and not args.unload else (
+        lambda path: read_record(path).get("method") == "merged")
+    check_replaceable(args.output, ours, "a combined adapter directory" if combine and not args.unload else
                       "a merged model directory", "--output")
-    cfg, spec, _, model, tokenizer = _inference_setup(args)
+    first = argparse.Namespace(**{**vars(args), "adapter": adapters[0] if adapters else None})
+    cfg, spec, _, model, tokenizer = _inference_setup(first)
+    if combine:
+        written = write_combination(args, adapters, *settings, (cfg, spec, model, tokenizer))
+        print(f"lorakit merge: wrote {written} to {args.output}")
+        return 0
     merged = merged_model(model)
     with atomic_dir(args.output) as tmp:
         merged.save_pretrained(tmp)
