@@ -8,8 +8,10 @@ import warnings
 
 import pytest
 import torch
+import transformers
 
-from conftest import tiny_model
+import lorakit
+from conftest import inputs, logits, randomize_lora, tiny_model
 from lorakit.combine_config import COMBINATION_TYPES, MERGES, SVD_TYPES, CombineConfig
 from lorakit.combine_math import combine_layer, dare_tensor, elected_sign_mask, magnitude_prune_tensor, merge_tensors
 
@@ -224,3 +226,110 @@ def test_equal_rank_types_say_which_types_take_any_ranks():
 def test_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
         CombineConfig(**options)
+
+
+# --- the model-level function: lorakit adapters combined, logits against PEFT's combined model ---------------
+
+def both_models(kind: str, ranks: list[int], tmp_path, targets=None):
+    """PEFT's model with adapters a0, a1, ... (random A and B) and a lorakit model that loaded the same files."""
+    theirs, names = peft_model(kind, ranks, targets)
+    theirs.save_pretrained(tmp_path)  # PEFT's layout: one sub-directory per adapter name
+    ours = tiny_model(kind)
+    for name in names:
+        lorakit.load_adapter(ours, tmp_path / name, name=name)
+    return theirs, ours, names
+
+
+def combined_logits(theirs, ours, names, weights, combination_type, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs.add_weighted_adapter(names, weights, "new", combination_type=combination_type, **options)
+    theirs.set_adapter("new")
+    modules_from = names[0] if isinstance(ours, transformers.BertForSequenceClassification) else None
+    lorakit.add_weighted_adapter(ours, names, weights, "new", combination_type=combination_type,
+                                 modules_from=modules_from, **options)
+    assert lorakit.active_adapters(ours) == (names[0],)  # added inactive, as PEFT does
+    lorakit.set_adapter(ours, "new")
+    return logits(theirs, inputs()), logits(ours, inputs())
+
+
+MODEL_CASES = [("linear", "2-equal"), ("ties", "3-equal"), ("magnitude_prune", "2-equal"), ("cat", "3-unequal"),
+               ("svd", "3-unequal"), ("ties_svd", "2-equal"), ("magnitude_prune_svd", "3-unequal")]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("combination_type,ranks", MODEL_CASES)
+def test_combined_model_logits_equal_peft(kind, combination_type, ranks, tmp_path):
+    theirs, ours, names = both_models(kind, RANKS[ranks], tmp_path)
+    options = {"density": 0.5} if combination_type not in ("linear", "cat", "svd") else {}
+    expected, got = combined_logits(theirs, ours, names, WEIGHTS[:len(names)], combination_type, **options)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(expected, logits(tiny_model(kind), inputs()), atol=1e-4)  # the combination acts
+
+
+@pytest.mark.parametrize("combination_type", ["dare_linear", "dare_ties", "dare_ties_svd"])
+def test_dare_model_equals_peft_with_the_same_draws(combination_type, tmp_path, monkeypatch):
+    """PEFT draws DARE's masks from torch's global generator, after its new adapter's init drew from it too; given
+    PEFT a generator of the same seed as ours (patched into its random_pruning), the combinations are equal."""
+    theirs_generator = torch.Generator().manual_seed(7)
+
+    def peft_random_pruning(tensor, density, rescale):
+        kept = torch.bernoulli(torch.full_like(tensor, density), generator=theirs_generator)
+        return tensor * kept / density if rescale else tensor * kept
+
+    monkeypatch.setattr(merge_utils, "random_pruning", peft_random_pruning)
+    theirs, ours, names = both_models("llama", [4, 4], tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs.add_weighted_adapter(names, [0.8, 0.6], "new", combination_type=combination_type, density=0.4)
+    theirs.set_adapter("new")
+    lorakit.add_weighted_adapter(ours, names, [0.8, 0.6], "new", combination_type=combination_type, density=0.4,
+                                 generator=torch.Generator().manual_seed(7))
+    lorakit.set_adapter(ours, "new")
+    torch.testing.assert_close(logits(ours, inputs()), logits(theirs, inputs()), rtol=1e-5, atol=1e-5)
+
+
+def test_rslora_adapters_combine_without_peft_overscaling(tmp_path):
+    """PEFT keeps use_rslora in the new config: scaling alpha / sqrt(r') = sqrt(r') multiplies the combined update.
+    Ours has scaling 1: a single adapter with weight 1 gives back exactly its own logits."""
+    model = tiny_model("llama")
+    lorakit.add_lora(model, lorakit.LoraConfig(r=4, alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj"]),
+                     name="a")
+    randomize_lora(model)
+    own = logits(model, inputs())
+    lorakit.add_weighted_adapter(model, ["a"], [1.0], "same", combination_type="svd")
+    lorakit.set_adapter(model, "same")
+    assert lorakit.adapter_config(model, "same").use_rslora is False
+    torch.testing.assert_close(logits(model, inputs()), own, rtol=1e-5, atol=1e-5)
+
+
+def test_model_level_errors(tmp_path):
+    _, ours, names = both_models("llama", [2, 4], tmp_path)
+    with pytest.raises(ValueError, match=r"'ties' needs adapters of equal rank \(got ranks \[2, 4\]\)"):
+        lorakit.add_weighted_adapter(ours, names, [1.0, 1.0], "new", combination_type="ties", density=0.5)
+    with pytest.raises(ValueError, match="no adapter named 'zz' on this model"):
+        lorakit.add_weighted_adapter(ours, ["a0", "zz"], [1.0, 1.0], "new")
+    with pytest.raises(ValueError, match="already holds an adapter named 'a1'"):
+        lorakit.add_weighted_adapter(ours, names, [1.0, 1.0], "a1")
+    with pytest.raises(ValueError, match=r"1 weight\(s\) for 2 adapter\(s\)"):
+        lorakit.add_weighted_adapter(ours, names, [1.0], "new")
+    assert lorakit.adapter_names(ours) == names  # nothing was added
+
+
+def test_heads_need_modules_from_when_several_adapters_train_them(tmp_path):
+    theirs, ours, names = both_models("bert", [4, 4], tmp_path)
+    with torch.no_grad():  # give a1 its own head
+        ours.classifier.modules_to_save["a1"].weight.add_(1.0)
+    with pytest.raises(ValueError, match=r"\['a0', 'a1'\] each train their own 'classifier'.*modules_from=NAME"):
+        lorakit.add_weighted_adapter(ours, names, [1.0, 1.0], "new", combination_type="cat")
+    lorakit.add_weighted_adapter(ours, names, [1.0, 1.0], "new", combination_type="cat", modules_from="a1")
+    copies = ours.classifier.modules_to_save
+    assert torch.equal(copies["new"].weight, copies["a1"].weight)
+    assert not torch.equal(copies["new"].weight, copies["a0"].weight)
+
+
+def test_dora_adapters_are_refused():
+    model = tiny_model("llama")
+    lorakit.add_lora(model, lorakit.LoraConfig(r=4, use_dora=True, target_modules=["q_proj"]), name="d")
+    with pytest.raises(ValueError, match="'d' is a DoRA adapter"):
+        lorakit.add_weighted_adapter(model, ["d"], [1.0], "new")

@@ -21,6 +21,7 @@ _EXPORTS = {
     "add_lora": "inject",
     "save_adapter": "adapter",
     "load_adapter": "adapter",
+    "add_weighted_adapter": "combine",
     "merge_lora": "inject",
     "unmerge_lora": "inject",
     "merge_and_unload": "inject",

@@ -11,7 +11,8 @@ combine_math.py with its equations; here are the model-level rules, PEFT's unles
   * the new adapter has alpha = r' and rank r' in every layer (narrower layers padded with zeros), so its scaling
     is 1 and its update is B'·A'. Unlike PEFT, use_rslora is off in it: PEFT keeps the first adapter's rsLoRA
     flag, which multiplies the combined update by sqrt(r') (alpha / sqrt(r) = sqrt(r')).
-  * it adapts the union of the adapters' layers; a layer combines the adapters present there (and their weights).
+  * it adapts the union of the adapters' layers (its config lists them: PEFT's union of target_modules, exactly);
+    a layer combines the adapters present there, with their weights.
   * one adapter: any type is "linear" (w·s·B·A, the weight split as sqrt on A and B).
   * modules trained in full (task heads): the new adapter copies the one adapter's copy that trains the module.
     Where several of the combined adapters train the same module PEFT refuses; here `modules_from` names the
@@ -20,6 +21,8 @@ combine_math.py with its equations; here are the model-level rules, PEFT's unles
     `generator` (PEFT draws from torch's global one: seeded alike, the draws are the same).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -94,7 +97,7 @@ def source_configs(model: nn.Module, adapters: list[str], name: str) -> list[Lor
 
 def config_rank(config: LoraConfig) -> int:
     """An adapter's rank as PEFT counts it: the largest over its layers, max(r, rank_pattern's values)."""
-    return max(config.r, *config.rank_pattern.values())
+    return max([config.r, *config.rank_pattern.values()])
 
 
 def new_rank(kind: str, ranks: list[int], svd_rank: int | None) -> int:
@@ -109,26 +112,12 @@ def new_rank(kind: str, ranks: list[int], svd_rank: int | None) -> int:
 
 
 def combined_config(configs: list[LoraConfig], rank: int) -> LoraConfig:
-    """The first adapter's config with r = alpha = r' (scaling 1), no patterns, no rsLoRA, and PEFT's union of
-    the target modules; add_adapter_weights records the layers actually adapted."""
-    first = configs[0]
-    return LoraConfig(**{**first.to_dict(), "r": rank, "alpha": float(rank), "rank_pattern": {}, "alpha_pattern": {},
-                         "use_rslora": False, "target_modules": union_targets([c.target_modules for c in configs]),
-                         "modules_to_save": union_names([c.modules_to_save or () for c in configs]) or None})
-
-
-def union_targets(targets: list[tuple[str, ...] | str]) -> tuple[str, ...] | str:
-    """PEFT's rule: name lists -> their union; regexes -> "(r1)|(r2)" (equal ones once); a mix: both kinds kept
-    as one regex (a list of names becomes the regex of PEFT's suffix rule for those names)."""
-    if all(isinstance(t, tuple) for t in targets):
-        return union_names(targets)
-    regexes = [t if isinstance(t, str) else r"(.*\.)?(" + "|".join(t) + ")" for t in targets]
-    unique = list(dict.fromkeys(regexes))
-    return unique[0] if len(unique) == 1 else "|".join(f"({r})" for r in unique)
-
-
-def union_names(groups: list[tuple[str, ...]]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(name for group in groups for name in group))
+    """The first adapter's config (PEFT's rule) with r = alpha = r' (scaling 1), no patterns, no rsLoRA, no bias
+    (biases are the base model's, not combined), and the modules trained in full by any of the adapters;
+    add_adapter_weights sets the adapted layers (the union of the adapters')."""
+    to_save = tuple(dict.fromkeys(name for c in configs for name in (c.modules_to_save or ())))
+    return dataclasses.replace(configs[0], r=rank, alpha=float(rank), rank_pattern={}, alpha_pattern={},
+                               use_rslora=False, bias="none", modules_to_save=to_save or None)
 
 
 def head_sources(model: nn.Module, adapters: list[str], modules_from: str | None) -> dict[str, str]:

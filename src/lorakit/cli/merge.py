@@ -101,7 +101,8 @@ def write_combination(args: argparse.Namespace, adapters: list[str], how: Combin
 
     from ..atomic import atomic_dir
     from ..combine import combine
-    from ..named import delete_adapter, load_adapter, set_adapter
+    from ..adapter import load_adapter, save_adapter
+    from ..named import delete_adapter, set_adapter
     from ..training.methods import RECORD, find_artifact, merged_model, read_record
 
     cfg, spec, model, tokenizer = loaded
@@ -123,8 +124,6 @@ def write_combination(args: argparse.Namespace, adapters: list[str], how: Combin
             tokenizer.save_pretrained(tmp)
             (tmp / RECORD).write_text(json.dumps({**record, "method": "merged", "quantization": None}, indent=2))
         return "a plain transformers model with the combined adapter folded in"
-    from ..adapter import save_adapter
-
     with atomic_dir(args.output) as tmp:
         save_adapter(model, tmp, name=COMBINED)
         (tmp / RECORD).write_text(json.dumps(record, indent=2))
