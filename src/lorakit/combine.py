@@ -53,7 +53,9 @@ def add_weighted_adapter(model: nn.Module, adapters: list[str], weights: list[fl
 def combine(model: nn.Module, adapters: list[str], weights: list[float], name: str, how: CombineConfig,
             generator: torch.Generator | None = None, modules_from: str | None = None) -> nn.Module:
     """add_weighted_adapter with its options as a CombineConfig."""
-    if not adapters or len(weights) != len(adapters):
+    if not adapters:
+        raise ValueError("no adapters to combine: give the names of one or more adapters of the model")
+    if len(weights) != len(adapters):
         raise ValueError(f"{len(weights)} weight(s) for {len(adapters)} adapter(s); give one weight per adapter")
     configs = source_configs(model, adapters, name)
     kind = how.combination_type if len(adapters) > 1 else "linear"  # PEFT: one adapter is always linear
@@ -64,8 +66,7 @@ def combine(model: nn.Module, adapters: list[str], weights: list[float], name: s
             present = [(a, w) for a, w in zip(adapters, weights) if a in layer_adapter_names(layer)]
             if not present:
                 continue
-            factors = [tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in low_rank(layer, a))
-                       for a, _ in present]
+            factors = [low_rank(layer, a) for a, _ in present]  # (A_i, B_i, s_i)
             A, B = combine_layer(kind, factors, [w for _, w in present], rank, how.density,
                                  how.majority_sign_method, how.svd_clamp, how.svd_full_matrices, generator)
             pairs[path] = (A.contiguous(), B.contiguous())

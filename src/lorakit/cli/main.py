@@ -170,18 +170,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_dir, check_replaceable
-    from ..training.methods import RECORD, merged_model, read_record
-    from .merge import combine_settings, combining, write_combination
+    from ..atomic import atomic_dir
+    from ..training.methods import RECORD, merged_model
+    from .merge import check_merge_output, combine_settings, combining, write_combination
 
     if not args.output:
         raise ValueError("lorakit merge needs --output DIR for the merged model")
     adapters, combine = list(args.adapter or []), combining(args)
     settings = combine_settings(args) if combine else None  # bad flags fail before any model is loaded
-    ours = (lambda path: "combined" in read_record(path)) if combine and not args.unload else (
-        lambda path: read_record(path).get("method") == "merged")
-    check_replaceable(args.output, ours, "a combined adapter directory" if combine and not args.unload else
-                      "a merged model directory", "--output")
+    check_merge_output(args.output, adapter=combine and not args.unload)
     first = argparse.Namespace(**{**vars(args), "adapter": adapters[0] if adapters else None})
     cfg, spec, _, model, tokenizer = _inference_setup(first)
     if combine:

@@ -93,6 +93,20 @@ def combine_settings(args: argparse.Namespace) -> tuple[CombineConfig, list[floa
     return how, weights
 
 
+def check_merge_output(output: str, adapter: bool) -> None:
+    """--output may replace only an empty directory or its own kind: a merged model directory, or (adapter) a
+    combined adapter directory."""
+    from ..atomic import check_replaceable
+    from ..training.methods import read_record
+
+    if adapter:
+        check_replaceable(output, lambda path: "combined" in read_record(path), "a combined adapter directory",
+                          "--output")
+    else:
+        check_replaceable(output, lambda path: read_record(path).get("method") == "merged",
+                          "a merged model directory", "--output")
+
+
 def write_combination(args: argparse.Namespace, adapters: list[str], how: CombineConfig, weights: list[float],
                       loaded) -> str:
     """Load the other adapters beside the first (in `loaded` = (cfg, spec, model, tokenizer)), combine, write
