@@ -66,8 +66,8 @@ def add_combine_flag(group, f: dataclasses.Field) -> None:
 
 
 def combining(args: argparse.Namespace) -> bool:
-    """Several adapters, or any combination flag: combine (else fold the one adapter in, as before)."""
-    own = ("weights", "seed", "modules_from", "unload", *(f.name for f in dataclasses.fields(CombineConfig)))
+    """Several adapters, --weights or a combination flag: combine (else fold the one adapter in, as before)."""
+    own = ("weights", *(f.name for f in dataclasses.fields(CombineConfig)))
     return len(args.adapter or []) > 1 or any(getattr(args, name) is not None for name in own)
 
 
