@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ import transformers as tf
 from safetensors.torch import load_file
 
 import lorakit
-from conftest import inputs, logits
+from conftest import inputs, logits, tiny_model
 from lorakit.cli.main import main
 from test_cli import error_line, tiny_flags
+from test_combine import peft_model
+from test_instruct import tiny_tokenizer
 from test_train import make_tiny_run_inputs
 
 peft = pytest.importorskip("peft")
@@ -145,3 +148,22 @@ def test_one_adapter_still_folds_in(runs, tmp_path):
     """One --adapter and no combination flag: the merged model, as before combinations existed."""
     assert main(["merge", "--adapter", str(runs["a"]), "--output", str(tmp_path / "m")]) == 0
     assert json.loads((tmp_path / "m" / "lorakit.json").read_text())["method"] == "merged"
+
+
+def test_peft_adapters_of_a_causal_lm_through_the_command_line(tmp_path):
+    """PEFT's own adapters (no lorakit record) on a tiny local Llama: lorakit merge --model --task instruct writes
+    the adapter PEFT's add_weighted_adapter makes: PEFT reads it and gives the logits of its own combination."""
+    base_dir, adapters, out = tmp_path / "llama", tmp_path / "adapters", tmp_path / "out"
+    tiny_model("llama").save_pretrained(base_dir)
+    tiny_tokenizer().save_pretrained(base_dir)
+    theirs = peft_model("llama", [2, 4])[0]
+    theirs.save_pretrained(adapters)  # adapters/a0, adapters/a1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs.add_weighted_adapter(["a0", "a1"], [0.5, 1.5], "new", combination_type="svd", svd_rank=3)
+    theirs.set_adapter("new")
+    assert main(["merge", "--model", str(base_dir), "--task", "instruct", "--adapter", str(adapters / "a0"),
+                 "--adapter", str(adapters / "a1"), "--weights", "0.5", "1.5", "--svd-rank", "3",
+                 "--output", str(out)]) == 0
+    reread = peft.PeftModel.from_pretrained(tf.AutoModelForCausalLM.from_pretrained(base_dir), str(out)).eval()
+    torch.testing.assert_close(logits(reread, inputs()), logits(theirs, inputs()), rtol=1e-5, atol=1e-5)
