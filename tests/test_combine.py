@@ -345,3 +345,18 @@ def test_dora_adapters_are_refused():
     lorakit.add_lora(model, lorakit.LoraConfig(r=4, use_dora=True, target_modules=["q_proj"]), name="d")
     with pytest.raises(ValueError, match="'d' is a DoRA adapter"):
         lorakit.add_weighted_adapter(model, ["d"], [1.0], "new")
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "nf4"])
+def test_cat_with_unit_weights_equals_the_adapters_summed(quantized):
+    """cat is exact: weights 1 give the model of set_adapter([a, b]) (different ranks and layers), QLoRA too."""
+    model = tiny_model("llama")
+    if quantized:
+        lorakit.quantize_model(model, lorakit.QuantConfig(kind="nf4", block_size=32))
+    lorakit.add_lora(model, lorakit.LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), name="a")
+    lorakit.add_lora(model, lorakit.LoraConfig(r=4, alpha=16, target_modules=["v_proj", "o_proj"]), name="b")
+    randomize_lora(model)
+    summed = logits(lorakit.set_adapter(model, ["a", "b"]), inputs())
+    lorakit.add_weighted_adapter(model, ["a", "b"], [1.0, 1.0], "ab", combination_type="cat")
+    torch.testing.assert_close(logits(lorakit.set_adapter(model, "ab"), inputs()), summed, rtol=1e-5, atol=1e-5)
+    assert lorakit.adapter_config(model, "ab").r == 6
