@@ -121,7 +121,7 @@ def test_unequal_ranks_work_with_cat_and_the_svd_types(runs, tmp_path):
     (["--combination", "ties"], "'ties' needs density in"),
     (["--majority-sign-method", "most"], "majority_sign_method 'most'"),
     (["--modules-from", "3"], "--modules-from 3: give a position among the 2"),
-    (["--combination", "linear"], "each train their own 'classifier'.*modules_from=NAME .lorakit merge: --modules-from"),
+    (["--combination", "linear"], "each train their own 'classifier'.*--modules-from N, the N-th --adapter"),
 ])
 def test_bad_combinations_exit_2_with_one_line(runs, tmp_path, capsys, flags, message):
     capsys.readouterr()

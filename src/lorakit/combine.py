@@ -133,7 +133,7 @@ def head_sources(model: nn.Module, adapters: list[str], modules_from: str | None
         if len(owners) > 1 and modules_from is None:
             raise ValueError(f"{owners} each train their own {path!r} (modules_to_save, e.g. a task head), which "
                              "cannot be combined; say whose copy the new adapter takes with modules_from=NAME "
-                             "(lorakit merge: --modules-from NAME)")
+                             "(lorakit merge: --modules-from N, the N-th --adapter)")
         if owners:
             sources[path] = modules_from if modules_from in owners else owners[0]
     return sources
