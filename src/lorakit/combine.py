@@ -32,7 +32,7 @@ from .combine_math import combine_layer, unequal_ranks
 from .config import LoraConfig, is_family_init
 from .heads import HeadCopies
 from .lora import lora_layers
-from .named import adapter_config, adapter_names, add_adapter_weights, layer_adapter_names, low_rank
+from .named import adapter_config, adapter_names, add_adapter_weights
 
 
 DEFAULT = CombineConfig()
@@ -63,10 +63,10 @@ def combine(model: nn.Module, adapters: list[str], weights: list[float], name: s
     pairs = {}
     with torch.no_grad():
         for path, layer in lora_layers(model):
-            present = [(a, w) for a, w in zip(adapters, weights) if a in layer_adapter_names(layer)]
+            present = [(a, w) for a, w in zip(adapters, weights) if a in layer.adapter_names()]
             if not present:
                 continue
-            factors = [low_rank(layer, a) for a, _ in present]  # (A_i, B_i, s_i)
+            factors = [layer.low_rank(a) for a, _ in present]  # (A_i, B_i, s_i) (slots.Slots)
             A, B = combine_layer(kind, factors, [w for _, w in present], rank, how.density,
                                  how.majority_sign_method, how.svd_clamp, how.svd_full_matrices, generator)
             pairs[path] = (A.contiguous(), B.contiguous())
