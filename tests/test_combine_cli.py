@@ -167,3 +167,17 @@ def test_peft_adapters_of_a_causal_lm_through_the_command_line(tmp_path):
                  "--output", str(out)]) == 0
     reread = peft.PeftModel.from_pretrained(tf.AutoModelForCausalLM.from_pretrained(base_dir), str(out)).eval()
     torch.testing.assert_close(logits(reread, inputs()), logits(theirs, inputs()), rtol=1e-5, atol=1e-5)
+
+
+def test_combination_settings_from_a_config_file(runs, tmp_path, capsys):
+    """--config YAML takes the combination settings under their field names; flags override the file."""
+    (tmp_path / "ab.yaml").write_text("combination_type: ties\ndensity: 0.9\nweights: [0.7, 0.3]\n")
+    base = ["merge", "--adapter", str(runs["a"]), "--adapter", str(runs["b"]), "--modules-from", "1",
+            "--config", str(tmp_path / "ab.yaml")]
+    assert main([*base, "--density", "0.5", "--output", str(tmp_path / "ab")]) == 0
+    combined = json.loads((tmp_path / "ab" / "lorakit.json").read_text())["combined"]
+    assert (combined["combination_type"], combined["density"], combined["weights"]) == ("ties", 0.5, [0.7, 0.3])
+    (tmp_path / "bad.yaml").write_text("combination_type: ties\ndensity: lots\n")
+    capsys.readouterr()
+    assert main([*base[:-1], str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "o")]) == 2
+    assert "density must be a number or null, got 'lots'" in error_line(capsys)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .validation import check_fields
+
 # PEFT's combination types. MERGES combine the A and B matrices entry by entry (equal ranks needed); cat and the
 # svd types take any ranks (combine_math.py has the equations).
 MERGES = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -39,6 +41,7 @@ class CombineConfig:
         "help": "svd types: a reduced SVD instead of the full one (the same result, less memory)"})
 
     def __post_init__(self):
+        check_fields(self, lambda name: name)  # types (a YAML value of another type), finite numbers
         if self.combination_type not in COMBINATION_TYPES:
             raise ValueError(f"combination_type {self.combination_type!r} is not one of {', '.join(COMBINATION_TYPES)}")
         density = self.density

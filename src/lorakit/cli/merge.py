@@ -2,7 +2,8 @@
 add_weighted_adapter, lorakit.combine) and write the combined adapter, or with --unload the merged plain model.
 
 The combination flags are generated from lorakit.combine_config.CombineConfig's fields (its defaults, its help texts);
---weights, --seed, --modules-from and --unload are this command's own.
+--weights, --seed, --modules-from and --unload are this command's own. A --config file may hold the combination settings
+(keys: the field names, and weights); flags override it.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 from pathlib import Path
 
 from ..combine_config import CombineConfig
-from .flags import command_parser, config_flag
+from .flags import command_parser, config_flag, read_config_file
 
 MERGE_DESCRIPTION = """\
 One --adapter: write a plain transformers model directory (weights, config, tokenizer) with the adapter folded in;
@@ -65,19 +66,30 @@ def add_combine_flag(group, f: dataclasses.Field) -> None:
     group.add_argument(name, dest=f.name, type=parse, metavar=meta.get("metavar"), help=meta["help"] + default)
 
 
+COMBINE_KEYS = ("weights", *(f.name for f in dataclasses.fields(CombineConfig)))  # flags' dest names, --config keys
+
+
+def combine_values(args: argparse.Namespace) -> dict:
+    """The combination settings given: the --config file's (keys: combination_type, density, weights, ...), then
+    the flags."""
+    from_file = {k: v for k, v in read_config_file(args).items() if k in COMBINE_KEYS}
+    return {**from_file, **{k: getattr(args, k) for k in COMBINE_KEYS if getattr(args, k) is not None}}
+
+
 def combining(args: argparse.Namespace) -> bool:
-    """Several adapters, --weights or a combination flag: combine (else fold the one adapter in, as before)."""
-    own = ("weights", *(f.name for f in dataclasses.fields(CombineConfig)))
-    return len(args.adapter or []) > 1 or any(getattr(args, name) is not None for name in own)
+    """Several adapters, weights or a combination setting: combine (else fold the one adapter in, as before)."""
+    return len(args.adapter or []) > 1 or bool(combine_values(args))
 
 
 def combine_settings(args: argparse.Namespace) -> tuple[CombineConfig, list[float]]:
     """The CombineConfig and weights given, checked before any model is loaded."""
     adapters = args.adapter or []
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(CombineConfig)
-             if getattr(args, f.name) is not None}
-    how = CombineConfig(**given)
-    weights = list(args.weights) if args.weights is not None else [1.0] * len(adapters)
+    values = combine_values(args)
+    weights = values.pop("weights", None)
+    how = CombineConfig(**values)
+    weights = [1.0] * len(adapters) if weights is None else weights
+    if not isinstance(weights, list) or not all(isinstance(w, (int, float)) for w in weights):
+        raise ValueError(f"weights must be a list of numbers, one per --adapter, got {weights!r}")
     if len(weights) != len(adapters):
         raise ValueError(f"--weights gives {len(weights)} weight(s) for {len(adapters)} --adapter(s); give one "
                          "weight per adapter, in the same order")
@@ -90,7 +102,7 @@ def combine_settings(args: argparse.Namespace) -> tuple[CombineConfig, list[floa
     if args.modules_from is not None and not 1 <= args.modules_from <= len(adapters):
         raise ValueError(f"--modules-from {args.modules_from}: give a position among the {len(adapters)} "
                          "--adapter(s), 1 for the first")
-    return how, weights
+    return how, [float(w) for w in weights]
 
 
 def check_merge_output(output: str, adapter: bool) -> None:
