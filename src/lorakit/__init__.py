@@ -29,6 +29,7 @@ _EXPORTS = {
     "active_adapters": "named",
     "adapter_config": "named",
     "mixed_batch": "named",
+    "add_weighted_adapter": "combine",
     "merge_lora": "inject",
     "unmerge_lora": "inject",
     "merge_and_unload": "inject",

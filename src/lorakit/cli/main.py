@@ -15,7 +15,8 @@ Bad input exits with status 2 and one line naming the problem; a diverging run e
 during train write a checkpoint and exit 143 / 130 with the command that resumes; `search` exits 1 when every trial
 failed.
 Run `lorakit <command> --help` for every flag. The flags (generated from TrainConfig) and the settings precedence are in
-flags.py, the other commands' parsers in parsers.py; search and compare add their own (search.py, compare.py).
+flags.py, the other commands' parsers in parsers.py; merge, search and compare add their own (merge.py, search.py,
+compare.py).
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from pathlib import Path
 
 from .flags import (add_train_parser, given_flags, given_train_values, read_config_file, train_config_from_args,
                     train_values)
-from .parsers import add_eval_parser, add_export_parser, add_merge_parser, add_params_parser, add_predict_parser
 from .adapters import adapter_dirs, each_adapter, load_more_adapters
+from .merge import add_merge_parser
+from .parsers import add_eval_parser, add_export_parser, add_params_parser, add_predict_parser
 from .compare import add_compare_parser
 from ..extras import missing_extra
 from .search import add_search_parser
@@ -175,14 +177,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_dir, check_replaceable
-    from ..training.methods import RECORD, merged_model, read_record
+    from ..atomic import atomic_dir
+    from ..training.methods import RECORD, merged_model
+    from .merge import check_merge_output, combine_settings, combining, write_combination
 
     if not args.output:
         raise ValueError("lorakit merge needs --output DIR for the merged model")
-    check_replaceable(args.output, lambda path: read_record(path).get("method") == "merged",
-                      "a merged model directory", "--output")
-    cfg, spec, _, model, tokenizer = _inference_setup(args)
+    adapters, combine = list(args.adapter or []), combining(args)
+    settings = combine_settings(args) if combine else None  # bad flags fail before any model is loaded
+    check_merge_output(args.output, adapter=combine and not args.unload)
+    first = argparse.Namespace(**{**vars(args), "adapter": adapters[0] if adapters else None})
+    cfg, spec, _, model, tokenizer = _inference_setup(first)
+    if combine:
+        written = write_combination(args, adapters, *settings, (cfg, spec, model, tokenizer))
+        print(f"lorakit merge: wrote {written} to {args.output}")
+        return 0
     merged = merged_model(model)
     with atomic_dir(args.output) as tmp:
         merged.save_pretrained(tmp)
