@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
+
+if TYPE_CHECKING:  # `lorakit --help` imports no torch
+    from torch import nn
 
 
 def adapter_dirs(values: str | list[str] | None) -> list[tuple[str, str]]:
