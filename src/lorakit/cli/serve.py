@@ -24,7 +24,8 @@ examples:
   lorakit serve --adapter sst2=runs/sst2-lora --adapter imdb=runs/imdb-lora --port 8001
   LORAKIT_API_KEY=secret lorakit serve --adapter sql=runs/sql --adapter-root runs --host 0.0.0.0
 
-exit status: 0 after SIGTERM / Ctrl-C (requests in flight finished); 2 bad input."""
+SIGTERM or Ctrl-C: the server stops accepting connections, finishes the requests in flight, then ends as the signal
+ends a process (exit status 143 / 130); 2: bad input."""
 FIELDS = dataclasses.fields(ServeConfig)
 
 
@@ -63,6 +64,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"; http://{cfg.host}:{port}/v1 (API key {'required' if cfg.resolved_api_key() else 'off'})", flush=True)
     config = uvicorn.Config(create_app(served, cfg), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=None)
-    uvicorn.Server(config).run(sockets=[sock])
-    print("lorakit serve: stopped", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])  # after SIGTERM / SIGINT uvicorn raises the signal again on its way out
     return 0

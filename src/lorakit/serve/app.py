@@ -62,6 +62,8 @@ class Server:
         await self.batcher.start()
         yield
         await self.batcher.stop()  # uvicorn has let the requests in flight finish
+        log.info("stopped: %d batches of %d requests' rows served, none left in flight", self.batcher.batches,
+                 self.batcher.rows)
 
     def adapter(self, name: str, kind: str) -> str | None:
         if self.served.kind != kind:
@@ -191,8 +193,8 @@ def stream_options(body: dict) -> bool:
 
 async def completions(server: Server, request: Request, body: dict):
     name = read_model(body)
-    adapter = server.adapter(name, CAUSAL_LM)
     request.state.info["model"] = name
+    adapter = server.adapter(name, CAUSAL_LM)
     prompts = [server.text_prompt(p) for p in read_prompts(body)]
     rows = generation_rows(server, body, prompts, adapter, DEFAULT_COMPLETION_TOKENS)
     id_ = new_id("cmpl")
@@ -213,8 +215,8 @@ async def completions(server: Server, request: Request, body: dict):
 
 async def chat_completions(server: Server, request: Request, body: dict):
     name = read_model(body)
-    adapter = server.adapter(name, CAUSAL_LM)
     request.state.info["model"] = name
+    adapter = server.adapter(name, CAUSAL_LM)
     prompt = server.chat_prompt(read_messages(body))
     rows = generation_rows(server, body, [prompt], adapter, None)
     id_ = new_id("chatcmpl")
@@ -235,8 +237,8 @@ async def chat_completions(server: Server, request: Request, body: dict):
 
 async def classify(server: Server, request: Request, body: dict):
     name = read_model(body)
-    adapter = server.adapter(name, SEQUENCE_CLASSIFICATION)
     request.state.info["model"] = name
+    adapter = server.adapter(name, SEQUENCE_CLASSIFICATION)
     texts = read_inputs(body, server.cfg.max_inputs)
     id2label, max_length = server.served.labels(adapter)
     probs = await server.submit([Text(t, adapter, max_length) for t in texts])
