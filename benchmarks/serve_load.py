@@ -14,6 +14,7 @@ exception or a wrong token count; there must be none).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -25,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if importlib.util.find_spec("lorakit") is None:
+    sys.path.insert(0, str(ROOT / "src"))  # the repository's lorakit when none is installed or on PYTHONPATH
 ADAPTERS = {"r4-qv": (4, ["q_proj", "v_proj"]), "r8-qv": (8, ["q_proj", "v_proj"]),
             "r8-mlp": (8, ["gate_proj", "up_proj", "down_proj"]), "r16-all": (16, "all-linear")}
 PROMPTS = ["Name three colours.", "What is the capital of France?", "Write a haiku about the sea.",
@@ -37,11 +40,12 @@ def write_adapters(directory: Path) -> dict[str, Path]:
     import transformers as tf
 
     from lorakit import LoraConfig, add_lora, save_adapter
-    from lorakit.training.models import resolve_model_path
+    from lorakit.training.models import quiet_transformers, resolve_model_path
 
     out = {}
     for seed, (name, (r, targets)) in enumerate(ADAPTERS.items()):
-        model = tf.AutoModelForCausalLM.from_pretrained(resolve_model_path("smollm2"))
+        with quiet_transformers():
+            model = tf.AutoModelForCausalLM.from_pretrained(resolve_model_path("smollm2"))
         add_lora(model, LoraConfig(r=r, alpha=2 * r, target_modules=targets))
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -58,7 +62,10 @@ def start_server(adapters: dict[str, Path], args) -> tuple[subprocess.Popen, str
     cmd = [sys.executable, "-m", "lorakit", "serve", "--model", "smollm2", "--port", "0",
            "--threads", str(args.threads), "--max-batch-size", str(args.clients), "--max-queue", "256",
            *[a for name, path in adapters.items() for a in ("--adapter", f"{name}={path}")]]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    import lorakit
+
+    src = Path(lorakit.__file__).parents[1]  # the lorakit this script imports (the repository's src/ first)
+    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     line = process.stdout.readline()
     if "http://" not in line:

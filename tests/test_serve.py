@@ -8,6 +8,7 @@ lorakit.json naming its task and base model as `lorakit train` writes it.
 from __future__ import annotations
 
 import importlib.util
+import asyncio
 import json
 import os
 import shutil
@@ -430,3 +431,53 @@ def test_bad_flags_are_one_line_and_exit_2(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("lorakit serve: error:") and says in err and "\n" not in err
+
+
+# --- the batcher --------------------------------------------------------------------------------------------------
+
+def test_the_batcher_bounds_its_queue_and_batch_size():
+    from lorakit.serve.batcher import Batcher
+
+    release, seen = threading.Event(), []
+
+    def run(rows):
+        release.wait(timeout=30)
+        seen.append(list(rows))
+        return [row * 10 for row in rows]
+
+    async def scenario():
+        batcher = Batcher(run, max_batch_size=3, max_queue=2, wait_s=0.05)
+        await batcher.start()
+        first = batcher.submit([1])
+        await asyncio.sleep(0.2)  # the collector took it: the worker thread is busy with it
+        waiting = [batcher.submit([2, 3]), batcher.submit([4, 5])]  # the queue holds two requests
+        with pytest.raises(asyncio.QueueFull):
+            batcher.submit([6])  # HTTP 503
+        release.set()
+        results = [await first, *[await w for w in waiting]]
+        await batcher.stop()
+        return results
+
+    assert asyncio.run(scenario()) == [[10], [20, 30], [40, 50]]
+    assert seen == [[1], [2, 3], [4, 5]]  # [4, 5] did not fit beside [2, 3] (3 rows at most): the next batch
+
+
+def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
+    from lorakit.serve.batcher import Batcher
+
+    def run(rows):
+        if "bad" in rows:
+            raise RuntimeError("boom")
+        return rows
+
+    async def scenario():
+        batcher = Batcher(run, max_batch_size=1, max_queue=4, wait_s=0)
+        await batcher.start()
+        bad, good = batcher.submit(["bad"]), batcher.submit(["good"])
+        with pytest.raises(RuntimeError, match="boom"):
+            await bad
+        result = await good
+        await batcher.stop()
+        return result
+
+    assert asyncio.run(scenario()) == ["good"]

