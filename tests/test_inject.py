@@ -176,7 +176,7 @@ def test_errors():
     with pytest.raises(ValueError, match="toggles"):
         add_lora(nn.Sequential(nn.Linear(2, 2)), LoraConfig(target_modules=["query"]))
     model = add_lora(tiny_model("bert"), LoraConfig())
-    with pytest.raises(ValueError, match="already has LoRA"):
+    with pytest.raises(ValueError, match="already holds an adapter named .default."):
         add_lora(model, LoraConfig())
 
 

@@ -26,9 +26,11 @@ from torch import nn
 from . import adapter_int8
 from .atomic import atomic_dir, check_replaceable, read_json, read_safetensors
 from .config import LoraConfig
+from .heads import file_key, param_name
 from .inject import add_lora, lora_layers, saved_in_full
 from .lora import LoRALinear
 from .lora_init import is_residual_init, plain_lora_fields, to_plain_lora
+from .named import active_adapters, adapter_names, using
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +94,18 @@ def _base_name(model: nn.Module) -> str | None:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors an adapter holds, under PEFT's key names (without the "base_model.model." prefix)."""
+    """The tensors of the adapter in use, under PEFT's key names (without the "base_model.model." prefix)."""
     config: LoraConfig = model.lorakit_config
-    lora_paths = {p for p, _ in lora_layers(model)}
+    in_use = active_adapters(model)[0]
+    layers = lora_layers(model)
+    lora_paths = {p for p, _ in layers}
+    # the other adapters: banked ones, and the layers that do not hold the adapter in use
+    others = tuple(f"{p}.bank." for p, _ in layers) + tuple(f"{p}.lora_" for p, m in layers if m.adapter_name != in_use)
     state = {}
-    for name, param in model.named_parameters():
+    for param_path, param in model.named_parameters():
+        name = file_key(param_path, in_use)  # a copy of a module trained in full: its PEFT key, None if not ours
+        if name is None or name.startswith(others):
+            continue
         parts = name.split(".")
         keep = any(part.startswith("lora_") for part in parts)
         keep = keep or saved_in_full(name.rpartition(".")[0], config.modules_to_save)
@@ -146,9 +155,10 @@ def is_adapter_dir(path: Path) -> bool:
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, state: dict[str, torch.Tensor] | None = None,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, name: str | None = None) -> Path:
     """Write `path/adapter_config.json` and `path/adapter_model.safetensors` atomically. Returns the path.
 
+    name: which adapter of a model that holds several (named.py); None: the one in use.
     state: the adapter's tensors when the model cannot give them itself (FSDP: gathered by fsdp.gather_adapter).
     An existing `path` is replaced only if it is an empty directory or an adapter directory (ADAPTER_FILES);
     anything else is a UserError unless overwrite=True (a file is never replaced)."""
@@ -157,6 +167,14 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, state: dict[str, tor
         raise ValueError("save_adapter: this model has no LoRA layers (call add_lora or load_adapter first)")
     if any(layer.merged for _, layer in lora_layers(model)):
         raise ValueError("save_adapter: LoRA is merged into the base weights; call unmerge_lora(model) before saving")
+    if name is None and len(active_adapters(model)) > 1:
+        raise ValueError(f"save_adapter: adapters {list(active_adapters(model))} are in use together; name the one "
+                         "to save (name=...), or save them all with save_adapters(model, path)")
+    with using(model, name or active_adapters(model)[0]):
+        return _save_in_use(model, Path(path), state)
+
+
+def _save_in_use(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | None) -> Path:
     state = {PREFIX + k: v for k, v in (adapter_state_dict(model) if state is None else state).items()}
     if not any(".lora_" in k for k in state):
         raise ValueError("save_adapter: refusing to write an adapter without LoRA weights")
@@ -167,13 +185,45 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, state: dict[str, tor
     adapter_dtype = model.lorakit_config.adapter_dtype
     if adapter_dtype == "int8":
         state = adapter_int8.to_int8_state(state)
-    path = Path(path)
     with atomic_dir(path) as tmp:  # the old version stays until the new one is in place
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lorakit_adapter_dtype": adapter_dtype})
         (tmp / CONFIG_NAME).write_text(json.dumps(fields, indent=2, sort_keys=True))
     size = (path / WEIGHTS_NAME).stat().st_size
     logger.info("saved adapter to %s: %d bytes of %s weights", path, size, adapter_dtype)
     return path
+
+
+def save_adapters(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Every adapter of the model in PEFT's layout: "default" in `path`, each other one in `path/<name>/`
+    (PeftModel.save_pretrained's). Written as one atomic directory. Returns the path."""
+    check_replaceable(path, is_adapters_dir, "an adapter directory", "save_adapters: path", overwrite)
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        for name in adapter_names(model):
+            save_adapter(model, tmp if name == "default" else tmp / name, name=name)
+    return path
+
+
+def is_adapters_dir(path: Path) -> bool:
+    """An adapter directory, or one that holds adapter directories (the multi-adapter layout)."""
+    subdirs = [p for p in path.iterdir() if p.is_dir()]
+    files = [p for p in path.iterdir() if not p.is_dir()]
+    return all(p.name in ADAPTER_FILES for p in files) and all(is_adapter_dir(p) for p in subdirs) and (
+        (path / CONFIG_NAME).is_file() or bool(subdirs))
+
+
+def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """The reverse of save_adapters: `path` itself as "default" (when it holds an adapter), each sub-directory
+    with an adapter_config.json as the adapter of that name. The first one loaded is in use."""
+    path = Path(path)
+    subdirs = sorted(p for p in path.iterdir() if (p / CONFIG_NAME).is_file()) if path.is_dir() else []
+    if not (path / CONFIG_NAME).is_file() and not subdirs:
+        raise FileNotFoundError(f"{path} holds no adapter: neither {CONFIG_NAME} nor sub-directories with one")
+    if (path / CONFIG_NAME).is_file():
+        load_adapter(model, path, "default")
+    for sub in subdirs:
+        load_adapter(model, sub, sub.name)
+    return model
 
 
 def config_from_peft(data: dict) -> LoraConfig:
@@ -196,8 +246,9 @@ def config_from_peft(data: dict) -> LoraConfig:
     return LoraConfig(**kwargs)
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Inject LoRA into `model` per `path/adapter_config.json` and load `path/adapter_model.safetensors`."""
+def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> nn.Module:
+    """Inject LoRA into `model` per `path/adapter_config.json` and load `path/adapter_model.safetensors`.
+    On a model that holds adapters already, it joins them as adapter `name` (named.py), not yet in use."""
     path = Path(path)
     config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not config_file.is_file() or not weights_file.is_file():
@@ -209,8 +260,14 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     # PEFT lists both "classifier" and "score" for every SEQ_CLS model: keep the heads this model has.
     present = [name for name in config.modules_to_save if _has_module(model, name)]
     config = dataclasses.replace(config, modules_to_save=tuple(present))
-    add_lora(model, config)
+    add_lora(model, config, name)
     state = read_safetensors(weights_file, "adapter weights")  # safetensors: no pickle
+    with using(model, name):  # its tensors under PEFT's names
+        _copy_weights(model, state, config, source, path, name)
+    return model
+
+
+def _copy_weights(model: nn.Module, state: dict, config: LoraConfig, source, path: Path, adapter: str) -> None:
     if config.adapter_dtype == "int8":
         state = adapter_int8.from_int8_state(state)  # int8 codes · scales: the trained A and B, exactly
     params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name PEFT may use
@@ -222,6 +279,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             if ".original_module." in name:  # PEFT with bias="all" also writes the untouched copy of a saved module
                 continue
             name = name.replace(".modules_to_save.default.", ".").replace(".modules_to_save.", ".")
+            name = param_name(name, adapter, params)  # this adapter's copy of a module several adapters train
             if name not in params:
                 raise ValueError(
                     f"adapter key {key} names no parameter of this model (adapter trained on {source!r}); "
@@ -235,7 +293,6 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     missing = sorted(k for k in expected - loaded if ".lora_" in k)
     if missing:
         raise ValueError(f"adapter at {path} lacks {len(missing)} LoRA tensors, e.g. {missing[:3]}")
-    return model
 
 
 

@@ -109,7 +109,10 @@ class DoRALinearFunction(torch.autograd.Function):
 
 
 class DoRALinear(LoRALinear):
-    """LoRALinear plus a trainable magnitude m (out,): h = m/||W0 + s·B·A||_row ⊙ (W0·x + s·B·A·x) + b."""
+    """LoRALinear plus a trainable magnitude m (out,): h = m/||W0 + s·B·A||_row ⊙ (W0·x + s·B·A·x) + b.
+    Several DoRA adapters on one layer are used one at a time (named.py refuses sums and mixed batches)."""
+
+    ADAPTER_FIELDS = (*LoRALinear.ADAPTER_FIELDS, "lora_magnitude_vector")
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False,
                  init: str = "gaussian"):

@@ -20,9 +20,11 @@ import logging
 
 from torch import nn
 
+from .beside import add_head_copies, bases_in_place, check_addable, set_submodule
 from .config import LoraConfig, is_family_init, path_matches
 from .dora import DoRALinear
-from .lora import LORA_LAYERS, LoRAEmbedding, LoRALinear
+from .heads import HeadCopies
+from .lora import LORA_LAYERS, LoRAEmbedding, LoRALinear, lora_layers
 from .lora_init import is_residual_init, residual_init
 from .quant import requantize_error
 from .quant_linear import QuantLinear, dequantize_model
@@ -38,11 +40,6 @@ TASK_HEADS = {
     "ForQuestionAnswering": ("qa_outputs",),
     "ForMultipleChoice": ("classifier",),
 }
-
-
-def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(path, layer) of every LoRA layer in the model, in model order."""
-    return [(p, m) for p, m in model.named_modules() if isinstance(m, LORA_LAYERS)]
 
 
 def default_modules_to_save(model: nn.Module) -> tuple[str, ...]:
@@ -75,40 +72,82 @@ def _prefixes(path: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, name, module)
+def add_lora(model: nn.Module, config: LoraConfig, name: str = "default") -> nn.Module:
+    """Wrap the target modules of `model` in LoRA layers (in place) and freeze everything else. Returns `model`.
 
-
-def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
-    """Wrap the target modules of `model` in LoRA layers (in place) and freeze everything else. Returns `model`."""
-    if lora_layers(model):
+    On a model that holds adapters already, adapter `name` is added beside them (named.py), inactive until
+    set_adapter(model, name), as in PEFT; its targets and rank may differ from theirs."""
+    present = list(getattr(model, "lorakit_adapters", {}))
+    if lora_layers(model) and not present:
         raise ValueError("this model already has LoRA layers; merge_and_unload(model) first, or start from a fresh model")
+    if present:
+        check_addable(model, config, name)
+    with bases_in_place(model):
+        paths, to_save = resolve_targets(model, config)
+        compact = compact_targets(model, paths)
+    if not present:
+        model.requires_grad_(False)
+    for path in paths:
+        current = model.get_submodule(path)
+        base = current.base_layer if isinstance(current, LORA_LAYERS) else current
+        layer = new_layer(base, config, path)
+        if isinstance(current, LORA_LAYERS):
+            current.add_adapter(name, layer)
+            continue
+        layer.adapter_name = name
+        set_submodule(model, path, layer)
+    if present:
+        for _, layer in lora_layers(model):  # the adapters in use stay so; the new one waits, frozen
+            layer.activate(model.lorakit_active)
+        add_head_copies(model, to_save, name)
+    else:
+        train_first_adapter(model, config, to_save)
+    if config.init == "loftq":
+        logger.info("init='loftq': A and B are set by lorakit.apply_loftq(model, quant_config), which also quantizes")
+    resolved = dataclasses.replace(
+        config, target_modules=tuple(compact), exclude_modules=None, layers_to_transform=None, modules_to_save=tuple(to_save)
+    )
+    model.lorakit_adapters = {**getattr(model, "lorakit_adapters", {}), name: resolved}
+    if not present:
+        model.lorakit_active = (name,)
+    set_active_config(model)
+    return model
+
+
+def set_active_config(model: nn.Module) -> None:
+    """model.lorakit_config: the config of the (first) adapter in use, what save_adapter and training read."""
+    model.lorakit_config = model.lorakit_adapters[model.lorakit_active[0]]
+
+
+def resolve_targets(model: nn.Module, config: LoraConfig) -> tuple[list[str], tuple[str, ...]]:
+    """The module paths that get LoRA and the modules_to_save names, by PEFT's rules: the task head always trains in
+    full (added to any modules_to_save given), and a module trained in full gets no adapter inside it."""
     paths = find_targets(model, config.target_modules, config.exclude_modules, config.layers_to_transform)
-    # PEFT's rule: the task head always trains in full (added to any modules_to_save given), and a module trained
-    # in full gets no adapter inside it: targets within it are skipped.
     to_save = tuple(dict.fromkeys((*(config.modules_to_save or ()), *default_modules_to_save(model))))
     paths = [p for p in paths if not any(_inside(p, name) for name in to_save)]
     if not paths:
         raise ValueError(f"every target of {config.target_modules!r} lies inside modules_to_save={to_save!r}, which "
                          "train in full (the task head always does); target modules outside them")
-    compact = compact_targets(model, paths)
-    model.requires_grad_(False)
-    for path in paths:
-        base = model.get_submodule(path)
-        r = pattern_value(path, config.rank_pattern, config.r)
-        alpha = pattern_value(path, config.alpha_pattern, config.alpha)
-        if isinstance(base, nn.Embedding):
-            layer = LoRAEmbedding(base, r, alpha, config.use_rslora)
-        elif config.use_dora:  # DoRA: LoRA plus a magnitude vector (dora.py)
-            layer = DoRALinear(base, r, alpha, config.dropout, config.use_rslora, config.init)
-        else:
-            init = config.init if not is_family_init(config.init) else "kaiming"  # placeholder until lora_init
-            layer = LoRALinear(base, r, alpha, config.dropout, config.use_rslora, init, config.adapter_dtype)
-            if is_residual_init(config.init):
-                residual_init(layer, config.init)  # PiSSA / OLoRA: A, B from W0; W0 <- residual
-        _set_submodule(model, path, layer)
+    return paths, to_save
+
+
+def new_layer(base: nn.Module, config: LoraConfig, path: str) -> nn.Module:
+    """The LoRA layer `config` puts around `base` (the module at `path`)."""
+    r = pattern_value(path, config.rank_pattern, config.r)
+    alpha = pattern_value(path, config.alpha_pattern, config.alpha)
+    if isinstance(base, nn.Embedding):
+        return LoRAEmbedding(base, r, alpha, config.use_rslora)
+    if config.use_dora:  # DoRA: LoRA plus a magnitude vector (dora.py)
+        return DoRALinear(base, r, alpha, config.dropout, config.use_rslora, config.init)
+    init = config.init if not is_family_init(config.init) else "kaiming"  # placeholder until lora_init
+    layer = LoRALinear(base, r, alpha, config.dropout, config.use_rslora, init, config.adapter_dtype)
+    if is_residual_init(config.init):
+        residual_init(layer, config.init)  # PiSSA / OLoRA: A, B from W0; W0 <- residual
+    return layer
+
+
+def train_first_adapter(model: nn.Module, config: LoraConfig, to_save: tuple[str, ...]) -> None:
+    """Unfreeze what the first adapter trains: its lora_* tensors, the modules_to_save (in place), chosen biases."""
     for name in to_save:
         matched = [m for p, m in model.named_modules() if p and p.endswith(name)]
         if not matched:
@@ -127,12 +166,6 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         for name, param in layer.named_parameters():
             if name.startswith("lora_"):
                 param.requires_grad_(True)
-    if config.init == "loftq":
-        logger.info("init='loftq': A and B are set by lorakit.apply_loftq(model, quant_config), which also quantizes")
-    model.lorakit_config = dataclasses.replace(
-        config, target_modules=tuple(compact), exclude_modules=None, layers_to_transform=None, modules_to_save=tuple(to_save)
-    )
-    return model
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -167,7 +200,7 @@ def disable_lora(model: nn.Module):
 
 
 def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
-    """Fold every adapter into its base weight and put the plain base layers back. Returns `model`.
+    """Fold the adapters in use into their base weights and put the plain base layers back. Returns `model`.
 
     Quantized (QLoRA) bases are dequantized, the update added, and a dense 32-bit layer returned (an nn.Linear,
     or a Conv1D where the quantized layer replaced one); quantized layers without an adapter are dequantized too,
@@ -189,13 +222,21 @@ def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
             base = dense
         else:
             layer.merge()
-        _set_submodule(model, path, base.requires_grad_(False))
+        set_submodule(model, path, base.requires_grad_(False))
     if not requantize:
         dequantize_model(model)
     if requantize:
         model.requantize_errors = errors
         for path, err in errors.items():
             logger.info("requantized %s: max abs error %.3g, relative Frobenius error %.3g", path, err["max_abs"], err["rel_fro"])
-    if hasattr(model, "lorakit_config"):
-        del model.lorakit_config
+    for path, module in [(p, m) for p, m in model.named_modules() if isinstance(m, HeadCopies)]:
+        set_submodule(model, path, module.copy_for(module.active))  # the copy of the adapter in use
+    forget_adapters(model)
     return model
+
+
+def forget_adapters(model: nn.Module) -> None:
+    """Drop the model's record of its adapters (once no LoRA layer is left)."""
+    for name in ("lorakit_config", "lorakit_adapters", "lorakit_active"):
+        if name in vars(model):
+            delattr(model, name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from .config import LoraConfig, QuantConfig
-from .inject import add_lora, lora_layers
+from .inject import add_lora, forget_adapters, lora_layers
 from .lora_init import apply_loftq
 
 
@@ -29,5 +29,5 @@ def loftq_quantized_base(model: nn.Module, lora_config: LoraConfig, quant_config
     apply_loftq(model, quant_config)  # base layers <- Q_T (the LoRA factors it computes are discarded)
     for path, layer in lora_layers(model):
         model.set_submodule(path, layer.base_layer)  # take the LoRA wrapper out again: the QuantLinear stays
-    del model.lorakit_config
+    forget_adapters(model)
     return model.requires_grad_(False)

@@ -11,7 +11,8 @@
 `nn.Embedding`. Every trainable tensor is named `lora_*`, which is all the rest of lorakit needs to know.
 
 State is explicit: `merge()` / `unmerge()` fold the update into W0 and back, idempotently, and nothing else
-(not `.eval()`, not forward) changes it. `disabled = True` makes the layer compute the base layer alone.
+(not `.eval()`, not forward) changes it. `disabled = True` makes the layer compute the base layer alone. A layer can hold several named adapters
+(slots.py: the one in use in the layer's own fields, the others in `bank`); with one, the forward is the one below.
 
 Usage:
     layer = LoRALinear(nn.Linear(768, 768), r=8, alpha=16)
@@ -27,9 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from . import multi
 from .adapter_int8 import adapter_weights
 from .fused import lora_linear
 from .quant_linear import QuantLinear, qlora_linear
+from .slots import Slots
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
     """alpha / r (the paper), or alpha / sqrt(r) (rsLoRA, Kalajdzievski 2023: keeps the update's scale with r)."""
@@ -73,8 +76,12 @@ class Mergeable:
             self.merged = False
 
 
-class LoRALinear(Mergeable, nn.Module):
+class LoRALinear(Mergeable, Slots, nn.Module):
     """h = W0·x + b + (alpha/r)·B·A·dropout(x) around a frozen Linear, Conv1D or QuantLinear."""
+
+    ADAPTER_FIELDS = ("lora_A", "lora_B", "r", "alpha", "scaling", "dropout", "adapter_dtype")
+    LOW_RANK_FIELDS = ("lora_A", "lora_B")
+    ROW_PLAN = multi.LinearRows
 
     def __init__(
         self,
@@ -104,6 +111,7 @@ class LoRALinear(Mergeable, nn.Module):
         self.lora_A = nn.Linear(in_features, r, bias=False, device=device, dtype=dtype)  # A: (r, in)
         self.lora_B = nn.Linear(r, out_features, bias=False, device=device, dtype=dtype)  # B: (out, r)
         self.reset_lora_parameters(init)
+        self.init_slots()
 
     @property
     def weight(self) -> torch.Tensor:
@@ -134,6 +142,8 @@ class LoRALinear(Mergeable, nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
+        if self.rows is not None or self.also_active:  # a mixed batch, or several adapters summed
+            return multi.forward(self, x)
         if self.merged or self.disabled:
             return self.base_layer(x)
         base = self.base_layer
@@ -147,17 +157,24 @@ class LoRALinear(Mergeable, nn.Module):
             return lora_linear(x, base.weight, base.bias, A, B, self.scaling, p, self.fan_in_fan_out)
         # General path (autocast, dtypes that differ): plain ops, autograd does the rest.
         h = base(x)  # W0·x + b
-        xa = x.to(A.dtype)
-        if self.dropout > 0 and self.training:
-            xa = F.dropout(xa, self.dropout, training=True)
-        delta = F.linear(F.linear(xa, A), B)  # (..., r) -> (..., out)
-        return h + (delta * self.scaling).to(h.dtype)
+        return h + self.adapter_output(x, self.adapter_name).to(h.dtype)
+
+    def adapter_output(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """s·B·A·dropout(x) of adapter `name` by plain ops: (..., in) -> (..., out)."""
+        entry = self.entry(name)
+        A, B = adapter_weights(entry)
+        xa = multi.dropped(x.to(A.dtype), entry.dropout, self.training)
+        return F.linear(F.linear(xa, A), B) * entry.scaling  # (..., r) -> (..., out)
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
-        """scaling·B·A in fp32, shaped like the base weight ((in, out) for Conv1D)."""
-        A, B = adapter_weights(self)
-        delta = (B.float() @ A.float()) * self.scaling  # (out, in)
+        """scaling·B·A in fp32 (summed over the adapters in use), shaped like the base weight ((in, out) for Conv1D)."""
+        delta = None
+        for name in (self.adapter_name, *self.also_active):
+            entry = self.entry(name)
+            A, B = adapter_weights(entry)
+            term = (B.float() @ A.float()) * entry.scaling  # (out, in)
+            delta = term if delta is None else delta + term
         return delta.t() if self.fan_in_fan_out else delta
 
     def dense_weight(self) -> torch.Tensor:
@@ -172,13 +189,17 @@ class LoRALinear(Mergeable, nn.Module):
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}, merged={self.merged}"
 
 
-class LoRAEmbedding(Mergeable, nn.Module):
+class LoRAEmbedding(Mergeable, Slots, nn.Module):
     """h = W0[x] + (alpha/r)·(A^T[x])·B^T around a frozen nn.Embedding.
 
     A: (r, num_embeddings) starts at zero and B: (embedding_dim, r) is random, the paper's choice for embeddings
     (and PEFT's): the lookup A^T[x] selects columns of A, so a random B with zero A still starts at B·A = 0.
     Parameter names match PEFT's on-disk keys: "<path>.lora_embedding_A", "<path>.lora_embedding_B".
     """
+
+    ADAPTER_FIELDS = ("lora_embedding_A", "lora_embedding_B", "r", "alpha", "scaling")
+    LOW_RANK_FIELDS = ("lora_embedding_A", "lora_embedding_B")
+    ROW_PLAN = multi.EmbeddingRows
 
     def __init__(self, base_layer: nn.Embedding, r: int, alpha: float, use_rslora: bool = False):
         super().__init__()
@@ -194,18 +215,31 @@ class LoRAEmbedding(Mergeable, nn.Module):
         self.lora_embedding_A = nn.Parameter(torch.zeros(r, base_layer.num_embeddings, device=weight.device, dtype=dtype))
         self.lora_embedding_B = nn.Parameter(torch.empty(base_layer.embedding_dim, r, device=weight.device, dtype=dtype))
         nn.init.normal_(self.lora_embedding_B)
+        self.init_slots()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T) token ids -> (B, T, dim)
+        if self.rows is not None or self.also_active:  # a mixed batch, or several adapters summed
+            return multi.forward(self, x)
         h = self.base_layer(x)
         if self.merged or self.disabled:
             return h
-        after_a = F.embedding(x, self.lora_embedding_A.t(), padding_idx=self.base_layer.padding_idx)  # (B, T, r)
-        return h + (after_a @ self.lora_embedding_B.t() * self.scaling).to(h.dtype)  # (B, T, dim)
+        return h + self.adapter_output(x, self.adapter_name).to(h.dtype)
+
+    def adapter_output(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """s·(A^T[x])·B^T of adapter `name`: (B, T) ids -> (B, T, dim)."""
+        a, b, s = self.low_rank(name)
+        after_a = F.embedding(x, a.t(), padding_idx=self.base_layer.padding_idx)  # (B, T, r)
+        return after_a @ b.t() * s
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
-        """scaling·(B·A)^T in fp32: (num_embeddings, dim), shaped like the embedding table."""
-        return (self.lora_embedding_B.float() @ self.lora_embedding_A.float()).t() * self.scaling
+        """scaling·(B·A)^T in fp32 (summed over the adapters in use): (num_embeddings, dim), like the table."""
+        delta = None
+        for name in (self.adapter_name, *self.also_active):
+            a, b, s = self.low_rank(name)
+            term = (b.float() @ a.float()).t() * s
+            delta = term if delta is None else delta + term
+        return delta
 
     def dense_weight(self) -> torch.Tensor:
         return self.base_layer.weight
@@ -215,3 +249,8 @@ class LoRAEmbedding(Mergeable, nn.Module):
 
 
 LORA_LAYERS = (LoRALinear, LoRAEmbedding)
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, layer) of every LoRA layer in the model, in model order."""
+    return [(p, m) for p, m in model.named_modules() if isinstance(m, LORA_LAYERS)]

@@ -136,11 +136,16 @@ def config_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML of settings (long flag names as keys); flags override it")
 
 
-def trained_model_flags(p: argparse.ArgumentParser) -> None:
-    """--config, and the adapter or model that eval / merge / predict load."""
+def trained_model_flags(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """--config, and the adapter or model that eval / merge / predict load; several: --adapter repeats."""
     config_flag(p)
-    p.add_argument("--adapter", metavar="DIR", help="a `lorakit train` output directory, or its adapter/ (or "
-                                                    "weights/, model/) directory")
+    if several:
+        p.add_argument("--adapter", action="append", metavar="[NAME=]DIR",
+                       help="a `lorakit train` output directory, or its adapter/ directory; repeat it for one result "
+                            "per adapter from one model load (same base model), labelled NAME or by the directory")
+    else:
+        p.add_argument("--adapter", metavar="DIR", help="a `lorakit train` output directory, or its adapter/ (or "
+                                                        "weights/, model/) directory")
     p.add_argument("--model", help="the base model for --adapter (default: the one it was trained on), or, "
                                    "without --adapter, a merged model directory / hub id")
 

@@ -16,7 +16,8 @@ Bad input exits with status 2 and one line naming the problem; a diverging run e
 during train write a checkpoint and exit 143 / 130 with the command that resumes; `search` exits 1 when every trial
 failed.
 Run `lorakit <command> --help` for every flag. The flags (generated from TrainConfig) and the settings precedence are in
-flags.py, the other commands' parsers in parsers.py; search and compare add their own (search.py, compare.py).
+flags.py, the other commands' parsers in parsers.py; merge, search and compare add their own (merge.py, search.py,
+compare.py).
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from pathlib import Path
 
 from .flags import (add_train_parser, given_flags, given_train_values, read_config_file, train_config_from_args,
                     train_values)
-from .parsers import add_eval_parser, add_export_parser, add_merge_parser, add_params_parser, add_predict_parser
+from .adapters import adapter_dirs, each_adapter, load_more_adapters
+from .merge import add_merge_parser
+from .parsers import add_eval_parser, add_export_parser, add_params_parser, add_predict_parser
 from .compare import add_compare_parser
 from ..extras import missing_extra
 from .search import add_search_parser
@@ -84,7 +87,8 @@ def _inference_setup(args: argparse.Namespace):
     from_file, flags = read_config_file(args), given_flags(args)
     for values in (from_file, flags):
         values.pop("output", None)  # eval / merge --output names their own result, not the run directory
-    adapter = flags.get("adapter") or from_file.get("adapter")
+    adapters = adapter_dirs(flags.get("adapter") or from_file.get("adapter"))
+    adapter = adapters[0][1] if adapters else None
     model_name = flags.get("model") or from_file.get("model")
     if adapter is not None and not Path(adapter).is_dir():
         raise FileNotFoundError(f"--adapter {adapter}: no such directory; give a `lorakit train` output directory "
@@ -111,6 +115,7 @@ def _inference_setup(args: argparse.Namespace):
     try:
         if local:
             model, tokenizer, _ = load_artifact(source, spec, base_model=model_name if adapter else None)
+            load_more_adapters(model, adapter, adapters[1:])
         else:
             model, tokenizer = load_base(source, spec)
     finally:
@@ -160,24 +165,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluate = _evaluator(cfg, spec, tokenizer, model)
     splits = {name: (rows, evaluate.kind.eval_features(rows, tokenizer, cfg.max_length))
               for name, rows in data.eval.items()}
-    results = evaluate(model, splits)
-    for split, metrics in results.items():
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        print(f"{spec.name} {split} ({len(data.eval[split])} examples): {shown}")
+    labels = [label for label, _ in adapter_dirs(args.adapter)]
+    by_adapter = {}
+    for label in each_adapter(model, labels) if len(labels) > 1 else [None]:  # one model load for all
+        results = by_adapter[label] = evaluate(model, splits)
+        for split, metrics in results.items():
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"{label + ': ' if label else ''}{spec.name} {split} ({len(data.eval[split])} examples): {shown}")
     if args.output:
-        write_json_atomic(args.output, {"task": spec.name, "eval": results})
+        record = {"eval": by_adapter[None]} if None in by_adapter else {"adapters": by_adapter}
+        write_json_atomic(args.output, {"task": spec.name, **record})
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_dir, check_replaceable
-    from ..training.methods import RECORD, merged_model, read_record
+    from ..atomic import atomic_dir
+    from ..training.methods import RECORD, merged_model
+    from .merge import check_merge_output, combine_settings, combining, write_combination
 
     if not args.output:
         raise ValueError("lorakit merge needs --output DIR for the merged model")
-    check_replaceable(args.output, lambda path: read_record(path).get("method") == "merged",
-                      "a merged model directory", "--output")
-    cfg, spec, _, model, tokenizer = _inference_setup(args)
+    adapters, combine = list(args.adapter or []), combining(args)
+    settings = combine_settings(args) if combine else None  # bad flags fail before any model is loaded
+    check_merge_output(args.output, adapter=combine and not args.unload)
+    first = argparse.Namespace(**{**vars(args), "adapter": adapters[0] if adapters else None})
+    cfg, spec, _, model, tokenizer = _inference_setup(first)
+    if combine:
+        written = write_combination(args, adapters, *settings, (cfg, spec, model, tokenizer))
+        print(f"lorakit merge: wrote {written} to {args.output}")
+        return 0
     merged = merged_model(model)
     with atomic_dir(args.output) as tmp:
         merged.save_pretrained(tmp)
@@ -256,15 +272,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(given)}: generation settings apply to instruction-tuned (causal LM) runs; "
                          f"task {spec.name} is {spec.kind.replace('_', ' ')}")
     evaluate = _evaluator(cfg, spec, tokenizer, model)
-    if spec.kind == CAUSAL_LM:
-        _print_generations(args, cfg, model, tokenizer, texts)
-        return 0
-    if spec.kind != SEQUENCE_CLASSIFICATION:
-        for line in evaluate.kind.predict(evaluate, model, texts):
-            print(line)  # an answer span: the output alone, one line per input
-        return 0
-    for line, text in zip(evaluate.kind.predict(evaluate, model, texts), texts):
-        print(f"{line}\t{text}")
+    labels = [label for label, _ in adapter_dirs(args.adapter)]
+    for label in each_adapter(model, labels) if len(labels) > 1 else [None]:  # one model load for all
+        if label is not None:
+            print(f"[{label}]", flush=True)
+        if spec.kind == CAUSAL_LM:
+            _print_generations(args, cfg, model, tokenizer, texts)
+        elif spec.kind != SEQUENCE_CLASSIFICATION:
+            for line in evaluate.kind.predict(evaluate, model, texts):
+                print(line)  # an answer span: the output alone, one line per input
+        else:
+            for line, text in zip(evaluate.kind.predict(evaluate, model, texts), texts):
+                print(f"{line}\t{text}")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""The parsers of `lorakit eval`, `merge`, `predict`, `params` and `export` (train's, search's and compare's are in
-flags.py, search.py and compare.py); cli.main ties each to the command it runs."""
+"""The parsers of `lorakit eval`, `predict`, `params` and `export` (train's, merge's, search's and compare's are in
+flags.py, merge.py, search.py and compare.py); cli.main ties each to the command it runs."""
 from __future__ import annotations
 
 import argparse
@@ -14,13 +14,6 @@ examples:
   lorakit eval --adapter runs/sst2-lora
   lorakit eval --model runs/sst2-merged --max-eval-samples 200
   lorakit eval --adapter runs/sst2-lora --max-eval-samples all"""
-
-MERGE_DESCRIPTION = """\
-Write a plain transformers model directory (weights, config, tokenizer) with the adapter folded in; quantized
-(QLoRA) bases are dequantized.
-
-example:
-  lorakit merge --adapter runs/sst2-lora --output runs/sst2-merged"""
 
 PREDICT_DESCRIPTION = """\
 Classification: one line per text: label, probability (or score), text.
@@ -45,25 +38,16 @@ examples:
 
 def add_eval_parser(sub) -> argparse.ArgumentParser:
     p = command_parser(sub, "eval", "evaluate a trained adapter or a (merged) model", EVAL_DESCRIPTION)
-    trained_model_flags(p)
+    trained_model_flags(p, several=True)
     add_setting_flags(p, ("data",), recorded=True)
     add_setting_flags(p, ("runtime",))
     p.add_argument("--output", metavar="FILE", help="also write the metrics as JSON to FILE")
     return p
 
 
-def add_merge_parser(sub) -> argparse.ArgumentParser:
-    p = command_parser(sub, "merge", "fold an adapter into its base model and save a plain transformers model",
-                       MERGE_DESCRIPTION)
-    trained_model_flags(p)
-    p.add_argument("--task", help="the task (default: the recorded one)")
-    p.add_argument("--output", metavar="DIR", help="directory for the merged model (required)")
-    return p
-
-
 def add_predict_parser(sub) -> argparse.ArgumentParser:
     p = command_parser(sub, "predict", "classify texts, answer questions or follow prompts", PREDICT_DESCRIPTION)
-    trained_model_flags(p)
+    trained_model_flags(p, several=True)
     p.add_argument("texts", nargs="*", help="texts to classify (sentence pairs: 'first<TAB>second'; "
                    "QA: 'question<TAB>context'; instruct: prompts)")
     p.add_argument("--file", metavar="FILE", help="one text a line")
