@@ -76,12 +76,12 @@ class Server:
             raise APIError(404, f"the model {name!r} does not exist; served: {', '.join(self.served.names())}",
                            param="model", code="model_not_found") from None
 
-    def check_context(self, prompt: list[int], max_tokens: int) -> None:
+    def check_context(self, prompt: list[int], max_tokens: int, param: str) -> None:
         limit = self.served.context_length
         if len(prompt) + max_tokens > limit:
             raise APIError(400, f"this model's maximum context length is {limit} tokens; the request asks for "
                            f"{len(prompt) + max_tokens} ({len(prompt)} in the prompt, {max_tokens} to generate): "
-                           "shorten the prompt or lower max_tokens", param="messages", code="context_length_exceeded")
+                           "shorten the prompt or lower max_tokens", param=param, code="context_length_exceeded")
 
     def submit(self, rows: list) -> asyncio.Future:
         """Queue one request's rows; 503 when --max-queue requests are already waiting."""
@@ -175,7 +175,7 @@ def generation_rows(server: Server, body: dict, prompts: list[list[int]], adapte
     sampling = read_sampling(body, server.cfg.max_tokens, default)
     rows = []
     for i, prompt in enumerate(prompts):
-        server.check_context(prompt, sampling.max_tokens)
+        server.check_context(prompt, sampling.max_tokens, "prompt" if "prompt" in body else "messages")
         seed = None if sampling.seed is None else sampling.seed + i
         rows.append(Row(prompt, adapter, dataclasses.replace(sampling, seed=seed)))
     return rows
@@ -248,8 +248,7 @@ async def classify(server: Server, request: Request, body: dict):
         values = [round(float(v), 6) for v in p]
         label = id2label[int(p.argmax())] if id2label is not None else values[0]  # regression: the score
         data.append({"index": i, "label": label, "probs": values})
-    return {"id": new_id("classify"), "object": "list", "created": int(time.time()), "model": name, "data": data,
-            "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+    return {"id": new_id("classify"), "object": "list", "created": int(time.time()), "model": name, "data": data}
 
 
 async def load_lora(server: Server, request: Request, body: dict):
