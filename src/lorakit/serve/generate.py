@@ -16,6 +16,7 @@ torch.Generator, so a seeded request gives the same text whatever else is in its
 """
 from __future__ import annotations
 
+import inspect
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable
@@ -116,6 +117,12 @@ def row_generator(sampling: Sampling) -> torch.Generator:
     return torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
 
 
+def cache_keyword(model) -> str:
+    """The name of the KV-cache argument of the model's forward: `cache` in recent transformers (5.25 has it),
+    `past_key_values` before (still accepted there, with a deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def generate_rows(served, rows: list[Row], stop_ids: list[int]) -> None:
     """Decode every row to its end, in one batch (served: serve.registry.Served; adapters per row)."""
@@ -126,14 +133,11 @@ def generate_rows(served, rows: list[Row], stop_ids: list[int]) -> None:
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): each row's positions start at 0 after its padding
     generators = [row_generator(row.sampling) for row in rows]
     stops = set(stop_ids)
-    cache = DynamicCache(config=model.config)  # filled in place by each forward: keys / values (B, heads, T, d)
+    cache = {cache_keyword(model): DynamicCache(config=model.config)}  # filled in place: (B, heads, T, d) per layer
     with served.forward_context([row.adapter for row in rows]):
         while True:
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                        logits_to_keep=1)
-            if cache.get_seq_length() != mask.shape[1]:
-                raise RuntimeError(f"{type(model).__name__} did not fill the KV cache passed as `cache` "
-                                   "(transformers before 5.25 names it past_key_values); upgrade transformers")
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                        **cache)
             picks = choose(out.logits[:, -1, :], rows, generators).tolist()  # (B,)
             for row, token in zip(rows, picks):
                 if not row.done:

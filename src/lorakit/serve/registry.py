@@ -55,7 +55,7 @@ class Served:
     @property
     def context_length(self) -> int:
         """Most tokens a sequence may hold (prompt + completion)."""
-        return int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
+        return int(self.model.config.max_position_embeddings)  # GPT-2's n_positions answers to this name too
 
     def names(self) -> list[str]:
         """The `model` values requests may use: the base model, then every adapter."""
