@@ -320,6 +320,15 @@ def test_adapters_load_and_unload_at_run_time_only_from_under_the_root(lm_server
     response = post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "pickled"})
     assert response.status_code == 400 and "safetensors only" in error_of(response)["message"]
 
+    other_base = tf.LlamaForCausalLM(tf.LlamaConfig(**{**tf.AutoConfig.from_pretrained(lm_dirs["base"]).to_dict(),
+                                                       "hidden_size": 48}))
+    add_lora(other_base, LoraConfig(r=2, target_modules=["q_proj"]))
+    save_adapter(other_base, lm_dirs["root"] / "other-base")
+    response = post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "other-base"})
+    assert response.status_code == 400 and "different base model" in error_of(response)["message"]
+    assert post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "a"}).status_code == 200  # name free again
+    assert post("/v1/unload_lora_adapter", {"lora_name": "x"}).status_code == 200
+
     assert post("/v1/unload_lora_adapter", {"lora_name": "c"}).status_code == 200
     assert "c" not in [m.id for m in client.models.list().data]
     with pytest.raises(openai.NotFoundError):

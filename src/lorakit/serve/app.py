@@ -263,7 +263,7 @@ async def load_lora(server: Server, request: Request, body: dict):
         raise APIError(403, str(err), param="lora_path", code="path_not_allowed") from None
     try:
         await server.batcher.call(server.served.add, name, target)
-    except ValueError as err:  # UserError: taken name, no adapter there, another task or base model
+    except (ValueError, OSError) as err:  # UserError: taken name, no adapter there, another task or base model
         raise APIError(400, str(err), param="lora_path", code="invalid_adapter") from None
     return {"object": "lora_adapter", "id": name, "status": "loaded"}
 

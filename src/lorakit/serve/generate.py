@@ -12,7 +12,7 @@ Left padding keeps every row's last prompt token in the last column, so one step
 A finished row is fed the pad token until the batch ends (its outputs are ignored). Greedy rows take argmax of the
 logits, as transformers' generate does; sampled rows draw from softmax(logits / temperature) cut to the smallest
 set of tokens whose probability reaches top_p (nucleus sampling, Holtzman et al. 2020), with their own seeded
-torch.Generator, so a seeded request gives the same text whatever else is in its batch.
+torch.Generator, so a seeded request makes the same random draws whatever else is in its batch.
 """
 from __future__ import annotations
 

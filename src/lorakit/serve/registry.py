@@ -85,13 +85,18 @@ class Served:
 
     def add(self, name: str, directory: str | Path) -> Adapter:
         """Load the adapter in `directory` (a `lorakit train` output or an adapter directory) under `name`."""
-        from lorakit import load_adapter
+        from lorakit import adapter_names, delete_adapter, load_adapter
 
         if name in self.adapters or name == self.base_name:
             raise UserError(f"an adapter named {name!r} is already loaded; unload it first or choose another name")
         art = adapter_dir(directory)
         adapter = self.describe(art)
-        load_adapter(self.model, art, name=name)
+        try:
+            load_adapter(self.model, art, name=name)
+        except Exception:
+            if name in adapter_names(self.model):  # half loaded (tensors of another base model): taken out again
+                delete_adapter(self.model, name)
+            raise
         self.model.to(self.device).eval()  # the new LoRA tensors on the model's device, dropout off
         self.adapters[name] = adapter
         return adapter
