@@ -114,8 +114,11 @@ def add_lora(model: nn.Module, config: LoraConfig, name: str = "default") -> nn.
     return model
 
 
-def set_active_config(model: nn.Module) -> None:
-    """model.lorakit_config: the config of the (first) adapter in use, what save_adapter and training read."""
+def set_active_config(model: nn.Module, config: LoraConfig | None = None) -> None:
+    """model.lorakit_config: the config of the (first) adapter in use, what save_adapter and training read;
+    `config` replaces that adapter's recorded config (training adds modules it trains in full)."""
+    if config is not None:
+        model.lorakit_adapters = {**model.lorakit_adapters, model.lorakit_active[0]: config}
     model.lorakit_config = model.lorakit_adapters[model.lorakit_active[0]]
 
 

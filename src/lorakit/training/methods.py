@@ -36,7 +36,7 @@ from ..adapter import CONFIG_NAME, load_adapter, save_adapter
 from ..atomic import atomic_dir, read_json, read_safetensors
 from ..config import TASK_HEADS, QuantConfig
 from ..errors import UserError
-from ..inject import add_lora, lora_layers, merge_and_unload
+from ..inject import add_lora, lora_layers, merge_and_unload, set_active_config
 from ..loftq_base import loftq_quantized_base
 from ..lora import LORA_LAYERS
 from ..lora_init import apply_loftq
@@ -150,7 +150,7 @@ def train_in_full(model: nn.Module, names: tuple[str, ...]) -> None:
     if lora_layers(model):
         config = model.lorakit_config
         to_save = tuple(dict.fromkeys((*config.modules_to_save, *names)))
-        model.lorakit_config = dataclasses.replace(config, modules_to_save=to_save)
+        set_active_config(model, dataclasses.replace(config, modules_to_save=to_save))
 
 
 def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
