@@ -1,7 +1,7 @@
 """The package's layers, read from the source (issue 15): what may import what, no cycles, no private names used
 across modules, short functions, and README's tree equal to src/.
 
-    cli  ->  experiments, export  ->  training  ->  core (lorakit/*.py)        tasks/: data only, no LoRA
+    cli  ->  experiments, export, serve  ->  training  ->  core (lorakit/*.py)        tasks/: data only, no LoRA
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ ALLOWED = {
     "training": {"core", "tasks", "training"},
     "experiments": {"core", "tasks", "training", "experiments"},
     "export": {"core", "tasks", "training", "export"},
-    "cli": {"core", "tasks", "training", "experiments", "export", "cli"},
+    "serve": {"core", "tasks", "training", "serve"},
+    "cli": {"core", "tasks", "training", "experiments", "export", "serve", "cli"},
 }
 FACADES = {"lorakit", "lorakit.__main__"}
 

@@ -141,7 +141,9 @@ def test_core_modules_import_only_torch_transformers_safetensors():
 @pytest.mark.parametrize("command, module, wanted", [("search", "optuna", "search"), ("search", "sqlalchemy", "search"),
                                                      ("train", "datasets", "train"), ("eval", "scipy", "train"),
                                                      ("compare", "matplotlib", "train,plots"),
-                                                     ("demo", "matplotlib", "train,plots")])
+                                                     ("demo", "matplotlib", "train,plots"),
+                                                     ("serve", "fastapi", "train,serve"),
+                                                     ("serve", "uvicorn", "train,serve")])
 def test_a_command_without_its_extra_says_which_to_install(command, module, wanted, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, module, None)  # what find_spec reports for a module that is not installed
     assert main([command]) == 2

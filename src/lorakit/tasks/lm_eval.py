@@ -60,7 +60,7 @@ def lm_metrics(total_loss: float, tokens: int, correct: int) -> dict[str, float]
             "tokens": float(tokens)}
 
 
-def _stop_ids(model, tokenizer) -> list[int]:
+def stop_ids(model, tokenizer) -> list[int]:
     """EOS of the tokenizer plus the model's own stop tokens (some chat models end a turn with another token)."""
     configured = model.generation_config.eos_token_id
     configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
@@ -85,7 +85,7 @@ def generate_samples(model, tokenizer, prompts: Sequence[str | Mapping], max_new
     if temperature < 0 or not 0 < top_p <= 1:
         raise TaskError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature!r} and {top_p!r}")
     use_template = wants_chat_template(tokenizer, chat_template)
-    stop = _stop_ids(model, tokenizer)
+    stop = stop_ids(model, tokenizer)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
         {"do_sample": False}
     config = tf.GenerationConfig(max_new_tokens=max_new_tokens, num_beams=1, eos_token_id=stop, **sampling,

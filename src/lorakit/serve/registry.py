@@ -1,0 +1,182 @@
+"""The served model and its adapters by name: loaded at start (--adapter NAME=DIR), loaded and unloaded at run time
+(only from under --adapter-root, safetensors only).
+
+    served = load_served(cfg)                 # base model + tokenizer + every --adapter, on cfg.device
+    served.load("imdb", "imdb-run", root)     # POST /v1/load_lora_adapter (path relative to root, or inside it)
+    served.unload("imdb")
+    served.resolve("sst2")                    # the adapter name for a request's `model` (None: the base model)
+
+Adapters live side by side on one model (lorakit's named adapters, `load_adapter(model, path, name=...)`); a batch
+picks one per row with `lorakit.mixed_batch`. Every method here runs on the batcher's worker thread (or before it
+starts), never beside a forward pass.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..adapter import CONFIG_NAME, WEIGHTS_NAME
+from ..errors import UserError
+from ..tasks import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TaskSpec, get_task
+from ..training.config import TrainConfig, resolve_device
+from ..training.methods import find_artifact, load_base, read_record
+from .config import ServeConfig
+
+DEFAULT_TASK = "instruct"  # no adapter recorded a task: the base model serves completions
+DEFAULT_MAX_LENGTH = TrainConfig.max_length  # classification truncation when an adapter records none (as predict)
+SERVED_KINDS = (CAUSAL_LM, SEQUENCE_CLASSIFICATION)
+
+
+@dataclass
+class Adapter:
+    """One served adapter: where it came from, and how its classification outputs are named."""
+
+    path: Path
+    id2label: dict[int, str] | None = None  # classification: label names, as `lorakit predict` prints them
+    max_length: int = DEFAULT_MAX_LENGTH  # classification: tokens per text (the run's --max-length)
+
+
+@dataclass
+class Served:
+    """The base model, its tokenizer and task, and the adapters loaded on it."""
+
+    model: object
+    tokenizer: object
+    spec: TaskSpec
+    base_name: str
+    device: object
+    adapters: dict[str, Adapter] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def context_length(self) -> int:
+        """Most tokens a sequence may hold (prompt + completion)."""
+        return int(self.model.config.max_position_embeddings)  # GPT-2's n_positions answers to this name too
+
+    def names(self) -> list[str]:
+        """The `model` values requests may use: the base model, then every adapter."""
+        return [self.base_name, *self.adapters]
+
+    def resolve(self, name: str) -> str | None:
+        """The adapter a request's `model` names (None: the base model); KeyError when there is none of that name."""
+        if name == self.base_name:
+            return None
+        if name not in self.adapters:
+            raise KeyError(name)
+        return name
+
+    def labels(self, adapter: str | None) -> tuple[dict[int, str] | None, int]:
+        """(label names, max length) of classification with `adapter` (None: the base model's task)."""
+        if adapter is None:
+            return self.spec.id2label, DEFAULT_MAX_LENGTH
+        return self.adapters[adapter].id2label, self.adapters[adapter].max_length
+
+    def forward_context(self, names: list[str | None]):
+        """The context in which one batched forward uses adapter names[i] for row i (None: the base model)."""
+        if not self.adapters:
+            return contextlib.nullcontext()
+        from lorakit import mixed_batch
+
+        return mixed_batch(self.model, names)
+
+    def add(self, name: str, directory: str | Path) -> Adapter:
+        """Load the adapter in `directory` (a `lorakit train` output or an adapter directory) under `name`."""
+        from lorakit import adapter_names, delete_adapter, load_adapter
+
+        if name in self.adapters or name == self.base_name:
+            raise UserError(f"an adapter named {name!r} is already loaded; unload it first or choose another name")
+        art = adapter_dir(directory)
+        adapter = self.describe(art)
+        try:
+            load_adapter(self.model, art, name=name)
+        except Exception:
+            if name in adapter_names(self.model):  # half loaded (tensors of another base model): taken out again
+                delete_adapter(self.model, name)
+            raise
+        self.model.to(self.device).eval()  # the new LoRA tensors on the model's device, dropout off
+        self.adapters[name] = adapter
+        return adapter
+
+    def describe(self, art: Path) -> Adapter:
+        """An Adapter for the directory `art`; a UserError when its task does not fit the served model."""
+        record = read_record(art)
+        config = record.get("config") or {}
+        max_length = config.get("max_length", DEFAULT_MAX_LENGTH)
+        if record.get("quantization"):
+            raise UserError(f"{art} was trained over a quantized base (QLoRA); lorakit serve serves adapters of a "
+                            "full-precision base: serve its merged model (lorakit merge) as --model instead")
+        task = record.get("task")
+        if task is None:
+            return Adapter(art, self.spec.id2label, max_length)
+        spec = get_task(task)
+        if spec.kind != self.kind or spec.num_labels != self.spec.num_labels:
+            raise UserError(f"{art} was trained for task {task} ({spec.kind}, {spec.num_labels} outputs); this "
+                            f"server serves {self.spec.name} ({self.kind}, {self.spec.num_labels} outputs)")
+        return Adapter(art, spec.id2label, max_length)
+
+    def remove(self, name: str) -> None:
+        """Unload adapter `name`; KeyError when none is loaded under it."""
+        from lorakit import delete_adapter
+
+        if name not in self.adapters:
+            raise KeyError(name)
+        delete_adapter(self.model, name)
+        del self.adapters[name]
+
+
+def adapter_dir(directory: str | Path) -> Path:
+    """The adapter directory of `directory` (itself or its adapter/): adapter_config.json plus safetensors weights."""
+    try:
+        art = find_artifact(directory)
+    except FileNotFoundError as err:
+        raise UserError(str(err)) from None
+    if not (art / CONFIG_NAME).is_file():
+        raise UserError(f"{directory} holds no LoRA adapter ({CONFIG_NAME}); lorakit serve serves adapters")
+    if not (art / WEIGHTS_NAME).is_file():
+        raise UserError(f"{art} has no {WEIGHTS_NAME}; adapters load from safetensors only (no pickle files)")
+    return art
+
+
+def under_root(path: str, root: str | None) -> Path:
+    """`path` (relative to `root`, or absolute) if it lies inside `root` once symlinks are resolved, else a
+    UserError: run-time loading never reads outside --adapter-root."""
+    if root is None:
+        raise PermissionError("loading adapters at run time is off: start the server with --adapter-root DIR")
+    base = Path(root).resolve()
+    target = (base / path).resolve()
+    if target != base and base not in target.parents:
+        raise PermissionError(f"lora_path {path!r} is outside the adapter root; give a directory under {root}")
+    return target
+
+
+def served_task(cfg: ServeConfig, dirs: dict[str, str]) -> tuple[TaskSpec, str]:
+    """(the task the server serves, the base model): --task / --model first, else the first adapter's record."""
+    first = read_record(adapter_dir(next(iter(dirs.values())))) if dirs else {}
+    spec = get_task(cfg.task or first.get("task") or DEFAULT_TASK)
+    if spec.kind not in SERVED_KINDS:
+        raise UserError(f"task {spec.name} is {spec.kind.replace('_', ' ')}; lorakit serve serves causal LMs "
+                        "(completions, chat) and sequence classifiers (/v1/classify)")
+    base = cfg.model or first.get("base_model")
+    if not base:
+        raise UserError("the first --adapter does not record its base model; give --model")
+    return spec, base
+
+
+def load_served(cfg: ServeConfig) -> Served:
+    """The base model with every --adapter loaded, in eval mode on cfg.device."""
+    import torch
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    dirs = cfg.adapter_dirs()
+    spec, base = served_task(cfg, dirs)
+    device = resolve_device(cfg.device)
+    model, tokenizer = load_base(base, spec)
+    served = Served(model.to(device).eval(), tokenizer, spec, base, device)
+    for name, directory in dirs.items():
+        served.add(name, directory)
+    return served
