@@ -57,9 +57,24 @@ def test_4bit_bit_identical_to_bnb(kind, double_quant, block_size, shape):
         assert torch.equal(qt.absmax_offset, state.offset)
     else:
         assert torch.equal(qt.absmax, state.absmax)
-    # equal values (bnb's C++ FP4 kernel writes -0.0 for code 8 where the table has +0.0);
-    # bnb's CPU kernel returns a 1-D shape as (1, n), hence the reshape
-    assert torch.equal(Q.dequantize_4bit(qt), F.dequantize_4bit(packed, state).reshape(shape))
+    # dequantized values: bnb's codes and constants through bnb's table, code[c] · absmax of the block. (bnb
+    # 0.50's CPU dequantize_4bit kernel itself disagrees with this at block size 128 on a (64, 64) weight, on
+    # some CPUs: error 1.65 against 0.39 at block 64 for the same weight, so its output is not the reference.)
+    assert torch.equal(Q.dequantize_4bit(qt), _bnb_dequantized(packed, state, shape, block_size))
+
+
+def _bnb_dequantized(packed, state, shape, block_size):
+    """bnb's 4-bit definition from its own state: two codes a byte (high nibble first), value = code[c] · absmax."""
+    F = _bnb()
+    n = torch.Size(shape).numel()
+    codes = torch.stack([packed.flatten() >> 4, packed.flatten() & 15], -1).flatten().long()
+    absmax = state.absmax.float()
+    if state.nested:  # double quantization: the absmax are 8-bit codes themselves, plus the offset
+        absmax = F.dequantize_blockwise(state.absmax, state.state2) + state.offset
+    blocks = absmax.numel()
+    codes = torch.nn.functional.pad(codes, (0, blocks * block_size - codes.numel()))[: blocks * block_size]
+    values = state.code.float()[codes].view(blocks, block_size) * absmax[:, None]
+    return values.flatten()[:n].view(shape)
 
 
 def test_8bit_dynamic_blockwise_bit_identical_to_bnb():
