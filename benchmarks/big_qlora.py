@@ -6,6 +6,7 @@
     python benchmarks/big_qlora.py smollm2 --out /tmp/big --rounds 3                          # LoRA vs QLoRA peak
     python benchmarks/big_qlora.py load-peaks --model ~/.cache/lorakit/smollm2-135m-instruct  # loading alone
     python benchmarks/big_qlora.py step --model /tmp/big/llama-2-7b --out /tmp/big/step-7b      # load + one step
+    python benchmarks/big_qlora.py reload-step --model /tmp/big/llama-2-7b --out /tmp/big/step-7b   # its adapter
 
 build: writes config.json, bf16 safetensors shards of at most --shard-gb GB and model.safetensors.index.json one
 tensor at a time (each tensor drawn from N(0, 0.02), RMSNorm weights 1), so the process never holds more than one
@@ -254,6 +255,34 @@ print("LOSS", loss.item(), flush=True)
 """
 
 
+RELOAD_STEP = """import sys, time, torch
+from pathlib import Path
+from safetensors.torch import load_file
+from lorakit import QuantConfig, load_adapter, load_quantized
+from lorakit.adapter import adapter_state_dict
+model_dir, out, tokens = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+began = time.perf_counter()
+model = load_quantized(model_dir, QuantConfig(kind="nf4", double_quant=True))
+load_adapter(model, out / "adapter")
+saved = {k.removeprefix("base_model.model."): v for k, v in load_file(out / "adapter/adapter_model.safetensors").items()}
+ours = adapter_state_dict(model)
+same = sorted(ours) == sorted(saved) and all(torch.equal(ours[k], saved[k]) for k in saved)
+ids = torch.randint(0, model.config.vocab_size, (1, tokens))  # the step's tokens (same seed, same draw)
+with torch.no_grad():
+    loss = model(input_ids=ids, labels=ids).loss.item()
+print("RELOADED", len(saved), int(same), loss, round(time.perf_counter() - began, 1), flush=True)
+"""
+
+
+def reload_step(model: Path, out: Path, tokens: int) -> None:
+    """After `step`: a fresh process loads the base with quantization and the saved adapter over it, checks the
+    adapter's tensors in the model equal the file's, and prints the loss on the step's tokens and its peak RSS."""
+    code, peak, seconds = child([str(model), str(out), str(tokens)], out / "reload.log", RELOAD_STEP)
+    print((out / "reload.log").read_text())
+    print(json.dumps({"exit": code, "peak_gib": peak, "process_s": seconds}))
+
+
 def step_only(model: Path, out: Path, tokens: int) -> None:
     """The least a training run does, for a model whose full run does not fit the time: load_quantized, LoRA
     all-linear r 8, one forward / backward / AdamW step on `tokens` random tokens, the adapter saved. Prints each
@@ -304,6 +333,10 @@ def main() -> None:
     st.add_argument("--model", type=Path, required=True)
     st.add_argument("--out", type=Path, required=True)
     st.add_argument("--tokens", type=int, default=32)
+    rs = sub.add_parser("reload-step")
+    rs.add_argument("--model", type=Path, required=True)
+    rs.add_argument("--out", type=Path, required=True)
+    rs.add_argument("--tokens", type=int, default=32)
     lp = sub.add_parser("load-peaks")
     lp.add_argument("--model", type=Path, required=True)
     a = sub.add_parser("all")
@@ -320,6 +353,8 @@ def main() -> None:
         run(args.model, args.out, args.steps, args.threads)
     elif args.command == "step":
         step_only(args.model, args.out, args.tokens)
+    elif args.command == "reload-step":
+        reload_step(args.model, args.out, args.tokens)
     elif args.command == "load-peaks":
         load_peaks(args.model)
     elif args.command == "smollm2":
