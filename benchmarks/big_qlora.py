@@ -3,8 +3,10 @@
     python benchmarks/big_qlora.py build --shape llama-3.2-3b --out /tmp/big/llama-3.2-3b   # bf16 shards on disk
     python benchmarks/big_qlora.py run --model /tmp/big/llama-3.2-3b --out /tmp/big/run-3b   # train + reload
     python benchmarks/big_qlora.py all --shape llama-2-7b --dir /tmp/big --clean              # both, then rm shards
-    python benchmarks/big_qlora.py smollm2 --out /tmp/big                                     # LoRA vs QLoRA peak
+    python benchmarks/big_qlora.py smollm2 --out /tmp/big --rounds 3                          # LoRA vs QLoRA peak
     python benchmarks/big_qlora.py load-peaks --model ~/.cache/lorakit/smollm2-135m-instruct  # loading alone
+    python benchmarks/big_qlora.py step --model /tmp/big/llama-2-7b --out /tmp/big/step-7b      # load + one step
+    python benchmarks/big_qlora.py reload-step --model /tmp/big/llama-2-7b --out /tmp/big/step-7b   # its adapter
 
 build: writes config.json, bf16 safetensors shards of at most --shard-gb GB and model.safetensors.index.json one
 tensor at a time (each tensor drawn from N(0, 0.02), RMSNorm weights 1), so the process never holds more than one
@@ -14,11 +16,13 @@ Everything else is the real model's shape.
 
 run: `python -m lorakit train --method qlora` (NF4 + double quant, all-linear r 8, Code Alpaca, max_length 64,
 batch 1, --max-steps steps, one held-out example; its before/after generations cut to 2 new tokens, LAUNCH) in a
-child process, then `python -m lorakit eval --adapter` on
-the saved adapter (a fresh process: the base quantized while loading again, the adapter loaded over it). Each
-child's peak resident set size comes from os.wait4 (ru_maxrss: the high-water mark of the process). Prints a
-Markdown row: sizes of the model in fp32 / bf16, peak memory of training and of the reload, seconds per step
-(median of the logged steps), held-out loss after training and after reloading (they must agree).
+child process; right after saving the adapter it writes the trained model's logits on PROBE_IDS
+(logits_after_training.safetensors). Then a fresh process (RELOAD) rebuilds the model from disk as `lorakit eval
+--adapter` does (methods.load_artifact: the base quantized while loading again, the adapter loaded over it) and
+compares its logits on PROBE_IDS with those (torch.equal, and the largest difference). Each child's peak resident
+set size comes from os.wait4 (ru_maxrss: the high-water mark of the process). Prints the sizes of the model in
+fp32 / bf16, peak memory of training and of the reload, seconds per step (median of the logged steps), whether the
+reloaded logits are identical.
 """
 from __future__ import annotations
 
@@ -117,16 +121,55 @@ def build(shape: str, out: Path, shard_gb: float) -> None:
 
 # `python -m lorakit ARGS`, with the greedy generations a causal-LM run writes before and after training cut from 32
 # to GENERATION_TOKENS new tokens: on a CPU each token is a full forward pass over every dequantized weight
-LAUNCH = ("import sys, runpy, lorakit.training.evaluation as k; k.GENERATION_TOKENS = {tokens}; sys.argv = ['lorakit', *sys.argv[1:]]; "
-          "runpy.run_module('lorakit', run_name='__main__')").format(tokens=2)
+LAUNCH = ("import sys, runpy, lorakit.training.evaluation as k; k.GENERATION_TOKENS = {tokens}; "
+          "sys.path.insert(0, {here!r}); import big_qlora; big_qlora.dump_logits_after_saving(); "
+          "sys.argv = ['lorakit', *sys.argv[1:]]; runpy.run_module('lorakit', run_name='__main__')"
+          ).format(tokens=2, here=str(Path(__file__).resolve().parent))
+PROBE_IDS = list(range(100, 132))  # one batch of 32 token ids whose logits are compared after reloading
+LOGITS = "logits_after_training.safetensors"
+RELOAD = """import sys, torch
+from pathlib import Path
+from safetensors.torch import load_file
+from lorakit.tasks import get_task
+from lorakit.training.methods import load_artifact
+out, probe = Path(sys.argv[1]), torch.tensor([[int(t) for t in sys.argv[2].split(",")]])
+model, _, _ = load_artifact(out / "adapter", get_task("instruct"))
+with torch.no_grad():
+    logits = model.eval()(input_ids=probe).logits.float()
+trained = load_file(str(out / "{logits}"))["logits"]
+print("RELOAD", int(torch.equal(logits, trained)), float((logits - trained).abs().max()), flush=True)
+""".replace("{logits}", LOGITS)
 
 
-def child(args: list[str], log: Path) -> tuple[int, float, float]:
-    """Run lorakit (LAUNCH) with ARGS; returns (exit code, peak RSS in GiB, seconds). Run the benchmark niced."""
+def dump_logits_after_saving() -> None:
+    """In the training process (LAUNCH): after the run saves its artifact, write the model's logits on PROBE_IDS
+    (eval mode, fp32) beside it."""
+    import torch
+    from safetensors.torch import save_file
+
+    import lorakit.training.run as run_module
+
+    save_artifact = run_module.save_artifact
+
+    def save_then_dump(model, tokenizer, cfg, spec, output, adapter=None):
+        path = save_artifact(model, tokenizer, cfg, spec, output, adapter)
+        was_training = model.training
+        with torch.no_grad():
+            logits = model.eval()(input_ids=torch.tensor([PROBE_IDS])).logits.float().contiguous()
+        model.train(was_training)
+        save_file({"logits": logits}, str(Path(output) / LOGITS))
+        return path
+
+    run_module.save_artifact = save_then_dump
+
+
+def child(args: list[str], log: Path, script: str = LAUNCH) -> tuple[int, float, float]:
+    """Run `script` (default: lorakit, LAUNCH) with ARGS; returns (exit code, peak RSS in GiB, seconds). Run the
+    benchmark niced."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     began = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 2**20, time.perf_counter() - began  # KiB -> GiB
 
@@ -146,37 +189,108 @@ def run(model: Path, out: Path, steps: int, threads: int) -> dict:
     elapsed = [r["elapsed_s"] for r in steps_logged if "loss" in r and "elapsed_s" in r]
     per_step = statistics.median(b - a for a, b in zip([0.0, *elapsed], elapsed))
     metrics = json.loads((out / "metrics.json").read_text())
-    evaluate = ["eval", "--adapter", str(out / "adapter"), "--data-dir", str(DATA), "--task", "instruct",
-                "--max-eval-samples", "1", "--max-length", "64", "--eval-batch-size", "1", "--threads", str(threads)]
-    code, eval_peak, eval_s = child(evaluate, out.parent / f"{out.name}.eval.log")
+    log = out.parent / f"{out.name}.reload.log"
+    code, eval_peak, eval_s = child([str(out), ",".join(map(str, PROBE_IDS))], log, RELOAD)
     if code:
-        raise SystemExit(f"reload failed ({code}); see {out.parent / f'{out.name}.eval.log'}")
-    reload_loss = float(re.findall(r" loss (\S+)", (out.parent / f"{out.name}.eval.log").read_text())[-1])
+        raise SystemExit(f"reload failed ({code}); see {log}")
+    identical, max_diff = re.findall(r"RELOAD (\d) (\S+)", log.read_text())[-1]
     row = {"model": model.name, "parameters": int(params), "fp32_gib": params * 4 / 2**30,
            "bf16_gib": params * 2 / 2**30, "largest_shard_gib": shard_gb, "train_peak_gib": train_peak,
            "reload_peak_gib": eval_peak, "s_per_step": per_step, "train_process_s": train_s,
-           "reload_process_s": eval_s, "reload_loss": reload_loss, "steps": len(elapsed), "metrics": metrics,
+           "reload_process_s": eval_s, "reload_logits_identical": identical == "1",
+           "reload_logits_max_abs_diff": float(max_diff), "steps": len(elapsed), "metrics": metrics,
            "adapter_mb": sum(f.stat().st_size for f in (out / "adapter").iterdir()) / 2**20}
     (out.parent / f"{out.name}.json").write_text(json.dumps(row, indent=2, default=str))
     print(json.dumps(row, indent=2, default=str))
     return row
 
 
-def smollm2(out: Path, steps: int, threads: int) -> None:
-    """Peak RSS of `lorakit train` on SmolLM2-135M-Instruct, LoRA against QLoRA, batch 4 x 512 (padded)."""
+def smollm2(out: Path, steps: int, threads: int, rounds: int) -> None:
+    """Peak RSS of `lorakit train` on SmolLM2-135M-Instruct, LoRA against QLoRA, batch 4 x 512 (padded): each run
+    its own process, the order alternating round by round (lora first in even rounds, qlora first in odd ones)."""
     rows = []
-    for method in ("lora", "qlora"):
-        run_dir = out / f"smollm2-{method}"
-        args = ["train", "--model", "smollm2", "--method", method, "--task", "instruct", "--data-dir", str(DATA),
-                "--max-train-samples", str(4 * steps), "--max-eval-samples", "1", "--max-length", "512",
-                "--pad-to-max-length", "--batch-size", "4", "--eval-batch-size", "1", "--max-steps", str(steps),
-                "--target-modules", "all-linear", "--threads", str(threads), "--output", str(run_dir)]
-        code, peak, seconds = child(args, out / f"smollm2-{method}.log")
-        if code:
-            raise SystemExit(f"{method} failed ({code}); see {out / f'smollm2-{method}.log'}")
-        rows.append({"method": method, "peak_gib": peak, "process_s": seconds})
-        print(json.dumps(rows[-1]), flush=True)
+    for round_ in range(rounds):
+        for method in ("lora", "qlora") if round_ % 2 == 0 else ("qlora", "lora"):
+            run_dir = out / f"smollm2-{method}-{round_}"
+            args = ["train", "--model", "smollm2", "--method", method, "--task", "instruct", "--data-dir", str(DATA),
+                    "--max-train-samples", str(4 * steps), "--max-eval-samples", "1", "--max-length", "512",
+                    "--pad-to-max-length", "--batch-size", "4", "--eval-batch-size", "1", "--max-steps", str(steps),
+                    "--target-modules", "all-linear", "--threads", str(threads), "--output", str(run_dir)]
+            code, peak, seconds = child(args, out / f"smollm2-{method}-{round_}.log")
+            if code:
+                raise SystemExit(f"{method} failed ({code}); see {out / f'smollm2-{method}-{round_}.log'}")
+            rows.append({"round": round_, "method": method, "peak_gib": peak, "process_s": seconds})
+            print(json.dumps(rows[-1]), flush=True)
     (out / "smollm2.json").write_text(json.dumps(rows, indent=2))
+    for method in ("lora", "qlora"):
+        peaks = [r["peak_gib"] for r in rows if r["method"] == method]
+        print(f"{method}: peak RSS GiB per round {[round(p, 3) for p in peaks]}, median {statistics.median(peaks):.3f}")
+
+
+STEP_SCRIPT = """import sys, time, torch
+from pathlib import Path
+from lorakit import LoraConfig, QuantConfig, add_lora, load_quantized, save_adapter
+def phase(name, began):
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith(("VmHWM", "VmRSS")))
+    gib = {k: round(int(v.split()[0]) / 2**20, 3) for k, v in status.items()}
+    print("PHASE", name, round(time.perf_counter() - began, 1), gib["VmRSS"], gib["VmHWM"], flush=True)
+model_dir, out, tokens = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+began = time.perf_counter()
+model = load_quantized(model_dir, QuantConfig(kind="nf4", double_quant=True))
+phase("loaded", began)
+add_lora(model, LoraConfig(r=8, alpha=8, target_modules="all-linear", dropout=0.0))
+optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+ids = torch.randint(0, model.config.vocab_size, (1, tokens))
+began = time.perf_counter()
+loss = model(input_ids=ids, labels=ids).loss
+phase("forward", began)
+loss.backward()
+phase("backward", began)
+optimizer.step()
+phase("step", began)
+save_adapter(model, out / "adapter")
+phase("saved", began)
+print("LOSS", loss.item(), flush=True)
+"""
+
+
+RELOAD_STEP = """import sys, time, torch
+from pathlib import Path
+from safetensors.torch import load_file
+from lorakit import QuantConfig, load_adapter, load_quantized
+from lorakit.adapter import adapter_state_dict
+model_dir, out, tokens = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+began = time.perf_counter()
+model = load_quantized(model_dir, QuantConfig(kind="nf4", double_quant=True))
+load_adapter(model, out / "adapter")
+saved = {k.removeprefix("base_model.model."): v for k, v in load_file(out / "adapter/adapter_model.safetensors").items()}
+ours = adapter_state_dict(model)
+same = sorted(ours) == sorted(saved) and all(torch.equal(ours[k], saved[k]) for k in saved)
+ids = torch.randint(0, model.config.vocab_size, (1, tokens))  # the step's tokens (same seed, same draw)
+with torch.no_grad():
+    loss = model(input_ids=ids, labels=ids).loss.item()
+print("RELOADED", len(saved), int(same), loss, round(time.perf_counter() - began, 1), flush=True)
+"""
+
+
+def reload_step(model: Path, out: Path, tokens: int) -> None:
+    """After `step`: a fresh process loads the base with quantization and the saved adapter over it, checks the
+    adapter's tensors in the model equal the file's, and prints the loss on the step's tokens and its peak RSS."""
+    code, peak, seconds = child([str(model), str(out), str(tokens)], out / "reload.log", RELOAD_STEP)
+    print((out / "reload.log").read_text())
+    print(json.dumps({"exit": code, "peak_gib": peak, "process_s": seconds}))
+
+
+def step_only(model: Path, out: Path, tokens: int) -> None:
+    """The least a training run does, for a model whose full run does not fit the time: load_quantized, LoRA
+    all-linear r 8, one forward / backward / AdamW step on `tokens` random tokens, the adapter saved. Prints each
+    phase's seconds, RSS and high-water mark (GiB) as it ends, and the process's peak RSS from os.wait4."""
+    out.mkdir(parents=True, exist_ok=True)
+    code, peak, seconds = child([str(model), str(out), str(tokens)], out / "step.log", STEP_SCRIPT)
+    print((out / "step.log").read_text())
+    print(json.dumps({"exit": code, "peak_gib": peak, "process_s": seconds}))
 
 
 LOADERS = {  # how a QLoRA (or LoRA) run gets its base model; each runs alone in a fresh process
@@ -214,6 +328,15 @@ def main() -> None:
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--steps", type=int, default=2)
     m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--rounds", type=int, default=3)
+    st = sub.add_parser("step")
+    st.add_argument("--model", type=Path, required=True)
+    st.add_argument("--out", type=Path, required=True)
+    st.add_argument("--tokens", type=int, default=32)
+    rs = sub.add_parser("reload-step")
+    rs.add_argument("--model", type=Path, required=True)
+    rs.add_argument("--out", type=Path, required=True)
+    rs.add_argument("--tokens", type=int, default=32)
     lp = sub.add_parser("load-peaks")
     lp.add_argument("--model", type=Path, required=True)
     a = sub.add_parser("all")
@@ -228,10 +351,14 @@ def main() -> None:
         build(args.shape, args.out, args.shard_gb)
     elif args.command == "run":
         run(args.model, args.out, args.steps, args.threads)
+    elif args.command == "step":
+        step_only(args.model, args.out, args.tokens)
+    elif args.command == "reload-step":
+        reload_step(args.model, args.out, args.tokens)
     elif args.command == "load-peaks":
         load_peaks(args.model)
     elif args.command == "smollm2":
-        smollm2(args.out, args.steps, args.threads)
+        smollm2(args.out, args.steps, args.threads, args.rounds)
     else:
         model = args.dir / args.shape
         try:

@@ -121,6 +121,7 @@ TRAIN_FLAGS = [  # (extra flags, expected fragment of the one error line)
     (["--method", "last-layers", "--target-modules", "query"], "--target-modules ['query'] would be ignored"),
     (["--method", "head", "--use-rslora"], "--use-rslora would be ignored"),
     (["--method", "head", "--loraplus-ratio", "4"], "--loraplus-ratio applies to LoRA methods, not --method head"),
+    (["--method", "full", "--fsdp"], "--fsdp shards LoRA training (--method lora, qlora or lora+head), not --method"),
     (["--target-modules", "query", "--target-regex", ".*value"], "--target-modules query and --target-regex .*value"),
     (["--target-regex", "(["], "'([' is not a valid regular expression"),
     (["--target-regex", "*x"], "'*x' is not a valid regular expression"),

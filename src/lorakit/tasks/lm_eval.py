@@ -70,7 +70,7 @@ def stop_ids(model, tokenizer) -> list[int]:
 @torch.no_grad()
 def generate_samples(model, tokenizer, prompts: Sequence[str | Mapping], max_new_tokens: int = 128,
                      chat_template: bool | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                     streamer=None, desc: str | None = None) -> list[str]:
+                     streamer=None, desc: str | None = None, synced_gpus: bool = False) -> list[str]:
     """Completions of `prompts` (greedy at temperature 0; else sampled from torch's global generator, with
     nucleus top_p), decoded without special tokens and stripped of surrounding white space (newlines inside are
     kept).
@@ -78,7 +78,9 @@ def generate_samples(model, tokenizer, prompts: Sequence[str | Mapping], max_new
     A prompt is an instruction (str) or a normalized row (Alpaca fields or "messages"); a row's last assistant
     turn is what gets generated (its reference text is ignored; a conversation ending with a user turn gets a
     reply to it). chat_template: as in tokenize_instruct. streamer: a transformers TextStreamer that prints the
-    tokens as they come. desc: show a progress bar over the prompts (on a terminal) with this label.
+    tokens as they come. desc: show a progress bar over the prompts (on a terminal) with this label. synced_gpus:
+    transformers' flag for a sharded model (FSDP): every rank runs the same prompts, one forward pass per token
+    until all have stopped.
     """
     if max_new_tokens <= 0:
         raise TaskError(f"max_new_tokens must be positive, got {max_new_tokens!r}")
@@ -100,7 +102,7 @@ def generate_samples(model, tokenizer, prompts: Sequence[str | Mapping], max_new
             row[MESSAGES] = [*row[MESSAGES], {"role": "assistant", "content": ""}]  # the turn to generate
         ids = torch.tensor([prompt_ids(row, tokenizer, use_template)], device=device)  # (1, L)
         generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                                   streamer=streamer)
+                                   streamer=streamer, synced_gpus=synced_gpus)
         outputs.append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True).strip())
     model.train(was_training)
     return outputs

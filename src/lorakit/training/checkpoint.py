@@ -17,7 +17,10 @@ fsynced and renamed into place (lorakit.atomic), so a kill mid-write leaves the 
 checkpoints are renamed away before they are deleted; log.jsonl is only appended to, one whole line per write, and
 on resume replaced in one rename by its lines up to the resumed step. The early-stop decision is part of TrainState,
 so a resumed run that had stopped stays stopped. Under torchrun only rank 0 writes
-(`is_main_process`); the other ranks compute the same things and skip the writes.
+(`is_main_process`); the other ranks compute the same things and skip the writes. Under FSDP (--fsdp) the
+trainable parameters and their optimizer state are DTensors, each rank holding a shard: every rank gathers them
+into full tensors (a collective) before rank 0 writes, so a checkpoint is the same file as without FSDP, and
+loading one back keeps this rank's shard of each tensor (fsdp.shard_like).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from torch import nn
 
 from ..atomic import atomic_dir, read_json, read_safetensors, remove_dir, write_text_atomic
 from ..errors import UserError
+from .fsdp import full_tensor, is_sharded, shard_like
 from .launch import is_main_process
 
 CHECKPOINTS = "checkpoints"
@@ -71,7 +75,8 @@ def versions() -> dict[str, str]:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    """The trainable parameters as full CPU tensors (FSDP: gathered, so every rank calls)."""
+    return {n: full_tensor(p.detach()).contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable(model: nn.Module, path: Path) -> None:
@@ -92,7 +97,7 @@ def load_trainable(model: nn.Module, path: Path) -> None:
                         f"wrote it (its config is in {Path(path) / 'state.json'})")
     with torch.no_grad():
         for name, param in params.items():
-            param.copy_(tensors[name])
+            param.copy_(shard_like(tensors[name], param))
 
 
 class RunDir:
@@ -149,11 +154,14 @@ class RunDir:
                         limit: int) -> Path:
         """Write checkpoints/step-NNNNNN (atomically) and delete all but the newest `limit`."""
         path = self.path / CHECKPOINTS / f"step-{state.step:06d}"
+        if not (self.main or is_sharded(model)):
+            return path
+        trainable = trainable_state(model)  # FSDP: gathered on every rank
+        tensors, groups = _split_optimizer_state(optimizer.state_dict())
         if not self.main:
             return path
         with atomic_dir(path) as tmp:
-            save_file(trainable_state(model), str(tmp / TRAINABLE))
-            tensors, groups = _split_optimizer_state(optimizer.state_dict())
+            save_file(trainable, str(tmp / TRAINABLE))
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             save_file(_torch_rng_state(), str(tmp / "rng.safetensors"))
             meta = {"state": dataclasses.asdict(state), "optimizer_param_groups": groups,
@@ -166,10 +174,13 @@ class RunDir:
 
     def save_best(self, model: nn.Module, state: TrainState, metrics: dict) -> None:
         """checkpoints/best: the trainable weights of the best evaluation so far."""
+        if not (self.main or is_sharded(model)):
+            return
+        trainable = trainable_state(model)  # FSDP: gathered on every rank
         if not self.main:
             return
         with atomic_dir(self.path / CHECKPOINTS / BEST) as tmp:
-            save_file(trainable_state(model), str(tmp / TRAINABLE))
+            save_file(trainable, str(tmp / TRAINABLE))
             (tmp / "state.json").write_text(json.dumps({"step": state.step, "metrics": metrics}, indent=1))
 
 
@@ -227,6 +238,11 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, schedu
     load_trainable(model, path)
     tensors = read_safetensors(path / "optimizer.safetensors", "checkpoint optimizer state")
     optimizer.load_state_dict(_join_optimizer_state(tensors, meta["optimizer_param_groups"]))
+    for group in optimizer.param_groups:  # FSDP: exp_avg / exp_avg_sq back to this rank's shard of each
+        for param in group["params"]:
+            per_param = optimizer.state.get(param, {})
+            for name, value in per_param.items():
+                per_param[name] = shard_like(value, param)
     scheduler.load_state_dict(meta["scheduler"])
     _restore_rng(read_safetensors(path / "rng.safetensors", "checkpoint RNG state"), meta["rng"])
     return TrainState(**meta["state"])
@@ -249,7 +265,7 @@ def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], l
     tensors = {}
     for index, per_param in state_dict["state"].items():
         for name, value in per_param.items():
-            tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().contiguous().cpu()
+            tensors[f"{index}.{name}"] = full_tensor(torch.as_tensor(value).detach()).contiguous().cpu()
     return tensors, state_dict["param_groups"]
 
 

@@ -145,6 +145,10 @@ class TrainConfig(JsonMixin):
     # run
     seed: int = setting(42, "runtime", "seed of data order, subsets, initialisation, dropout")
     device: str = setting("auto", "runtime", "auto | cpu | cuda | cuda:N | mps")
+    # training/fsdp.py; run.wrap_model. One process (no launcher): no effect
+    fsdp: bool = setting(False, "runtime", "under torchrun / accelerate launch: shard the model across the processes "
+                         "(FSDP2, one unit per transformer block; frozen base, QLoRA codes and LoRA weights each held "
+                         "1/N per process) instead of a whole copy per process (DDP); LoRA methods")
     output: str | None = setting(None, "evaluation, checkpoints, output", "output directory",
                                  default_text="runs/<task>-<method>", metavar="DIR")
     resume: str | None = setting(None, "evaluation, checkpoints, output", (
@@ -202,6 +206,9 @@ class TrainConfig(JsonMixin):
                              "use --method lora (or --lora-init loftq with qlora)")
         if self.method == "qlora":
             self.quant_config()
+        if self.fsdp and not self.uses_lora:
+            raise ValueError(f"--fsdp shards LoRA training (--method lora, qlora or lora+head), not --method "
+                             f"{self.method}; drop --fsdp (data-parallel without it) or use a LoRA method")
 
     @property
     def uses_lora(self) -> bool:

@@ -29,6 +29,7 @@ from datasets import Dataset
 from torch import nn
 
 from . import distributed
+from .fsdp import is_sharded
 from ..tasks import (CAUSAL_LM, LABEL, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR,
                      LengthGroupedBatchSampler, PaddingCollator, TaskSpec, compute_metrics, predictions_from_logits, sequence_lengths, tokenize)
 from ..tasks.lm_eval import progress_bar
@@ -55,7 +56,9 @@ class Evaluator:
         `batch_size` rows (default: self.batch_size).
 
         Data-parallel: each rank runs every world-th batch (the same batches, so the same padding, as one
-        process) and the results of all ranks are gathered, so every rank gets the single-process list.
+        process) and the results of all ranks are gathered, so every rank gets the single-process list. FSDP: a
+        forward pass is a collective (the blocks' weights are all-gathered), so a rank with a batch fewer runs one
+        more forward pass, discarded.
         """
         was_training = model.training
         model.eval()
@@ -63,13 +66,17 @@ class Evaluator:
         sampler = LengthGroupedBatchSampler(sequence_lengths(features), batch_size or self.batch_size, shuffle=False)
         world, rank = distributed.world_size(), distributed.rank()
         batches = sampler.batches()
+        mine = list(range(rank, len(batches), world))
+        if is_sharded(model) and batches:  # as many forward passes on every rank: -(-n // w) = ceil(n / w)
+            mine += [None] * (-(-len(batches) // world) - len(mine))
         done = []  # (batch index, row indices, fetched)
-        for k in progress_bar(range(rank, len(batches), world), "evaluate"):  # a bar on a terminal only
-            indices = batches[k]
+        for k in progress_bar(mine, "evaluate"):  # a bar on a terminal only
+            indices = batches[0 if k is None else k]
             batch = to_device(collator([features[i] for i in indices]), self.device)
             with autocast(self.device, self.precision):
                 out = model(**batch)
-            done.append((k, indices, fetch(out, batch)))
+            if k is not None:
+                done.append((k, indices, fetch(out, batch)))
         model.train(was_training)
         if world > 1:
             done = sorted((d for part in distributed.all_gather_object(done) for d in part), key=lambda d: d[0])
@@ -239,7 +246,8 @@ def _generate_causal(run: Evaluator, model: nn.Module, rows: Dataset) -> list[di
     from ..tasks.instruct import OUTPUT
     from ..tasks.lm_eval import generate_samples
     picked = [rows[i] for i in range(min(GENERATION_SAMPLES, len(rows)))]
-    texts = generate_samples(model, run.tokenizer, picked, max_new_tokens=GENERATION_TOKENS, desc="generate")
+    texts = generate_samples(model, run.tokenizer, picked, max_new_tokens=GENERATION_TOKENS, desc="generate",
+                             synced_gpus=is_sharded(model))  # FSDP: every rank runs each forward pass
     return [{"prompt": {k: v for k, v in row.items() if k != OUTPUT}, "reference": row.get(OUTPUT),
              "generated": text} for row, text in zip(picked, texts)]
 

@@ -13,17 +13,24 @@ QuantLinear keeps its codes as buffers, which FSDP would replicate on every rank
 into frozen parameters (uint8 packed codes, fp32 constants, requires_grad=False) so they shard like any weight.
 The 0-dimensional double-quantization offset stays a buffer (fully_shard rejects scalar parameters; 4 bytes).
 Tested on CPU with gloo (tests/test_fsdp.py): 2 ranks follow the single-process loss curve with the same global
-batch and hold about half of the parameter bytes each. `lorakit train` does not use it yet (no --fsdp flag).
+batch and hold about half of the parameter bytes each.
+
+`torchrun --nproc-per-node N -m lorakit train ... --fsdp` runs the training loop so (run.wrap_model): the loop's
+collectives stay in step on every rank (gradient accumulation without sync, evaluation with as many forward passes
+on each rank, generation with synced_gpus), and checkpoints and the adapter are gathered into full tensors on every
+rank (full_tensor, a collective) and written by rank 0; loading a checkpoint back keeps each rank's shard
+(shard_like).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..adapter import adapter_state_dict, save_adapter
 from ..quant_linear import QuantLinear
@@ -59,6 +66,35 @@ def shard_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """Whether shard_model (fully_shard) was applied to this model."""
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def no_gradient_sync(model: nn.Module):
+    """Gradients accumulate unsharded, without the reduce-scatter, inside the block (the micro-batches of a step
+    before its last: FSDP2's counterpart of DDP's no_sync)."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's full value (all-gathered: every rank calls); any other tensor unchanged."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def shard_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`tensor` (a full value, the same on every rank) laid out as `like`: this rank's shard when `like` is a DTensor
+    of the same shape (no communication), else unchanged."""
+    if not isinstance(like, DTensor) or isinstance(tensor, DTensor) or tensor.shape != like.shape:
+        return tensor
+    return distribute_tensor(tensor.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+
+
 def local_parameter_bytes(model: nn.Module) -> int:
     """Bytes of parameters this rank holds: its shards of DTensors, whole plain tensors."""
     total = 0
@@ -68,9 +104,15 @@ def local_parameter_bytes(model: nn.Module) -> int:
     return total
 
 
+def local_model_bytes(model: nn.Module) -> int:
+    """Bytes of the model this rank holds: local_parameter_bytes and every buffer (a QuantLinear's codes are buffers
+    until codes_as_parameters)."""
+    return local_parameter_bytes(model) + sum(b.numel() * b.element_size() for b in model.buffers())
+
+
 def gather_adapter(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's tensors (adapter.adapter_state_dict's keys) as full tensors. A collective: every rank calls."""
-    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in adapter_state_dict(model).items()}
+    return {k: full_tensor(v) for k, v in adapter_state_dict(model).items()}
 
 
 def save_gathered_adapter(model: nn.Module, path: str | os.PathLike) -> None:

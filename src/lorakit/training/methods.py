@@ -184,15 +184,18 @@ def uses_loftq(cfg: TrainConfig) -> bool:
     return cfg.method == "qlora" and cfg.lora_init == "loftq" and not cfg.init_adapter
 
 
-def save_artifact(model: nn.Module, tokenizer, cfg: TrainConfig, spec: TaskSpec, output: str | Path) -> Path:
-    """Write what reloads the trained model (module docstring) under `output`, atomically. Returns its path."""
+def save_artifact(model: nn.Module, tokenizer, cfg: TrainConfig, spec: TaskSpec, output: str | Path,
+                  adapter: dict | None = None) -> Path:
+    """Write what reloads the trained model (module docstring) under `output`, atomically. Returns its path.
+
+    adapter: the adapter's tensors when the model cannot give them itself (FSDP: fsdp.gather_adapter's)."""
     record = {"method": cfg.method, "base_model": cfg.model, "task": spec.name,
               "quantization": cfg.quant_config().to_dict() if cfg.method == "qlora" else None,
               "config": cfg.to_dict()}
     if lora_layers(model):
         path = Path(output) / "adapter"
         with atomic_dir(path) as tmp:
-            save_adapter(model, tmp)
+            save_adapter(model, tmp, state=adapter)
             (tmp / RECORD).write_text(json.dumps(record, indent=2))
     elif cfg.method == "full":
         path = Path(output) / "model"

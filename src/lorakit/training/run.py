@@ -11,7 +11,8 @@
      (fast_dropout.py; --torch-dropout keeps torch's), and `wrap_model`: the one place
      the model is wrapped for the device and, under torchrun / accelerate launch, in DistributedDataParallel
      (distributed.py: every rank builds the same seeded global batches of batch_size x world rows and trains
-     on its shard; evaluation is sharded and gathered; only rank 0 writes);
+     on its shard; evaluation is sharded and gathered; only rank 0 writes), or with --fsdp sharded by FSDP2
+     (fsdp.py: each rank holds 1/world of every weight; checkpoints and the adapter gathered to rank 0);
   3. AdamW with LoRA+ parameter groups, linear warmup then linear decay (step.py);
   4. the loop over optimizer steps: each step (step.optimizer_step) accumulates grad_accum micro-batches,
      their losses weighted by rows (the gradient equals that of one big batch), then clips and steps. One JSON
@@ -47,6 +48,7 @@ from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters,
 from .config import TrainConfig, eval_sample_cap, resolve_device, resolve_precision
 from .estimate import RunClock, evaluation_steps
 from .evaluation import Evaluator, kind_of
+from .fsdp import gather_adapter, is_sharded, local_model_bytes, shard_model
 from .guards import check_max_length
 from .launch import is_main_process
 from .methods import load_base, save_artifact, setup_method, uses_loftq
@@ -68,13 +70,18 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """The single place the model is placed and wrapped: DistributedDataParallel under a data-parallel launch.
+def wrap_model(model: nn.Module, device: torch.device, fsdp: bool = False) -> nn.Module:
+    """The single place the model is placed and wrapped under a data-parallel launch: DistributedDataParallel, or
+    with fsdp FSDP2's fully_shard per transformer block (fsdp.shard_model, in place).
 
-    Only parameters that require grad are synchronized (the LoRA weights and the head); frozen and quantized
+    DDP: only parameters that require grad are synchronized (the LoRA weights and the head); frozen and quantized
     weights are never communicated. DDP broadcasts rank 0's parameters and buffers at construction.
+    FSDP: every rank built the same seeded model; each keeps 1/world of every parameter (frozen ones included) and
+    all-gathers a block's weights around its forward and backward; the LoRA gradients are reduce-scattered.
     """
     model = model.to(device)
+    if distributed.world_size() > 1 and fsdp:
+        return shard_model(model)
     if distributed.world_size() > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -188,8 +195,9 @@ class Run:
             enable_gradient_checkpointing(self.model)
         if not cfg.torch_dropout:
             fast_dropout(self.model)  # the model's dropout layers cost more than LoRA's work on CPU (fast_dropout.py)
-        self.model = wrap_model(self.model, self.device)
+        self.model = wrap_model(self.model, self.device, cfg.fsdp)
         self.raw = unwrap_model(self.model)  # saved, loaded and evaluated without the DDP wrapper
+        self.sharded = is_sharded(self.raw)  # FSDP: saving gathers, a collective every rank joins
         self.model.train()
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
@@ -377,12 +385,14 @@ class Run:
             distributed.barrier()
         load_trainable(self.raw, best)
         write_generations(self.kind, self.evaluate, self.raw, self.eval_sets, out, "generations_after.jsonl")
+        adapter = gather_adapter(self.raw) if self.sharded else None  # FSDP: full tensors, on every rank
         artifact = distributed.broadcast_object(str(save_artifact(self.raw, self.tokenizer, cfg, self.spec,
-                                                                  self.output)) if out.main else None)
+                                                                  self.output, adapter)) if out.main else None)
         metrics = final_metrics(cfg, self.spec, state, best, self.report, self.device, self.precision,
                                 self.total_steps, self.steps_per_epoch, artifact, stop_reason)
         metrics["world_size"] = self.world
         metrics["global_batch_size"] = cfg.batch_size * self.world * cfg.grad_accum
+        metrics["model_bytes_per_process"] = local_model_bytes(self.raw)  # FSDP: rank 0's shards, ~1/world
         if self.before is not None:
             metrics["eval_before_training"] = self.before
         out.write_json("metrics.json", metrics)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .fsdp import full_tensor, is_sharded, no_gradient_sync
 from ..tasks.batching import LABEL_PAD_ID
 from .config import TrainConfig, autocast, to_device
 
@@ -43,14 +44,15 @@ def accumulate_gradients(model: nn.Module, micro_batches, rows: int, device: tor
     `loss_weight`), so the summed gradient is that of one batch of all rows. A non-finite micro-batch loss is
     returned at once, before its backward.
 
-    Data-parallel (the model a DistributedDataParallel, world W > 1): counts[i] is this rank's number of rows in
-    micro-batch i (0: a stand-in row that only keeps the collectives in step, weighted 0); the weights are summed
-    over all ranks (one all-reduce), and as DDP averages the gradients over ranks, each share is scaled by W. The
-    returned loss is the mean over all ranks' rows (tokens), the same on every rank. Gradients are synchronized
-    once per step: the micro-steps before the last run under no_sync(). Every rank runs every backward (a NaN is
-    only returned after the loss all-reduce).
+    Data-parallel (the model a DistributedDataParallel or FSDP-sharded, world W > 1): counts[i] is this rank's
+    number of rows in micro-batch i (0: a stand-in row that only keeps the collectives in step, weighted 0); the
+    weights are summed over all ranks (one all-reduce), and as DDP and FSDP average the gradients over ranks, each
+    share is scaled by W. The returned loss is the mean over all ranks' rows (tokens), the same on every rank.
+    Gradients are synchronized once per step: the micro-steps before the last run without sync (`gradient_sync`).
+    Every rank runs every backward (a NaN is only returned after the loss all-reduce).
     """
-    world = distributed.world_size() if isinstance(model, nn.parallel.DistributedDataParallel) else 1
+    data_parallel = isinstance(model, nn.parallel.DistributedDataParallel) or is_sharded(model)
+    world = distributed.world_size() if data_parallel else 1
     micro_batches = list(micro_batches)  # dicts of (B, T) tensors, on the CPU until their turn
     weights = [loss_weight(b) if counts is None or counts[i] else 0 for i, b in enumerate(micro_batches)]
     weight_total = sum(weights)
@@ -61,8 +63,7 @@ def accumulate_gradients(model: nn.Module, micro_batches, rows: int, device: tor
     for i, batch in enumerate(micro_batches):
         batch = to_device(batch, device)
         last = i == len(micro_batches) - 1
-        sync = model.no_sync() if world > 1 and not last else contextlib.nullcontext()
-        with sync:
+        with gradient_sync(model, world > 1 and not last):
             with autocast(device, precision):
                 loss = training_loss(model, batch)
             value = loss.item()
@@ -72,6 +73,14 @@ def accumulate_gradients(model: nn.Module, micro_batches, rows: int, device: tor
             (loss * share).backward()
         total += value * share if weights[i] else 0.0
     return distributed.sum_across(total) / world if world > 1 else total
+
+
+def gradient_sync(model: nn.Module, skip: bool):
+    """The context of one micro-step's backward: without gradient synchronization when `skip` (DDP's no_sync,
+    FSDP2's set_requires_gradient_sync(False)), else as usual."""
+    if not skip:
+        return contextlib.nullcontext()
+    return no_gradient_sync(model) if is_sharded(model) else model.no_sync()
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -121,7 +130,8 @@ def optimizer_step(model: nn.Module, micro_batches, rows: int, optimizer, schedu
         optimizer.zero_grad(set_to_none=True)
         return loss, math.nan
     trainable = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf))
+    # FSDP: a DTensor over the shards' norms, made whole
+    grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)))
     if math.isfinite(grad_norm):
         optimizer.step()
         scheduler.step()

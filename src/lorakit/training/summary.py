@@ -14,6 +14,7 @@ from torch import nn
 from .checkpoint import RunDir, versions
 from .config import TrainConfig
 from .evaluation import Evaluator
+from .fsdp import is_sharded
 
 
 def say(progress, line: str) -> None:
@@ -25,8 +26,9 @@ def say(progress, line: str) -> None:
 
 
 def write_generations(kind, evaluate: Evaluator, model: nn.Module, eval_sets, out: RunDir, name: str) -> None:
-    """Causal LMs: greedy responses to a few evaluation prompts, one JSON object a line (rank 0 only)."""
-    if kind.generate is None or not out.main or not eval_sets:
+    """Causal LMs: greedy responses to a few evaluation prompts, one JSON object a line. Rank 0 generates and writes;
+    under FSDP every rank generates (each forward pass all-gathers the weights) and rank 0 writes."""
+    if kind.generate is None or not eval_sets or not (out.main or is_sharded(model)):
         return
     rows, _ = next(iter(eval_sets.values()))
     samples = kind.generate(evaluate, model, rows)
