@@ -63,7 +63,9 @@ class LinearRows:
             return h
         x3 = x.reshape(x.shape[0], -1, x.shape[-1]).to(self.a_cat.dtype)  # (rows, T, in)
         xa = (x3 @ self.a_cat.t()).mul_(self.mask)  # (rows, T, Σr): each row keeps its adapter's columns
-        return h + (xa @ self.b_cat.t()).view(h.shape).to(h.dtype)  # (rows, T, out)
+        h2 = h.view(-1, h.shape[-1])  # (rows·T, out), h's storage: the product is added in place
+        h2.addmm_(xa.view(-1, xa.shape[-1]).to(h.dtype), self.b_cat.t().to(h.dtype))
+        return h
 
 
 class EmbeddingRows:
