@@ -18,17 +18,10 @@ from lorakit.cli.main import main
 from test_cli import error_line, tiny_flags
 from test_combine import peft_model
 from test_instruct import tiny_tokenizer
+from test_cli import one_thread  # noqa: F401  (autouse: one torch thread, as in test_cli)
 from test_train import make_tiny_run_inputs
 
 peft = pytest.importorskip("peft")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

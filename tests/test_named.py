@@ -41,12 +41,17 @@ def _alone(kind, path):
     return load_adapter(tiny_model(kind), path).eval()
 
 
+def _both(kind, a, b):
+    """A fresh model holding adapter `a` (in use) and `b` beside it."""
+    model = load_adapter(tiny_model(kind), a, name="a")
+    return load_adapter(model, b, name="b")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_adapter_alone_equals_a_model_holding_only_it(kind, tmp_path):
     a, b = _saved_adapters(kind, tmp_path)
     batch = inputs()
-    model = load_adapter(tiny_model(kind), a, name="a")
-    load_adapter(model, b, name="b")
+    model = _both(kind, a, b)
     model.eval()
     assert adapter_names(model) == ["a", "b"] and active_adapters(model) == ("a",)  # the first stays in use
     assert torch.equal(logits(model, batch), logits(_alone(kind, a), batch))
@@ -62,8 +67,7 @@ def test_each_adapter_alone_equals_a_model_holding_only_it(kind, tmp_path):
 def test_two_adapters_in_use_equal_their_merged_sum(kind, tmp_path):
     a, b = _saved_adapters(kind, tmp_path)
     batch = inputs()
-    model = load_adapter(tiny_model(kind), a, name="a")
-    load_adapter(model, b, name="b")
+    model = _both(kind, a, b)
     set_adapter(model, ["a", "b"]).eval()
     summed = logits(model, batch)
     merge_lora(model)  # W0 + ΔW_a + ΔW_b
@@ -78,8 +82,7 @@ def test_two_adapters_in_use_equal_their_merged_sum(kind, tmp_path):
 def test_deleting_one_leaves_the_other_bit_identical(kind, tmp_path):
     a, b = _saved_adapters(kind, tmp_path)
     batch = inputs()
-    model = load_adapter(tiny_model(kind), a, name="a")
-    load_adapter(model, b, name="b")
+    model = _both(kind, a, b)
     delete_adapter(model, "a")
     assert adapter_names(model) == ["b"] and active_adapters(model) == ("b",)
     assert torch.equal(logits(model.eval(), batch), logits(_alone(kind, b), batch))
