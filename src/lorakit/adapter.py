@@ -25,7 +25,7 @@ from torch import nn
 
 from . import adapter_int8
 from .atomic import atomic_dir, check_replaceable, read_json, read_safetensors
-from .config import LoraConfig
+from .config import PEFT_FORMAT_VERSION, LoraConfig, path_matches, saves_by_bare_suffix
 from .heads import file_key, param_name
 from .inject import add_lora, lora_layers, saved_in_full
 from .lora import LoRALinear
@@ -143,6 +143,7 @@ def peft_config_dict(model: nn.Module) -> dict:
         "modules_to_save": list(config.modules_to_save) or None,
         "inference_mode": True,
         "revision": None,
+        "peft_version": PEFT_FORMAT_VERSION,  # the rules the file follows (config.saves_by_bare_suffix)
     }
 
 
@@ -257,8 +258,11 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     data = read_json(config_file, "adapter config")
     config = config_from_peft(data)
     source = data.get("base_model_name_or_path")
+    to_save = config.modules_to_save
+    if saves_by_bare_suffix(data.get("peft_version")):
+        to_save = bare_suffix_matches(model, to_save)
     # PEFT lists both "classifier" and "score" for every SEQ_CLS model: keep the heads this model has.
-    present = [name for name in config.modules_to_save if _has_module(model, name)]
+    present = [name for name in to_save if _has_module(model, name)]
     config = dataclasses.replace(config, modules_to_save=tuple(present))
     add_lora(model, config, name)
     state = read_safetensors(weights_file, "adapter weights")  # safetensors: no pickle
@@ -310,4 +314,20 @@ def _shape_mismatch(name: str, saved: tuple, ours: tuple, config: LoraConfig, so
 
 
 def _has_module(model: nn.Module, name: str) -> bool:
-    return any(p and p.endswith(name) for p, _ in model.named_modules())
+    return any(p and path_matches(p, name) for p, _ in model.named_modules())
+
+
+def bare_suffix_matches(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
+    """modules_to_save of a file written under the bare path-end rule, as names that select the same modules under
+    today's rule: each name that would select more than path_matches does ("norm": input_layernorm too) becomes the
+    full paths of the modules it selected, so the adapter loads, trains and saves exactly what it was trained with."""
+    out: list[str] = []
+    paths = [p for p, _ in model.named_modules() if p]
+    for name in names:
+        bare = [p for p in paths if p.endswith(name)]
+        if all(path_matches(p, name) for p in bare):
+            out.append(name)
+            continue
+        outermost = [p for p in bare if not any(p.startswith(q + ".") for q in bare)]
+        out.extend(p for p in outermost if p not in out)
+    return tuple(dict.fromkeys(out))

@@ -6,7 +6,7 @@ import contextlib
 
 from torch import nn
 
-from .config import LoraConfig
+from .config import LoraConfig, path_matches
 from .heads import HeadCopies
 from .lora import lora_layers
 from .lora_init import is_residual_init
@@ -51,7 +51,7 @@ def add_head_copies(model: nn.Module, to_save: tuple[str, ...], name: str) -> No
     """Give adapter `name` its own copy of every module it trains in full (heads.HeadCopies), starting from the
     module in use; a module no adapter trained yet keeps the base model's own as `original_module`."""
     for head in to_save:
-        paths = [p for p, m in model.named_modules() if p and p.endswith(head) and ".modules_to_save." not in p
+        paths = [p for p, m in model.named_modules() if p and path_matches(p, head) and ".modules_to_save." not in p
                  and not p.endswith(".original_module")]
         if not paths:
             raise ValueError(f"modules_to_save: {head!r} matches no module of this model")
@@ -59,7 +59,7 @@ def add_head_copies(model: nn.Module, to_save: tuple[str, ...], name: str) -> No
             module = model.get_submodule(path)
             if not isinstance(module, HeadCopies):
                 owners = [n for n, cfg in model.lorakit_adapters.items()
-                          if any(path.endswith(h) for h in cfg.modules_to_save)]
+                          if any(path_matches(path, h) for h in cfg.modules_to_save)]
                 copies = {owners[0]: module} if owners else {}
                 module = HeadCopies(copies, owners[0] if owners else None, None if owners else module)
                 set_submodule(model, path, module)

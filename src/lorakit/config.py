@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,23 @@ TASK_HEADS = ("classifier", "score", "qa_outputs")
 
 
 def path_matches(path: str, name: str) -> bool:
-    """PEFT's name rule for target and skipped modules: `name` is the module's whole path or its last components
-    ("encoder.layer.0.attention.self.query" matches "query" and "self.query", not "uery")."""
+    """PEFT's name rule for target modules, skipped modules and modules_to_save: `name` is the module's whole path
+    or its last components ("encoder.layer.0.attention.self.query" matches "query" and "self.query", not "uery")."""
     return path == name or path.endswith("." + name)
+
+
+# The PEFT release whose file format lorakit writes (adapter_config.json's peft_version).
+PEFT_FORMAT_VERSION = "0.22.0"
+
+
+def saves_by_bare_suffix(peft_version: str | None) -> bool:
+    """Does a file of this peft_version match modules_to_save by the bare path end ("norm" also saving
+    input_layernorm)? PEFT before 0.22 did, and so did lorakit files without a peft_version; 0.22 matches
+    modules_to_save like targets (path_matches). Dev builds of 0.22 ("0.22.0.dev0@abc") follow 0.22."""
+    if not peft_version:
+        return True
+    release = re.match(r"(\d+)\.(\d+)", str(peft_version))
+    return release is not None and (int(release[1]), int(release[2])) < (0, 22)
 
 
 def tupled(value):

@@ -43,8 +43,9 @@ TASK_HEADS = {
 
 
 def default_modules_to_save(model: nn.Module) -> tuple[str, ...]:
-    """The task head(s) of a classification / QA model, as PEFT picks them: every module whose path ends with a
-    head name, with or without a dot before it (so DistilBERT's pre_classifier too, a fresh layer like the head)."""
+    """The task head(s) of a classification / QA model: every module whose path ends with a head name, with or
+    without a dot before it. PEFT's names match the head itself; the leaf names listed here also cover DistilBERT's
+    pre_classifier, a freshly initialised layer like the head, which a frozen random layer would waste."""
     name = type(model).__name__
     heads = next((h for suffix, h in TASK_HEADS.items() if name.endswith(suffix)), ())
     found: list[str] = []
@@ -57,9 +58,9 @@ def default_modules_to_save(model: nn.Module) -> tuple[str, ...]:
 
 
 def saved_in_full(module_path: str, names: tuple[str, ...]) -> bool:
-    """Is the module at `module_path` one of the modules_to_save `names`, or inside one? PEFT's rule: a module is
-    saved when its path ends with a name, with or without a dot before it ("norm" also saves input_layernorm)."""
-    return any(prefix.endswith(name) for prefix in _prefixes(module_path) for name in names)
+    """Is the module at `module_path` one of the modules_to_save `names`, or inside one? PEFT's rule (path_matches):
+    "norm" saves model.norm, not input_layernorm."""
+    return any(path_matches(prefix, name) for prefix in _prefixes(module_path) for name in names)
 
 
 def _inside(path: str, module_name: str) -> bool:
@@ -152,7 +153,7 @@ def new_layer(base: nn.Module, config: LoraConfig, path: str) -> nn.Module:
 def train_first_adapter(model: nn.Module, config: LoraConfig, to_save: tuple[str, ...]) -> None:
     """Unfreeze what the first adapter trains: its lora_* tensors, the modules_to_save (in place), chosen biases."""
     for name in to_save:
-        matched = [m for p, m in model.named_modules() if p and p.endswith(name)]
+        matched = [m for p, m in model.named_modules() if p and path_matches(p, name)]
         if not matched:
             raise ValueError(f"modules_to_save: {name!r} matches no module of this model")
         for module in matched:
