@@ -10,7 +10,10 @@ shift || true
 rm -rf "$venv"
 python3 -m venv "$venv"
 # the CPU build on this disk (an unpinned torch would pull a multi-GB CUDA build); then lorakit and its core only
+# (the versions of requirements/test.lock, as `make test` uses them; pass PIP_SPEC to try others)
+constraints=(-c requirements/test.lock)
+[ $# -gt 0 ] && constraints=()
 "$venv/bin/python" -m pip install -q torch==2.13.0 "$@"
-"$venv/bin/python" -m pip install -q . "$@"
+"$venv/bin/python" -m pip install -q . "${constraints[@]}" "$@"
 "$venv/bin/python" -m pip list 2>/dev/null | grep -iE "^(torch|transformers|safetensors|numpy|tokenizers) "
 "$venv/bin/python" benchmarks/core_smoke.py

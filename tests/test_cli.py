@@ -1,6 +1,6 @@
 """The `lorakit` commands: help, config files, clear errors, and train -> eval -> merge -> eval -> predict.
 
-The acceptance test (marked slow, still part of `make test`) trains LoRA on 4,000 SST-2 sentences with MiniLM.
+The acceptance test (marked slow: `make test-slow`, part of CI) trains LoRA on 4,000 SST-2 sentences with MiniLM.
 """
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ from lorakit.experiments.search_settings import SearchSettings
 from lorakit.experiments.search_space import parse_space
 from test_search import tiny_run  # noqa: F401  (the tiny BERT + 500 SST-2 sentences fixture)
 
+pytestmark = pytest.mark.slow  # an embedded PostgreSQL server per module: a minute; `make test-slow` runs it
+
 SPACE = "--space=lora_r=2,4"
 # columns that measure the machine or name its directories, not the result: they differ between any two runs
 TIMING = {"trial", "seconds", "train_seconds", "train_examples_per_s", "peak_memory_mb", "start", "end", "output"}
