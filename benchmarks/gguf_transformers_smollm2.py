@@ -3,7 +3,7 @@ transformers: logits, 32 greedy tokens, tokenizer and chat template.
     PYTHONPATH=src python benchmarks/gguf_transformers_smollm2.py"""
 import copy, time, torch, transformers as tf
 from lorakit import LoraConfig, add_lora, merge_and_unload
-from lorakit.training.gguf_convert import find_smollm2_gguf, smollm2_dir
+from lorakit.models.gguf import find_smollm2_gguf, smollm2_dir
 from lorakit.export.gguf_export import write_merged_gguf, write_lora_gguf
 torch.set_num_threads(1)
 t0=time.time()

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModel
 
 from lorakit import LoraConfig, QuantConfig, add_lora, apply_loftq
-from lorakit.training.models import resolve_model_path
+from lorakit.models.loading import resolve_model_path
 
 TYPES = (("query", r"\.query$"), ("key", r"\.key$"), ("value", r"\.value$"),
          ("attention.output", r"attention\.output\.dense$"), ("intermediate", r"intermediate\.dense$"),

@@ -27,7 +27,7 @@ def build(model_name: str, library: str):
     import torch
     import transformers as tf
 
-    from lorakit.training.models import resolve_model_path
+    from lorakit.models.loading import resolve_model_path
 
     path = resolve_model_path(model_name)
     torch.manual_seed(0)

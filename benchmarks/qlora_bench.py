@@ -44,7 +44,7 @@ SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "glue"
 
 
 def minilm_path() -> str:
-    from lorakit.training.models import resolve_model_path
+    from lorakit.models.loading import resolve_model_path
 
     return resolve_model_path("minilm")
 
@@ -57,7 +57,7 @@ def bits_table() -> None:
     from transformers import AutoModel
 
     from lorakit import QuantConfig
-    from lorakit.quant_linear import QuantLinear, quantize_model, quantized_bits_per_parameter
+    from lorakit.quant.linear import QuantLinear, quantize_model, quantized_bits_per_parameter
 
     settings = [
         ("nf4", QuantConfig(kind="nf4", double_quant=False)),
@@ -110,7 +110,7 @@ def build_step_model(config: str, lora_dropout: float):
         )
         return peft.get_peft_model(model, cfg)
     from lorakit import LoraConfig, QuantConfig, add_lora
-    from lorakit.quant_linear import quantize_model
+    from lorakit.quant.linear import quantize_model
 
     model = tf.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
     if config.startswith("qlora"):
@@ -222,7 +222,7 @@ def build_accuracy_model(config: str, seed: int):
     import transformers as tf
 
     from lorakit import LoraConfig, QuantConfig, add_lora
-    from lorakit.quant_linear import quantize_model
+    from lorakit.quant.linear import quantize_model
 
     torch.manual_seed(seed)  # the classifier head's initialisation
     model = tf.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
@@ -251,7 +251,7 @@ def accuracy_run(config: str, seed: int, n_train: int, max_length: int) -> dict:
     import transformers as tf
 
     from lorakit import LoRALinear, QuantConfig, load_adapter, lora_layers, save_adapter
-    from lorakit.quant_linear import quantize_model
+    from lorakit.quant.linear import quantize_model
 
     tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())
     train = read_sst2("train.tsv")

@@ -23,8 +23,8 @@ def build(method: str):
     import transformers as tf
 
     from lorakit import LoraConfig, QuantConfig, add_lora, load_quantized
-    from lorakit.fast_dropout import fast_dropout
-    from lorakit.training.gguf_convert import smollm2_dir
+    from lorakit.layers.dropout import fast_dropout
+    from lorakit.models.gguf import smollm2_dir
 
     path = str(smollm2_dir())
     if method == "qlora":

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoModel
 from transformers.utils import logging as hf_logging
 
-from lorakit import quant as Q
+from lorakit.quant import codes as Q
 
 # (label, lorakit kind, block_size, double_quant, int8 block size or None)
 KINDS = [

@@ -40,7 +40,7 @@ def write_adapters(directory: Path) -> dict[str, Path]:
     import transformers as tf
 
     from lorakit import LoraConfig, add_lora, save_adapter
-    from lorakit.training.models import quiet_transformers, resolve_model_path
+    from lorakit.models.loading import quiet_transformers, resolve_model_path
 
     out = {}
     for seed, (name, (r, targets)) in enumerate(ADAPTERS.items()):

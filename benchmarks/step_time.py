@@ -37,7 +37,7 @@ def build(config: str, lora_dropout: float, torch_dropout: bool = False):
     import torch
     import transformers as tf
 
-    from lorakit.training.models import resolve_model_path
+    from lorakit.models.loading import resolve_model_path
 
     model = tf.AutoModelForSequenceClassification.from_pretrained(resolve_model_path("minilm"), num_labels=2)
     targets = ["query", "value"] if config.endswith("-qv") else "all-linear"
@@ -57,7 +57,7 @@ def build(config: str, lora_dropout: float, torch_dropout: bool = False):
         model = peft.get_peft_model(model, cfg)
     elif config.startswith("lorakit"):
         from lorakit import LoraConfig, add_lora
-        from lorakit.fast_dropout import fast_dropout
+        from lorakit.layers.dropout import fast_dropout
 
         if config != "lorakit-full":
             add_lora(model, LoraConfig(r=8, alpha=16, dropout=lora_dropout, target_modules=targets,

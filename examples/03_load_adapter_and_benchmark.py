@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lorakit import load_adapter, merge_and_unload, merge_lora, unmerge_lora
-from lorakit.training.models import load_classifier
+from lorakit.models.loading import load_classifier
 from lorakit.training.run import train
 from lorakit.training.config import TrainConfig
 

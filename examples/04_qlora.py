@@ -25,9 +25,9 @@ import os
 import torch
 
 from lorakit import LoraConfig, QuantConfig, add_lora, merge_and_unload, parameter_report
-from lorakit.training.models import load_classifier
-from lorakit.quant import NF4_CODE, dequantize_4bit, quantize_4bit
-from lorakit.quant_linear import quantize_model, quantized_bits_per_parameter
+from lorakit.models.loading import load_classifier
+from lorakit.quant.codes import NF4_CODE, dequantize_4bit, quantize_4bit
+from lorakit.quant.linear import quantize_model, quantized_bits_per_parameter
 
 SMALL = os.environ.get("LORAKIT_EXAMPLE_SMALL") == "1"
 torch.manual_seed(0)

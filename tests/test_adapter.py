@@ -150,7 +150,7 @@ def test_save_is_atomic_and_replaces(tmp_path, monkeypatch):
     model = _adapted("bert")
     save_adapter(model, tmp_path / "a")
     first = (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
-    import lorakit.adapter as adapter_mod
+    import lorakit.io.peft_format as adapter_mod
 
     def boom(*args, **kwargs):
         raise OSError("disk full")

@@ -10,8 +10,8 @@ from torch import nn
 
 from conftest import inputs, logits, randomize_lora, tiny_model
 from lorakit import LoraConfig, QuantConfig, add_lora, load_adapter, merge_and_unload, save_adapter
-from lorakit.adapter_int8 import dequantize_rows, fake_quantize, quantize_rows
-from lorakit.quant_linear import quantize_model
+from lorakit.quant.int8_adapters import dequantize_rows, fake_quantize, quantize_rows
+from lorakit.quant.linear import quantize_model
 
 INT8 = dict(r=4, alpha=8, target_modules="all-linear", adapter_dtype="int8")
 

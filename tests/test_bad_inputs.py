@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lorakit import LoraConfig, add_lora, load_adapter, save_adapter
-from lorakit.atomic import read_json
+from lorakit.io.atomic import read_json
 from lorakit.cli.main import main
 from lorakit.config import QuantConfig
 from lorakit.errors import UserError

@@ -1,4 +1,4 @@
-"""Combining adapters (lorakit.combine_math, lorakit.combine) against PEFT's add_weighted_adapter.
+"""Combining adapters (lorakit.combine.math, lorakit.combine.api) against PEFT's add_weighted_adapter.
 
 Layer by layer: PEFT builds the adapters and combines them; our maths on the same (A, B, scaling) must give the
 same update B'·A' (the factors of an SVD are unique only up to signs, so the products are compared)."""
@@ -12,8 +12,8 @@ import transformers
 
 import lorakit
 from conftest import inputs, logits, randomize_lora, tiny_model
-from lorakit.combine_config import COMBINATION_TYPES, MERGES, SVD_TYPES, CombineConfig
-from lorakit.combine_math import combine_layer, dare_tensor, elected_sign_mask, magnitude_prune_tensor, merge_tensors
+from lorakit.combine.config import COMBINATION_TYPES, MERGES, SVD_TYPES, CombineConfig
+from lorakit.combine.math import combine_layer, dare_tensor, elected_sign_mask, magnitude_prune_tensor, merge_tensors
 
 peft = pytest.importorskip("peft")
 from peft.tuners.lora import LoraLayer  # noqa: E402

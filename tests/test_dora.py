@@ -12,8 +12,8 @@ from torch import nn
 
 from lorakit import (LoraConfig, QuantConfig, add_lora, disable_lora, load_adapter, merge_and_unload, merge_lora,
                      parameter_report, save_adapter, unmerge_lora)
-from lorakit.dora import DoRALinear
-from lorakit.quant_linear import QuantLinear, dequantize_model, quantize_model
+from lorakit.layers.dora import DoRALinear
+from lorakit.quant.linear import QuantLinear, dequantize_model, quantize_model
 
 TARGETS = {"bert": ["query", "value", "dense"], "gpt2": ["c_attn", "c_proj", "c_fc"],
            "llama": ["q_proj", "v_proj", "down_proj"]}
@@ -115,7 +115,7 @@ def test_fused_node_gradients_match_autograd(fan_in_fan_out, p):
     norm = (w0 + s * b @ a).norm(dim=1).detach()
     if p > 0:  # the same keep mask: replay the generator
         torch.manual_seed(7)
-        from lorakit.fused import keep_mask
+        from lorakit.low_rank import keep_mask
         keep, inv_q = keep_mask(torch.Size([10, 10]), p, x.device)
         xd = x.reshape(-1, 10) * keep * inv_q
     else:

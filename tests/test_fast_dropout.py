@@ -9,7 +9,7 @@ from transformers.models.llama.modeling_llama import LlamaAttention
 
 from conftest import KINDS, inputs, tiny_model
 from lorakit import LoraConfig, add_lora
-from lorakit.fast_dropout import ATTENTION, FastDropout, dropout, fast_dropout
+from lorakit.layers.dropout import ATTENTION, FastDropout, dropout, fast_dropout
 
 
 def test_drop_rate_scale_and_mean_match_inverted_dropout():

@@ -16,7 +16,7 @@ import transformers as tf
 from safetensors.torch import load_file
 
 from lorakit import LoraConfig, QuantConfig, add_lora, save_adapter
-from lorakit.quant_linear import QuantLinear, quantize_model
+from lorakit.quant.linear import QuantLinear, quantize_model
 
 STEPS, ROWS, LENGTH = 4, 4, 12
 

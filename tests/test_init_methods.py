@@ -10,10 +10,10 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 
 from lorakit import LoraConfig, QuantConfig, add_lora, apply_loftq, load_adapter, save_adapter
-from lorakit.lora import LoRALinear
-from lorakit.lora_init import loftq_factors, principal_factors
-from lorakit.quant import dequantize, quantize
-from lorakit.quant_linear import QuantLinear
+from lorakit.layers.lora import LoRALinear
+from lorakit.init.family import loftq_factors, principal_factors
+from lorakit.quant.codes import dequantize, quantize
+from lorakit.quant.linear import QuantLinear
 
 TARGETS = {"bert": ["query", "value", "dense"], "gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "v_proj", "up_proj"]}
 
@@ -113,7 +113,7 @@ def test_apply_loftq_on_a_model(kind):
 
 
 def test_residual_init_refuses_a_quantized_base():
-    from lorakit.quant_linear import quantize_model
+    from lorakit.quant.linear import quantize_model
     model = quantize_model(tiny_model("bert"), QuantConfig(kind="nf4"))
     with pytest.raises(ValueError, match="full-precision"):
         add_lora(model, LoraConfig(r=4, target_modules=["query"], init="pissa"))

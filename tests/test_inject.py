@@ -8,7 +8,7 @@ from torch import nn
 from conftest import KINDS, inputs, logits, randomize_lora, tiny_model
 from lorakit import (LoraConfig, LoRALinear, add_lora, disable_lora, lora_layers, merge_and_unload, merge_lora,
                      parameter_report, unmerge_lora)
-from lorakit.targets import find_targets
+from lorakit.inject.targets import find_targets
 
 ALL = {"target_modules": "all-linear"}
 

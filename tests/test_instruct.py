@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch.utils.data import DataLoader
 
 from conftest import SHARED_DATA, tiny_model
-from lorakit.training import gguf_convert
+from lorakit.models import gguf as gguf_convert
 from lorakit.tasks import LengthGroupedBatchSampler, PaddingCollator, TaskError, load_splits, sequence_lengths
 from lorakit.tasks.instruct import alpaca_prompt, read_instruct_file, resolve_column_map, tokenize_instruct
 from lorakit.tasks.lm_eval import evaluate_causal_lm, generate_samples

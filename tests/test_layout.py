@@ -1,7 +1,9 @@
-"""The package's layers, read from the source (issue 15): what may import what, no cycles, no private names used
-across modules, short functions, and README's tree equal to src/.
+"""The package's layers, read from the source: what may import what, no cycles, no private names used across
+modules, short functions and modules, a docstring atop each module, and docs/architecture.md's tree equal to src/.
 
-    cli  ->  experiments, export, serve  ->  training  ->  core (lorakit/*.py)        tasks/: data only, no LoRA
+    cli  ->  experiments, export, serve  ->  training  ->  models, core        tasks/: data only, no LoRA
+
+Inside the core, each subsystem imports only those before it in CORE_ORDER.
 """
 from __future__ import annotations
 
@@ -15,16 +17,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = SRC / "lorakit"
 MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
 # layer -> the layers it may import (the package's __init__, the public facade, is open to all)
 ALLOWED = {
     "core": {"core"},
     "tasks": {"tasks"},
-    "training": {"core", "tasks", "training"},
-    "experiments": {"core", "tasks", "training", "experiments"},
-    "export": {"core", "tasks", "training", "export"},
-    "serve": {"core", "tasks", "training", "serve"},
-    "cli": {"core", "tasks", "training", "experiments", "export", "serve", "cli"},
+    "models": {"core", "models"},
+    "training": {"core", "tasks", "models", "training"},
+    "experiments": {"core", "tasks", "models", "training", "experiments"},
+    "export": {"core", "tasks", "models", "training", "export"},
+    "serve": {"core", "tasks", "models", "training", "serve"},
+    "cli": {"core", "tasks", "models", "training", "experiments", "export", "serve", "cli"},
 }
+# the core's subsystems (a subpackage or a top-level module), lowest first
+CORE_ORDER = ["errors", "validation", "config", "extras", "low_rank", "quant", "layers", "init", "inject", "adapters",
+              "combine", "io", "params"]
 FACADES = {"lorakit", "lorakit.__main__"}
 
 
@@ -38,6 +45,8 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 def layer(module: str) -> str:
     parts = module.split(".")
+    if len(parts) > 1 and parts[1] not in ALLOWED:
+        return "core"
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ALLOWED) else "core"
 
 
@@ -70,6 +79,27 @@ def test_layers_import_only_downwards():
              for m in MODULES if m not in FACADES for t, _, line in imports(m)
              if t not in FACADES and layer(t) not in ALLOWED[layer(m)]]
     assert not wrong, "\n".join(wrong)
+
+
+def subsystem(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_core_subsystems_import_only_those_below():
+    assert {subsystem(m) for m in MODULES if m not in FACADES and layer(m) == "core"} == set(CORE_ORDER)
+    rank = {name: i for i, name in enumerate(CORE_ORDER)}
+    wrong = [f"{m}:{line} imports {t} ({subsystem(m)} -> {subsystem(t)})"
+             for m in MODULES if m not in FACADES and layer(m) == "core" for t, _, line in imports(m)
+             if t not in FACADES and layer(t) == "core" and rank[subsystem(t)] > rank[subsystem(m)]]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_modules_are_short_and_say_what_they_hold():
+    long = [f"{m}: {len(p.read_text().splitlines())} lines" for m, p in MODULES.items()
+            if len(p.read_text().splitlines()) > MAX_MODULE_LINES]
+    assert not long, "\n".join(long)
+    bare = [m for m, p in MODULES.items() if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()]
+    assert not bare, f"modules without a docstring: {bare}"
 
 
 def test_no_import_cycles():
@@ -111,11 +141,11 @@ def test_functions_are_short():
     assert not long, "\n".join(long)
 
 
-def readme_tree() -> set[str]:
-    """The paths README's "How it is built" names under src/lorakit/: `name.py` and `pkg/` entries, nested by
-    indentation."""
-    text = (ROOT / "README.md").read_text()
-    block = text.split("## How it is built", 1)[1].split("```", 2)[1]
+def documented_tree() -> set[str]:
+    """The paths docs/architecture.md's "## The tree" names under src/lorakit/: `name.py` and `pkg/` entries,
+    nested by indentation."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("## The tree", 1)[1].split("```", 2)[1]
     paths, stack = set(), []
     for line in block.splitlines()[1:]:
         m = re.match(r"^( *)(\S+)", line)
@@ -132,12 +162,12 @@ def readme_tree() -> set[str]:
     return paths
 
 
-def test_readme_tree_is_src():
+def test_the_documented_tree_is_src():
     on_disk = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.parent == PACKAGE or p.name != "__init__.py"}
     on_disk |= {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__"}
-    named = readme_tree()
-    assert named == on_disk, (f"in src/ but not in README: {sorted(on_disk - named)}; "
-                              f"in README but not in src/: {sorted(named - on_disk)}")
+    named = documented_tree()
+    assert named == on_disk, (f"in src/ but not in docs/architecture.md: {sorted(on_disk - named)}; "
+                              f"in docs/architecture.md but not in src/: {sorted(named - on_disk)}")
 
 
 def test_the_demo_finds_the_data_beside_the_repository_from_any_directory(monkeypatch, tmp_path):

@@ -10,7 +10,7 @@ from test_train import make_tiny_run_inputs, one_thread  # noqa: F401  (autouse:
 
 from lorakit import load_adapter
 from lorakit.training.methods import load_artifact, load_base, save_artifact, setup_method
-from lorakit.quant_linear import QuantLinear
+from lorakit.quant.linear import QuantLinear
 from lorakit.tasks import get_task
 from lorakit.training.config import TrainConfig
 from lorakit.training.step import build_optimizer

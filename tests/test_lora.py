@@ -9,7 +9,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lorakit import LoRAEmbedding, LoRALinear
-from lorakit import fused
+from lorakit import low_rank
+from lorakit.layers import fused
 
 
 def _layer(base, r=4, alpha=8.0, dropout=0.0, init="normal_1_over_r"):
@@ -73,7 +74,7 @@ def test_weight_and_bias_answer_for_the_base():
     with pytest.raises(AttributeError):
         layer.weight = torch.zeros(6, 8)
     from lorakit.config import QuantConfig
-    from lorakit.quant_linear import QuantLinear
+    from lorakit.quant.linear import QuantLinear
     quant = QuantLinear.from_linear(nn.Linear(64, 32), QuantConfig())
     qlayer = LoRALinear(quant, r=2, alpha=4)  # as PEFT over bnb: the packed storage (its dtype), not a dense matrix
     assert qlayer.weight is quant.qweight and qlayer.weight.dtype == torch.uint8 and qlayer.bias is quant.bias
@@ -109,7 +110,7 @@ def test_fused_gradcheck_with_dropout(monkeypatch):
     """With a fixed mask, the fused node's gradients equal finite differences (float64)."""
     torch.manual_seed(0)
     mask = (torch.rand(6, 8) > 0.3).to(torch.uint8)
-    monkeypatch.setattr(fused, "keep_mask", lambda shape, p, device: (mask.view(shape), 1 / 0.7))
+    monkeypatch.setattr(low_rank, "keep_mask", lambda shape, p, device: (mask.view(shape), 1 / 0.7))
     x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, dtype=torch.float64, requires_grad=True)
@@ -123,7 +124,7 @@ def test_fused_gradcheck_with_dropout(monkeypatch):
 
 def test_dropout_mask_rate_and_scale():
     torch.manual_seed(0)
-    keep, inv_q = fused.keep_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"))
+    keep, inv_q = low_rank.keep_mask(torch.Size([1000, 1000]), 0.1, torch.device("cpu"))
     assert keep.dtype == torch.uint8
     assert abs(keep.float().mean().item() - 0.9) < 2e-3
     assert abs(inv_q - 1 / 0.9) < 1e-4

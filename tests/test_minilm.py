@@ -6,7 +6,7 @@ import torch
 
 from lorakit import LoraConfig, add_lora, merge_and_unload, parameter_report
 from lorakit.cli.main import main
-from lorakit.training.models import load_classifier
+from lorakit.models.loading import load_classifier
 
 
 def test_query_value_r8_counts(minilm_path):

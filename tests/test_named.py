@@ -8,8 +8,8 @@ import torch
 from conftest import inputs, logits, randomize_lora, tiny_model
 from lorakit import (LoraConfig, active_adapters, add_lora, adapter_names, delete_adapter, load_adapter,
                      load_adapters, merge_and_unload, merge_lora, save_adapter, save_adapters, set_adapter)
-from lorakit.heads import HeadCopies
-from lorakit.lora import lora_layers
+from lorakit.layers.saved_modules import HeadCopies
+from lorakit.layers.lora import lora_layers
 
 # two adapters per family with different ranks and different targets
 CONFIGS = {

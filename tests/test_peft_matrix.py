@@ -22,7 +22,7 @@ import torch
 import transformers as tf
 
 from lorakit import LoraConfig, add_lora, load_adapter, save_adapter
-from lorakit.targets import TOGGLES, find_targets
+from lorakit.inject.targets import TOGGLES, find_targets
 
 peft = pytest.importorskip("peft")
 

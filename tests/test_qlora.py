@@ -7,8 +7,8 @@ from torch import nn
 
 from conftest import inputs, logits, randomize_lora, tiny_model
 from lorakit import LoraConfig, QuantConfig, add_lora, load_adapter, merge_and_unload, merge_lora, save_adapter
-from lorakit.lora import LoRALinear
-from lorakit.quant_linear import QuantLinear, quantize_model
+from lorakit.layers.lora import LoRALinear
+from lorakit.quant.linear import QuantLinear, quantize_model
 
 KINDS = ["nf4", "fp4", "int8"]
 

@@ -5,9 +5,9 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
-from lorakit import quant as Q
+from lorakit.quant import codes as Q
 from lorakit.config import QuantConfig
-from lorakit.quant_linear import QuantLinear, check_state_dict_quantized, is_quantized, quantize_model
+from lorakit.quant.linear import QuantLinear, check_state_dict_quantized, is_quantized, quantize_model
 
 # (37, 54): numel 1998 not divisible by any block size; (7, 9): odd numel (a spare nibble); (300,): 1-D
 SHAPES = [(64, 64), (37, 54), (7, 9), (300,)]

@@ -10,8 +10,8 @@ import transformers as tf
 from conftest import inputs, logits, tiny_model
 
 from lorakit import QuantConfig, load_quantized
-from lorakit.quant_linear import QuantLinear, quantize_model
-from lorakit.quant_load import safetensors_files
+from lorakit.quant.linear import QuantLinear, quantize_model
+from lorakit.quant.load import safetensors_files
 
 CONFIGS = {
     "nf4": QuantConfig(kind="nf4", double_quant=False),
@@ -97,7 +97,7 @@ def test_no_safetensors_is_a_clear_error(tmp_path):
 def test_read_safetensors_reads_every_dtype_and_shape(tmp_path):
     from safetensors.torch import save_file
 
-    from lorakit.quant_load import read_safetensors
+    from lorakit.quant.load import read_safetensors
 
     tensors = {"w": torch.randn(3, 5).bfloat16(), "i": torch.arange(7), "empty": torch.zeros(0, 4),
                "scalar": torch.tensor(2.5), "h": torch.randn(4, 4).half(), "b": torch.tensor([True, False])}

@@ -410,7 +410,7 @@ def test_kill_campaign_short(tmp_path):
 def test_4_recover_never_restores_a_temporary_of_a_temporary(tmp_path):
     """A kill between the two renames of save_adapter's replace inside save_artifact's atomic_dir leaves
     `..adapter.tmp-X.old`: restoring it would bring back `.adapter.tmp-X`, a temporary nobody deletes."""
-    from lorakit.atomic import recover
+    from lorakit.io.atomic import recover
 
     (tmp_path / "..adapter.tmp-abc.old").mkdir()
     (tmp_path / ".adapter.old").mkdir()  # a real interrupted replacement: restored

@@ -80,7 +80,7 @@ def write_record(directory: Path, base: Path, task: str) -> None:
 
 def tiny_lm(directory: Path) -> Path:
     """A seeded 2-layer Llama over SmolLM2's tokenizer (49,152 tokens), saved with the tokenizer."""
-    from lorakit.training.models import resolve_model_path
+    from lorakit.models.loading import resolve_model_path
 
     tokenizer = tf.AutoTokenizer.from_pretrained(resolve_model_path("smollm2"))
     torch.manual_seed(0)

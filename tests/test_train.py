@@ -13,11 +13,11 @@ import transformers as tf
 from safetensors.torch import load_file
 
 from lorakit.training import step as train_step
-from lorakit.atomic import atomic_dir
+from lorakit.io.atomic import atomic_dir
 from lorakit.training.checkpoint import load_checkpoint
 from lorakit.cli.main import main
 from lorakit.training.methods import load_artifact, setup_method
-from lorakit.quant_linear import QuantLinear
+from lorakit.quant.linear import QuantLinear
 from lorakit.tasks import get_task
 from lorakit.training.run import TrainingDiverged, enable_gradient_checkpointing, train
 from lorakit.training.config import DEFAULT_LR, TrainConfig, resolve_device, resolve_precision

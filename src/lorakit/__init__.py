@@ -8,9 +8,7 @@ torch and transformers until a name that needs them is touched.
 """
 from __future__ import annotations
 
-import importlib
-import sys
-import types
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
@@ -18,34 +16,34 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LoraConfig": "config",
     "QuantConfig": "config",
-    "add_lora": "inject",
-    "save_adapter": "adapter",
-    "load_adapter": "adapter",
-    "save_adapters": "adapter",
-    "load_adapters": "adapter",
-    "set_adapter": "named",
-    "delete_adapter": "named",
-    "adapter_names": "named",
-    "active_adapters": "named",
-    "adapter_config": "named",
-    "mixed_batch": "named",
-    "add_weighted_adapter": "combine",
-    "merge_lora": "inject",
-    "unmerge_lora": "inject",
-    "merge_and_unload": "inject",
-    "disable_lora": "inject",
+    "add_lora": "inject.inject",
+    "save_adapter": "io.peft_format",
+    "load_adapter": "io.peft_format",
+    "save_adapters": "io.peft_format",
+    "load_adapters": "io.peft_format",
+    "set_adapter": "adapters.api",
+    "delete_adapter": "adapters.api",
+    "adapter_names": "adapters.api",
+    "active_adapters": "adapters.api",
+    "adapter_config": "adapters.api",
+    "mixed_batch": "adapters.api",
+    "add_weighted_adapter": "combine.api",
+    "merge_lora": "inject.inject",
+    "unmerge_lora": "inject.inject",
+    "merge_and_unload": "inject.inject",
+    "disable_lora": "inject.inject",
     "parameter_report": "params",
-    "lora_layers": "lora",
-    "LoRALinear": "lora",
-    "LoRAEmbedding": "lora",
-    "quantize_model": "quant_linear",
-    "dequantize_model": "quant_linear",
-    "QuantLinear": "quant_linear",
-    "fast_dropout": "fast_dropout",
-    "load_quantized": "quant_load",
-    "DoRALinear": "dora",
-    "apply_loftq": "lora_init",
-    "loftq_quantized_base": "loftq_base",
+    "lora_layers": "layers.lora",
+    "LoRALinear": "layers.lora",
+    "LoRAEmbedding": "layers.lora",
+    "quantize_model": "quant.linear",
+    "dequantize_model": "quant.linear",
+    "QuantLinear": "quant.linear",
+    "fast_dropout": "layers.dropout",
+    "load_quantized": "quant.load",
+    "DoRALinear": "layers.dora",
+    "apply_loftq": "init.family",
+    "loftq_quantized_base": "io.loftq_base",
 }
 
 __all__ = list(_EXPORTS)
@@ -54,24 +52,10 @@ __all__ = list(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'lorakit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    value = getattr(_importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
-
-class _Package(types.ModuleType):
-    """Python binds a submodule to its package's attribute when the submodule is first imported; for the function
-    `fast_dropout`, whose module has the same name, that would replace the function by the module. The public
-    function wins, as it did when this file imported it eagerly (the module stays in sys.modules)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+    return sorted({"__version__", *_EXPORTS})

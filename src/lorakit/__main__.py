@@ -1,5 +1,6 @@
+"""`python -m lorakit`: the command line."""
 import sys
 
-from .cli import main
+from lorakit.cli import main
 
 sys.exit(main())

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .validation import check_fields, check_regex
+from lorakit.validation import check_fields, check_regex
 
 # Init of A (B starts at 0 in all three). "kaiming": kaiming-uniform with a=sqrt(5), PEFT's and loralib's default
 # (bound 1/sqrt(in_features)); "gaussian": PEFT's init_lora_weights="gaussian", N(0, 1/r^2) (std 1/r);

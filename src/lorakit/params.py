@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .quant_linear import QuantLinear
+from lorakit.quant.linear import QuantLinear
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Callable
 
-from .errors import UserError
+from lorakit.errors import UserError
 
 
 def _members(hint) -> tuple:

@@ -1,4 +1,4 @@
 """The `lorakit` command."""
-from .main import main
+from lorakit.cli.main import main
 
 __all__ = ["main"]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import UserError
+from lorakit.errors import UserError
 
 if TYPE_CHECKING:  # `lorakit --help` imports no torch
     from torch import nn
@@ -39,8 +39,8 @@ def adapter_dirs(values: str | list[str] | None) -> list[tuple[str, str]]:
 
 def load_more_adapters(model: nn.Module, first: str, more: list[tuple[str, str]]) -> None:
     """Load every (label, dir) of `more` beside the first adapter (the model's "default"), as adapter-1, -2, ..."""
-    from .. import load_adapter
-    from ..training.methods import find_artifact, read_record
+    from lorakit import load_adapter
+    from lorakit.training.methods import find_artifact, read_record
 
     if not more:
         return
@@ -61,7 +61,7 @@ def load_more_adapters(model: nn.Module, first: str, more: list[tuple[str, str]]
 
 def each_adapter(model: nn.Module, labels: list[str]) -> Iterator[str]:
     """Set each adapter in turn (the first is "default") and yield its label."""
-    from .. import set_adapter
+    from lorakit import set_adapter
 
     for i, label in enumerate(labels):
         set_adapter(model, "default" if i == 0 else f"adapter-{i}")

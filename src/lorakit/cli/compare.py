@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..experiments.compare import (BEST, CHOICES, DEFAULT_METHODS, describe, method_configs, run_compare,
+from lorakit.experiments.compare import (BEST, CHOICES, DEFAULT_METHODS, describe, method_configs, run_compare,
                                    write_comparison)
-from .flags import given_train_values, command_parser
+from lorakit.cli.flags import given_train_values, command_parser
 
 COMPARE_DESCRIPTION = """\
 Train several methods with the same model, data, epochs and seed, one after the other, and write the comparison

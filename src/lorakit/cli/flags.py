@@ -17,9 +17,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..config import FAMILY_INITS, INITS, TOGGLE_NAMES, is_family_init
-from ..training.config import TrainConfig
-from ..validation import check_flag_contradictions
+from lorakit.config import FAMILY_INITS, INITS, TOGGLE_NAMES, is_family_init
+from lorakit.training.config import TrainConfig
+from lorakit.validation import check_flag_contradictions
 
 RAW = argparse.RawDescriptionHelpFormatter
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -26,16 +26,16 @@ import json
 import sys
 from pathlib import Path
 
-from .flags import (add_train_parser, given_flags, given_train_values, read_config_file, train_config_from_args,
+from lorakit.cli.flags import (add_train_parser, given_flags, given_train_values, read_config_file, train_config_from_args,
                     train_values)
-from .adapters import adapter_dirs, each_adapter, load_more_adapters
-from .merge import add_merge_parser
-from .parsers import add_eval_parser, add_export_parser, add_params_parser, add_predict_parser
-from .compare import add_compare_parser
-from ..extras import missing_extra
-from .search import add_search_parser
-from .serve import add_serve_parser
-from ..training.config import TrainConfig
+from lorakit.cli.adapters import adapter_dirs, each_adapter, load_more_adapters
+from lorakit.cli.merge import add_merge_parser
+from lorakit.cli.parsers import add_eval_parser, add_export_parser, add_params_parser, add_predict_parser
+from lorakit.cli.compare import add_compare_parser
+from lorakit.extras import missing_extra
+from lorakit.cli.search import add_search_parser
+from lorakit.cli.serve import add_serve_parser
+from lorakit.training.config import TrainConfig
 
 # Only argparse and the settings dataclasses are imported at start (`lorakit --help` in well under a second); each
 # command imports torch, transformers, datasets, optuna, ... when it runs.
@@ -43,17 +43,17 @@ from ..training.config import TrainConfig
 # --- commands ---------------------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..errors import RunInterrupted
-    from ..training.runlock import RunLock
+    from lorakit.errors import RunInterrupted
+    from lorakit.training.runlock import RunLock
 
     cfg = train_config_from_args(args)
-    from ..training.launch import env_rank
+    from lorakit.training.launch import env_rank
 
     lock = RunLock(cfg.output) if env_rank() == 0 else None  # taken before the slow imports: first come, first run
     if lock is not None:
         lock.acquire()
     try:
-        from ..training.run import TrainingDiverged, train
+        from lorakit.training.run import TrainingDiverged, train
 
         metrics = train(cfg)
     except TrainingDiverged as err:
@@ -80,9 +80,9 @@ def _inference_setup(args: argparse.Namespace):
     the --config file, then flags."""
     import transformers
 
-    from ..training.methods import find_artifact, load_artifact, load_base, read_record
-    from ..tasks import CAUSAL_LM, get_task, load_splits
-    from ..training.config import eval_sample_cap
+    from lorakit.training.methods import find_artifact, load_artifact, load_base, read_record
+    from lorakit.tasks import CAUSAL_LM, get_task, load_splits
+    from lorakit.training.config import eval_sample_cap
 
     from_file, flags = read_config_file(args), given_flags(args)
     for values in (from_file, flags):
@@ -125,12 +125,12 @@ def _inference_setup(args: argparse.Namespace):
 
 def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
     """The Evaluator for cfg's device, precision, batch size and max length; moves the model to the device."""
-    from ..training.guards import check_max_length
-    from ..training.evaluation import Evaluator, kind_of
-    from ..tasks import PaddingCollator
+    from lorakit.models.limits import check_max_length
+    from lorakit.training.evaluation import Evaluator, kind_of
+    from lorakit.tasks import PaddingCollator
 
     check_max_length(model, cfg.max_length)
-    from ..training.config import resolve_device, resolve_precision
+    from lorakit.training.config import resolve_device, resolve_precision
 
     device = resolve_device(cfg.device)
     collator = PaddingCollator.from_tokenizer(tokenizer, pad_to_max_length=cfg.pad_to_max_length,
@@ -142,8 +142,8 @@ def _evaluator(cfg: TrainConfig, spec, tokenizer, model):
 
 def _eval_cap_line(cfg: TrainConfig, spec, given: dict) -> str:
     """eval's first line: the task and the examples per split it evaluates, and where that cap comes from."""
-    from ..tasks.base import CAUSAL_LM
-    from ..training.config import eval_sample_cap
+    from lorakit.tasks.base import CAUSAL_LM
+    from lorakit.training.config import eval_sample_cap
 
     cap = eval_sample_cap(cfg.max_eval_samples, spec.kind == CAUSAL_LM)
     if cap is None:
@@ -156,7 +156,7 @@ def _eval_cap_line(cfg: TrainConfig, spec, given: dict) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..atomic import check_output_file, write_json_atomic
+    from lorakit.io.atomic import check_output_file, write_json_atomic
 
     if args.output:
         check_output_file(args.output)
@@ -179,9 +179,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_dir
-    from ..training.methods import RECORD, merged_model
-    from .merge import check_merge_output, combine_settings, combining, write_combination
+    from lorakit.io.atomic import atomic_dir
+    from lorakit.training.methods import RECORD, merged_model
+    from lorakit.cli.merge import check_merge_output, combine_settings, combining, write_combination
 
     if not args.output:
         raise ValueError("lorakit merge needs --output DIR for the merged model")
@@ -207,7 +207,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export.gguf_export import export_gguf
+    from lorakit.export.gguf_export import export_gguf
 
     path = export_gguf(args.adapter, args.gguf, model=args.model, out_type=args.gguf_type, lora_only=args.lora_only,
                        base_gguf=args.base_gguf)
@@ -247,7 +247,7 @@ def _print_generations(args: argparse.Namespace, cfg: TrainConfig, model, tokeni
     import torch
     import transformers
 
-    from ..tasks.lm_eval import generate_samples
+    from lorakit.tasks.lm_eval import generate_samples
 
     torch.manual_seed(cfg.seed)  # --seed: the same sampled answers again (greedy ignores it)
     stream = sys.stdout.isatty()
@@ -263,7 +263,7 @@ def _print_generations(args: argparse.Namespace, cfg: TrainConfig, model, tokeni
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..tasks.base import CAUSAL_LM, SEQUENCE_CLASSIFICATION
+    from lorakit.tasks.base import CAUSAL_LM, SEQUENCE_CLASSIFICATION
 
     texts = _predict_inputs(args)
     cfg, spec, _, model, tokenizer = _inference_setup(args)
@@ -288,9 +288,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from ..inject import add_lora
-    from ..training.models import load_classifier
-    from ..params import parameter_report
+    from lorakit.inject.inject import add_lora
+    from lorakit.models.loading import load_classifier
+    from lorakit.params import parameter_report
 
     # train's LoRA defaults, flags over them
     lora = TrainConfig.from_dict(train_values(given_flags(args))).lora_config()
@@ -303,7 +303,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..experiments.demo import run_demo
+    from lorakit.experiments.demo import run_demo
 
     return run_demo()
 
@@ -339,7 +339,7 @@ def _params_defaults(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..training.runlock import early_train_lock
+    from lorakit.training.runlock import early_train_lock
 
     argv = sys.argv[1:] if argv is None else argv
     try:

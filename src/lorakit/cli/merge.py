@@ -1,7 +1,7 @@
 """`lorakit merge`: fold an adapter into its base model, or combine several adapters into one (PEFT's
-add_weighted_adapter, lorakit.combine) and write the combined adapter, or with --unload the merged plain model.
+add_weighted_adapter, lorakit.combine.api) and write the combined adapter, or with --unload the merged plain model.
 
-The combination flags are generated from lorakit.combine_config.CombineConfig's fields (its defaults, its help texts);
+The combination flags are generated from lorakit.combine.config.CombineConfig's fields (its defaults, its help texts);
 --weights, --seed, --modules-from and --unload are this command's own. A --config file may hold the combination settings
 (keys: the field names, and weights); flags override it.
 """
@@ -12,9 +12,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..combine_config import CombineConfig
-from .adapters import load_more_adapters
-from .flags import command_parser, config_flag, read_config_file
+from lorakit.combine.config import CombineConfig
+from lorakit.cli.adapters import load_more_adapters
+from lorakit.cli.flags import command_parser, config_flag, read_config_file
 
 MERGE_DESCRIPTION = """\
 One --adapter: write a plain transformers model directory (weights, config, tokenizer) with the adapter folded in;
@@ -109,8 +109,8 @@ def combine_settings(args: argparse.Namespace) -> tuple[CombineConfig, list[floa
 def check_merge_output(output: str, adapter: bool) -> None:
     """--output may replace only an empty directory or its own kind: a merged model directory, or (adapter) a
     combined adapter directory."""
-    from ..atomic import check_replaceable
-    from ..training.methods import read_record
+    from lorakit.io.atomic import check_replaceable
+    from lorakit.training.methods import read_record
 
     if adapter:
         check_replaceable(output, lambda path: "combined" in read_record(path), "a combined adapter directory",
@@ -126,11 +126,11 @@ def write_combination(args: argparse.Namespace, adapters: list[str], how: Combin
     the combined adapter (or, --unload, the merged model) to --output. Returns what was written, for the message."""
     import torch
 
-    from ..atomic import atomic_dir
-    from ..combine import combine
-    from ..adapter import save_adapter
-    from ..named import delete_adapter, set_adapter
-    from ..training.methods import RECORD, find_artifact, merged_model, read_record
+    from lorakit.io.atomic import atomic_dir
+    from lorakit.combine.api import combine
+    from lorakit.io.peft_format import save_adapter
+    from lorakit.adapters.api import delete_adapter, set_adapter
+    from lorakit.training.methods import RECORD, find_artifact, merged_model, read_record
 
     cfg, spec, model, tokenizer = loaded
     load_more_adapters(model, adapters[0], [(path, path) for path in adapters[1:]])  # same base model, checked

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..training.config import TrainConfig
-from .flags import add_lora_flags, add_setting_flags, command_parser, config_flag, trained_model_flags
+from lorakit.training.config import TrainConfig
+from lorakit.cli.flags import add_lora_flags, add_setting_flags, command_parser, config_flag, trained_model_flags
 
 EVAL_DESCRIPTION = """\
 Evaluate on the task's evaluation splits. Task, data and max length default to the recorded run's settings.

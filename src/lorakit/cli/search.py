@@ -13,13 +13,13 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from ..atomic import check_output_dir
-from .flags import given_train_values, command_parser
-from ..experiments.search_space import DEFAULT_STUDY, SAMPLERS, parse_space
-from ..training.config import TrainConfig
+from lorakit.io.atomic import check_output_dir
+from lorakit.cli.flags import given_train_values, command_parser
+from lorakit.experiments.search_space import DEFAULT_STUDY, SAMPLERS, parse_space
+from lorakit.training.config import TrainConfig
 
 if TYPE_CHECKING:  # optuna (search, search_report) is imported when the command runs, not for `lorakit --help`
-    from ..experiments.search_settings import SearchSettings
+    from lorakit.experiments.search_settings import SearchSettings
 
 SEARCH_DESCRIPTION = """\
 Run many `lorakit train` trials over a space of training options, on Optuna. Every train flag below is the base of
@@ -87,7 +87,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
-    from ..experiments.search_settings import SearchSettings
+    from lorakit.experiments.search_settings import SearchSettings
 
     direction = args.direction or ("minimize" if args.metric and args.metric.endswith("loss") else "maximize")
     return SearchSettings(base=given_train_values(args), space=parse_space(args.space, args.space_file),
@@ -102,8 +102,8 @@ def _interrupt_on_sigterm(signum, frame):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..experiments.search import open_study, run_search
-    from ..experiments.search_report import best_trial, objective_name, shown_params, trial_rows, write_reports
+    from lorakit.experiments.search import open_study, run_search
+    from lorakit.experiments.search_report import best_trial, objective_name, shown_params, trial_rows, write_reports
 
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     settings = settings_from_args(args)

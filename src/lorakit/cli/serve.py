@@ -9,8 +9,8 @@ import logging
 import socket
 import sys
 
-from ..serve.config import GROUP, ServeConfig
-from .flags import add_field_flag, command_parser
+from lorakit.serve.config import GROUP, ServeConfig
+from lorakit.cli.flags import add_field_flag, command_parser
 
 SERVE_DESCRIPTION = """\
 Serve a base model and its LoRA adapters over HTTP with OpenAI's API: a request's `model` names the adapter (the
@@ -47,8 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = serve_config_from_args(args)
     import uvicorn
 
-    from ..serve.app import create_app
-    from ..serve.registry import load_served
+    from lorakit.serve.app import create_app
+    from lorakit.serve.registry import load_served
 
     served = load_served(cfg)
     sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)

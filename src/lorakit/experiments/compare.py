@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from . import report
-from .jobs import JOB, RESULT, cpu_count, run_job
-from ..training.config import METHODS, TrainConfig
+from lorakit.experiments import report
+from lorakit.experiments.jobs import JOB, RESULT, cpu_count, run_job
+from lorakit.training.config import METHODS, TrainConfig
 
 BEST = "lora-best"  # the pseudo-method: LoRA with the settings of a search's best.yaml
 DEFAULT_METHODS = ("head", "last-layers", "lora", BEST, "qlora", "full")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .compare import method_configs, run_compare, write_comparison
+from lorakit.experiments.compare import method_configs, run_compare, write_comparison
 
 METHODS = ("head", "last-layers", "lora", "qlora", "full")
 # sized for ~10 minutes on 2 busy CPU cores: 4,000 training sentences (SST-2's are short: 13 tokens on average) seen

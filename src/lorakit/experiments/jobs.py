@@ -19,13 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import write_text_atomic
-from ..training.config import TrainConfig
+from lorakit.io.atomic import write_text_atomic
+from lorakit.training.config import TrainConfig
 
 if TYPE_CHECKING:  # imported where a trial prunes (search): `lorakit compare` runs without optuna
     import optuna
 
-    from ..training.checkpoint import TrainState
+    from lorakit.training.checkpoint import TrainState
 
 JOB, RESULT, LOG = "job.json", "result.json", "train.log"  # in each trial directory
 
@@ -88,7 +88,7 @@ def job_main(job_file: str) -> None:
     """The trial process: train the job's config and write result.json beside the job file (never raises)."""
     import torch
 
-    from ..training.run import train
+    from lorakit.training.run import train
 
     job_path = Path(job_file)
     job = json.loads(job_path.read_text())

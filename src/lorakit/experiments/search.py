@@ -56,11 +56,11 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..training.runlock import pid_alive
-from .jobs import LOG, RESULT, collect, cpu_count, engine_kwargs, launch, make_pruner, now
-from .search_report import flat_metrics, shown_params, superseded_trials
-from .search_settings import SearchSettings
-from .search_space import Range, grid_points, trial_config
+from lorakit.training.runlock import pid_alive
+from lorakit.experiments.jobs import LOG, RESULT, collect, cpu_count, engine_kwargs, launch, make_pruner, now
+from lorakit.experiments.search_report import flat_metrics, shown_params, superseded_trials
+from lorakit.experiments.search_settings import SearchSettings
+from lorakit.experiments.search_space import Range, grid_points, trial_config
 
 HEARTBEAT_S = 20  # a running trial's heartbeat is written this often
 GRACE_S = 180  # a running trial whose heartbeat is older is failed and retried (its process or machine died)

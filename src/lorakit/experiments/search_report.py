@@ -16,12 +16,12 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from . import report
-from .search_space import Range
-from ..training.config import TrainConfig
+from lorakit.experiments import report
+from lorakit.experiments.search_space import Range
+from lorakit.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from .search_settings import SearchSettings
+    from lorakit.experiments.search_settings import SearchSettings
 
 PLOTS = {"heatmap": "heatmap.png", "pareto": "pareto.png", "curves": "curves.png"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .search_space import DEFAULT_STUDY, SAMPLERS
+from lorakit.experiments.search_space import DEFAULT_STUDY, SAMPLERS
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from ..config import TOGGLE_NAMES
-from ..training.config import TrainConfig
+from lorakit.config import TOGGLE_NAMES
+from lorakit.training.config import TrainConfig
 
 if TYPE_CHECKING:
     import optuna

@@ -245,9 +245,9 @@ def write_lora_gguf(model: nn.Module, path: str | os.PathLike, name: str = "lora
     """The LoRA weights of a lorakit model (add_lora / load_adapter, not merged) as a llama.cpp LoRA adapter."""
     import gguf
 
-    from ..adapter_int8 import adapter_weights
-    from ..inject import lora_layers
-    from ..lora import LoRALinear
+    from lorakit.quant.int8_adapters import adapter_weights
+    from lorakit.inject.inject import lora_layers
+    from lorakit.layers.lora import LoRALinear
 
     shape = model_shape(model)
     config = model.lorakit_config
@@ -293,7 +293,7 @@ def _check_architecture(base_name: str) -> None:
     """The base model's class from its config, before any weights are loaded."""
     import transformers as tf
 
-    from ..training.models import resolve_model_path
+    from lorakit.models.loading import resolve_model_path
 
     classes = tf.AutoConfig.from_pretrained(resolve_model_path(base_name)).architectures or ["unknown"]
     if classes[0] not in ARCHITECTURES:
@@ -309,9 +309,9 @@ def export_gguf(adapter: str, out: str, model: str | None = None, out_type: str 
     "smollm2" base, else none (the tokenizer is then built from the base model's tokenizer files)."""
     if importlib.util.find_spec("gguf") is None:
         raise ValueError("lorakit export --gguf needs the gguf package: pip install 'lorakit[gguf]'")
-    from ..training.gguf_convert import find_smollm2_gguf
-    from ..training.methods import find_artifact, load_artifact, merged_model, read_record
-    from ..tasks import get_task
+    from lorakit.models.gguf import find_smollm2_gguf
+    from lorakit.training.methods import find_artifact, load_artifact, merged_model, read_record
+    from lorakit.tasks import get_task
 
     if not Path(adapter).is_dir():
         raise FileNotFoundError(f"--adapter {adapter}: no such directory")

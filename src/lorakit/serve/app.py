@@ -24,17 +24,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.exceptions import StarletteHTTPException  # 404 / 405 of routes that do not exist
 
-from ..tasks import CAUSAL_LM, SEQUENCE_CLASSIFICATION
-from ..tasks.instruct import MESSAGES, prompt_ids, wants_chat_template
-from ..tasks.lm_eval import stop_ids
-from .batcher import Batcher
-from .classify import Text, classify_rows
-from .config import ServeConfig
-from .generate import Row, generate_rows
-from .protocol import (DEFAULT_COMPLETION_TOKENS, APIError, bad, chat, chat_chunk, completion, completion_chunk,
+from lorakit.tasks import CAUSAL_LM, SEQUENCE_CLASSIFICATION
+from lorakit.tasks.instruct import MESSAGES, prompt_ids, wants_chat_template
+from lorakit.tasks.lm_eval import stop_ids
+from lorakit.serve.batcher import Batcher
+from lorakit.serve.classify import Text, classify_rows
+from lorakit.serve.config import ServeConfig
+from lorakit.serve.generate import Row, generate_rows
+from lorakit.serve.protocol import (DEFAULT_COMPLETION_TOKENS, APIError, bad, chat, chat_chunk, completion, completion_chunk,
                        model_list, new_id,
                        read_flag, read_inputs, read_messages, read_model, read_prompts, read_sampling, usage)
-from .registry import Served, under_root
+from lorakit.serve.registry import Served, under_root
 
 log = logging.getLogger("lorakit.serve")
 DONE = object()  # end of a streamed answer's events

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import UserError
-from ..training.config import setting
+from lorakit.errors import UserError
+from lorakit.training.config import setting
 
 API_KEY_ENV = "LORAKIT_API_KEY"  # the environment variable read when --api-key is not given
 GROUP = "serve"

@@ -12,8 +12,8 @@ import math
 import time
 import uuid
 
-from ..tasks.instruct import ROLES
-from .generate import Sampling
+from lorakit.tasks.instruct import ROLES
+from lorakit.serve.generate import Sampling
 
 MAX_STOPS = 4  # OpenAI's limit on `stop` strings
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions

@@ -16,12 +16,12 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..adapter import CONFIG_NAME, WEIGHTS_NAME
-from ..errors import UserError
-from ..tasks import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TaskSpec, get_task
-from ..training.config import TrainConfig, resolve_device
-from ..training.methods import find_artifact, load_base, read_record
-from .config import ServeConfig
+from lorakit.io.peft_format import CONFIG_NAME, WEIGHTS_NAME
+from lorakit.errors import UserError
+from lorakit.tasks import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TaskSpec, get_task
+from lorakit.training.config import TrainConfig, resolve_device
+from lorakit.training.methods import find_artifact, load_base, read_record
+from lorakit.serve.config import ServeConfig
 
 DEFAULT_TASK = "instruct"  # no adapter recorded a task: the base model serves completions
 DEFAULT_MAX_LENGTH = TrainConfig.max_length  # classification truncation when an adapter records none (as predict)

@@ -28,7 +28,7 @@ Files, one concept each:
 A new task family adds its own TaskSpec `kind`, readers (TaskSpec.read_local / read_file / read_hub), tokenize
 step and metrics in a new file here and registers its specs in loading.TASKS.
 """
-from .base import (
+from lorakit.tasks.base import (
     CAUSAL_LM,
     LABEL,
     QUESTION_ANSWERING,
@@ -39,10 +39,10 @@ from .base import (
     TaskError,
     TaskSpec,
 )
-from .batching import LengthGroupedBatchSampler, PaddingCollator
-from .loading import TASKS, get_task, load_splits, task_names
-from .metrics import compute_metrics, predictions_from_logits
-from .preprocess import sequence_lengths, tokenize
+from lorakit.tasks.batching import LengthGroupedBatchSampler, PaddingCollator
+from lorakit.tasks.loading import TASKS, get_task, load_splits, task_names
+from lorakit.tasks.metrics import compute_metrics, predictions_from_logits
+from lorakit.tasks.preprocess import sequence_lengths, tokenize
 
 __all__ = [
     "CAUSAL_LM",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .base import TaskError
+from lorakit.tasks.base import TaskError
 
 LABEL_PAD_ID = -100  # ignored by transformers' losses; pads token-level labels (QA / causal LM tasks)
 

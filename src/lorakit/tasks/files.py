@@ -32,7 +32,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from .base import TaskError, TaskSpec, label_to_id, make_dataset
+from lorakit.tasks.base import TaskError, TaskSpec, label_to_id, make_dataset
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # IMDB-length fields exceed the 128 KiB default
 

@@ -14,8 +14,8 @@ Local layouts (data_dir), besides GLUE's own `train.tsv` / `dev.tsv` (tab-separa
 """
 from __future__ import annotations
 
-from .base import TaskSpec
-from .layouts import Layout, LayoutReader
+from lorakit.tasks.base import TaskSpec
+from lorakit.tasks.layouts import Layout, LayoutReader
 
 HUB = "nyu-mll/glue"
 TSV = {"train": "train.tsv", "validation": "dev.tsv"}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .base import TaskError, TaskSpec, make_dataset
-from .layouts import Layout, LayoutReader
+from lorakit.tasks.base import TaskError, TaskSpec, make_dataset
+from lorakit.tasks.layouts import Layout, LayoutReader
 
 CLASSES = ("neg", "pos")
 JSONL_LAYOUTS = tuple(

@@ -34,9 +34,9 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .base import CAUSAL_LM, TaskError, TaskSpec
-from .batching import LABEL_PAD_ID
-from .files import read_table
+from lorakit.tasks.base import CAUSAL_LM, TaskError, TaskSpec
+from lorakit.tasks.batching import LABEL_PAD_ID
+from lorakit.tasks.files import read_table
 
 INSTRUCTION, INPUT, OUTPUT, MESSAGES = "instruction", "input", "output", "messages"
 ROLES = ("system", "user", "assistant")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
 
-from .base import TaskError, TaskSpec
-from .files import read_table, require_file, spec_label_mapper, table_to_dataset
+from lorakit.tasks.base import TaskError, TaskSpec
+from lorakit.tasks.files import read_table, require_file, spec_label_mapper, table_to_dataset
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 import transformers as tf
 
-from .base import TaskError
-from .batching import LABEL_PAD_ID
-from .instruct import INPUT, INSTRUCTION, MESSAGES, OUTPUT, prompt_ids, wants_chat_template
+from lorakit.tasks.base import TaskError
+from lorakit.tasks.batching import LABEL_PAD_ID
+from lorakit.tasks.instruct import INPUT, INSTRUCTION, MESSAGES, OUTPUT, prompt_ids, wants_chat_template
 
 
 @torch.no_grad()

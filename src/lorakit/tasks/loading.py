@@ -20,12 +20,12 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .base import LABEL, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR, TaskData, TaskError, TaskSpec, split_off, subsample
-from .files import FILE_TASK, infer_label_spec, file_task_mapper, read_table, spec_label_mapper, table_to_dataset
-from .glue import GLUE_TASKS
-from .imdb import IMDB
-from .instruct import INSTRUCT_TASKS
-from .squad import SQUAD_TASKS
+from lorakit.tasks.base import LABEL, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR, TaskData, TaskError, TaskSpec, split_off, subsample
+from lorakit.tasks.files import FILE_TASK, infer_label_spec, file_task_mapper, read_table, spec_label_mapper, table_to_dataset
+from lorakit.tasks.glue import GLUE_TASKS
+from lorakit.tasks.imdb import IMDB
+from lorakit.tasks.instruct import INSTRUCT_TASKS
+from lorakit.tasks.squad import SQUAD_TASKS
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec for spec in (*GLUE_TASKS, IMDB, FILE_TASK, *SQUAD_TASKS, *INSTRUCT_TASKS)

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from .base import TaskSpec
+from lorakit.tasks.base import TaskSpec
 
 
 def predictions_from_logits(spec: TaskSpec, logits) -> np.ndarray:

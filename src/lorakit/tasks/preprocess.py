@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datasets import Dataset
 
-from .base import LABEL, TEXT, TEXT_PAIR, TaskError
+from lorakit.tasks.base import LABEL, TEXT, TEXT_PAIR, TaskError
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

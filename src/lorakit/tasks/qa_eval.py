@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from .base import TaskSpec
-from .batching import LengthGroupedBatchSampler, PaddingCollator
-from .qa_metrics import squad_metrics
-from .squad import ANSWERS, CONTEXT, ID, MODEL_INPUTS, QUESTION, is_version_2, prepare_eval_features
+from lorakit.tasks.base import TaskSpec
+from lorakit.tasks.batching import LengthGroupedBatchSampler, PaddingCollator
+from lorakit.tasks.qa_metrics import squad_metrics
+from lorakit.tasks.squad import ANSWERS, CONTEXT, ID, MODEL_INPUTS, QUESTION, is_version_2, prepare_eval_features
 
 
 @torch.no_grad()

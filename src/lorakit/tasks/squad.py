@@ -32,8 +32,8 @@ from pathlib import Path
 
 from datasets import Dataset, Features, Sequence, Value
 
-from .base import QUESTION_ANSWERING, TaskError, TaskSpec
-from .files import require_file
+from lorakit.tasks.base import QUESTION_ANSWERING, TaskError, TaskSpec
+from lorakit.tasks.files import require_file
 
 ID, TITLE, CONTEXT, QUESTION, ANSWERS = "id", "title", "context", "question", "answers"
 COLUMNS = (ID, TITLE, CONTEXT, QUESTION, ANSWERS)

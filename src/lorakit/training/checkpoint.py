@@ -13,7 +13,7 @@ A checkpoint directory holds
                             param_groups, the scheduler state, Python's and NumPy's RNG states, the TrainConfig,
                             library versions
 Nothing is pickled and torch.load is never called. Every file and directory is written under a temporary name,
-fsynced and renamed into place (lorakit.atomic), so a kill mid-write leaves the previous version intact; old
+fsynced and renamed into place (lorakit.io.atomic), so a kill mid-write leaves the previous version intact; old
 checkpoints are renamed away before they are deleted; log.jsonl is only appended to, one whole line per write, and
 on resume replaced in one rename by its lines up to the resumed step. The early-stop decision is part of TrainState,
 so a resumed run that had stopped stays stopped. Under torchrun only rank 0 writes
@@ -38,10 +38,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import atomic_dir, read_json, read_safetensors, remove_dir, write_text_atomic
-from ..errors import UserError
-from .fsdp import full_tensor, is_sharded, shard_like
-from .launch import is_main_process
+from lorakit.io.atomic import atomic_dir, read_json, read_safetensors, remove_dir, write_text_atomic
+from lorakit.errors import UserError
+from lorakit.training.fsdp import full_tensor, is_sharded, shard_like
+from lorakit.training.launch import is_main_process
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -68,7 +68,7 @@ def versions() -> dict[str, str]:
     import datasets
     import transformers
 
-    from .. import __version__
+    from lorakit import __version__
 
     return {"lorakit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "datasets": datasets.__version__, "python": platform.python_version()}

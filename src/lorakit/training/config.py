@@ -18,8 +18,8 @@ import os
 from dataclasses import Field, dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from ..config import LoraConfig, QuantConfig, JsonMixin, tupled, is_family_init
-from ..validation import check_fields
+from lorakit.config import LoraConfig, QuantConfig, JsonMixin, tupled, is_family_init
+from lorakit.validation import check_fields
 
 _LORA = {f.name: f.default for f in fields(LoraConfig)}  # the LoRA defaults live in LoraConfig alone
 METHODS = ("lora", "qlora", "lora+head", "head", "last-layers", "full")

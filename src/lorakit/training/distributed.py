@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .launch import env_local_rank, env_rank, env_world_size
+from lorakit.training.launch import env_local_rank, env_rank, env_world_size
 
 
 def is_distributed() -> bool:

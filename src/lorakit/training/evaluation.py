@@ -28,12 +28,12 @@ import transformers as tf
 from datasets import Dataset
 from torch import nn
 
-from . import distributed
-from .fsdp import is_sharded
-from ..tasks import (CAUSAL_LM, LABEL, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR,
+from lorakit.training import distributed
+from lorakit.training.fsdp import is_sharded
+from lorakit.tasks import (CAUSAL_LM, LABEL, QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION, TEXT, TEXT_PAIR,
                      LengthGroupedBatchSampler, PaddingCollator, TaskSpec, compute_metrics, predictions_from_logits, sequence_lengths, tokenize)
-from ..tasks.lm_eval import progress_bar
-from .config import autocast, to_device
+from lorakit.tasks.lm_eval import progress_bar
+from lorakit.training.config import autocast, to_device
 
 
 @dataclass
@@ -155,12 +155,12 @@ class QAEvalFeatures:
 
 
 def _qa_train_features(rows: Dataset, tokenizer, max_length: int) -> Dataset:
-    from ..tasks.squad import prepare_train_features
+    from lorakit.tasks.squad import prepare_train_features
     return prepare_train_features(rows, tokenizer, max_length)
 
 
 def _qa_eval_features(rows: Dataset, tokenizer, max_length: int) -> QAEvalFeatures:
-    from ..tasks.squad import MODEL_INPUTS, prepare_eval_features, prepare_train_features
+    from lorakit.tasks.squad import MODEL_INPUTS, prepare_eval_features, prepare_train_features
     windows = prepare_eval_features(rows, tokenizer, max_length)
     inputs = windows.select_columns([c for c in MODEL_INPUTS if c in windows.column_names])
     return QAEvalFeatures(windows, inputs, prepare_train_features(rows, tokenizer, max_length))
@@ -176,7 +176,7 @@ def _qa_logits(run: Evaluator, model: nn.Module, inputs: Dataset) -> tuple[list[
     """Start and end logits per window, in window order, cut to each window's length (sharded under DDP)."""
     lengths = sequence_lengths(inputs)
 
-    from ..tasks.qa_eval import keep_window_logits, window_logits
+    from lorakit.tasks.qa_eval import keep_window_logits, window_logits
 
     starts: list[np.ndarray] = [np.empty(0)] * len(lengths)
     ends: list[np.ndarray] = [np.empty(0)] * len(lengths)
@@ -187,9 +187,9 @@ def _qa_logits(run: Evaluator, model: nn.Module, inputs: Dataset) -> tuple[list[
 
 def _evaluate_qa(run: Evaluator, model: nn.Module, rows: Dataset, features: QAEvalFeatures) -> dict[str, float]:
     """Official SQuAD EM / F1 (percent) from the windows' span logits; loss: the span loss of the answer windows."""
-    from ..tasks.qa_eval import postprocess_qa_predictions
-    from ..tasks.qa_metrics import squad_metrics
-    from ..tasks.squad import ANSWERS, ID, is_version_2
+    from lorakit.tasks.qa_eval import postprocess_qa_predictions
+    from lorakit.tasks.qa_metrics import squad_metrics
+    from lorakit.tasks.squad import ANSWERS, ID, is_version_2
 
     starts, ends = _qa_logits(run, model, features.inputs)
     version_2 = is_version_2(run.spec)
@@ -206,7 +206,7 @@ def _evaluate_qa(run: Evaluator, model: nn.Module, rows: Dataset, features: QAEv
 
 def _predict_qa(run: Evaluator, model: nn.Module, texts: list[str]) -> list[str]:
     """Lines "question<TAB>context" -> the answer span."""
-    from ..tasks.qa_eval import answer_question
+    from lorakit.tasks.qa_eval import answer_question
     lines = []
     for text in texts:
         question, _, context = text.partition("\t")
@@ -217,13 +217,13 @@ def _predict_qa(run: Evaluator, model: nn.Module, texts: list[str]) -> list[str]
 # ------------------------------------------------------------------------------ instruction tuning (causal LM)
 
 def _lm_features(rows: Dataset, tokenizer, max_length: int) -> Dataset:
-    from ..tasks.instruct import tokenize_instruct
+    from lorakit.tasks.instruct import tokenize_instruct
     return tokenize_instruct(rows, tokenizer, max_length)
 
 
 def _evaluate_causal(run: Evaluator, model: nn.Module, rows: Dataset, features: Dataset) -> dict[str, float]:
     """Response-token loss, perplexity and next-token accuracy (tasks.lm_eval's scoring, sharded under DDP)."""
-    from ..tasks.lm_eval import lm_metrics, score_tokens
+    from lorakit.tasks.lm_eval import lm_metrics, score_tokens
 
     def fetch(out, batch):
         return score_tokens(out.logits.float(), batch["labels"])
@@ -243,8 +243,8 @@ GENERATION_TOKENS = 32
 
 
 def _generate_causal(run: Evaluator, model: nn.Module, rows: Dataset) -> list[dict]:
-    from ..tasks.instruct import OUTPUT
-    from ..tasks.lm_eval import generate_samples
+    from lorakit.tasks.instruct import OUTPUT
+    from lorakit.tasks.lm_eval import generate_samples
     picked = [rows[i] for i in range(min(GENERATION_SAMPLES, len(rows)))]
     texts = generate_samples(model, run.tokenizer, picked, max_new_tokens=GENERATION_TOKENS, desc="generate",
                              synced_gpus=is_sharded(model))  # FSDP: every rank runs each forward pass
@@ -254,7 +254,7 @@ def _generate_causal(run: Evaluator, model: nn.Module, rows: Dataset) -> list[di
 
 def _predict_causal(run: Evaluator, model: nn.Module, texts: list[str]) -> list[str]:
     """Greedy answers as generated (newlines kept); `lorakit predict --prompt` has its own sampling flags."""
-    from ..tasks.lm_eval import generate_samples
+    from lorakit.tasks.lm_eval import generate_samples
     return generate_samples(model, run.tokenizer, texts, max_new_tokens=128)
 
 

@@ -32,8 +32,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from ..adapter import adapter_state_dict, save_adapter
-from ..quant_linear import QuantLinear
+from lorakit.io.peft_format import adapter_state_dict, save_adapter
+from lorakit.quant.linear import QuantLinear
 
 
 def codes_as_parameters(model: nn.Module) -> nn.Module:

@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..adapter import save_adapter
+from lorakit.io.peft_format import save_adapter
 
 ADAPTER_DIR = "adapter"
 

@@ -32,22 +32,22 @@ import transformers as tf
 from safetensors.torch import save_file
 from torch import nn
 
-from ..adapter import CONFIG_NAME, load_adapter, save_adapter
-from ..atomic import atomic_dir, read_json, read_safetensors
-from ..config import TASK_HEADS, QuantConfig
-from ..errors import UserError
-from ..inject import add_lora, lora_layers, merge_and_unload, set_active_config
-from ..loftq_base import loftq_quantized_base
-from ..lora import LORA_LAYERS
-from ..lora_init import apply_loftq
-from .checkpoint import TRAINABLE, trainable_state
-from .evaluation import kind_of
-from .launch import is_main_process
-from .models import quiet_transformers, resolve_model_path
-from ..quant_linear import dequantize_model, is_quantized, quantize_model
-from ..quant_load import load_quantized, safetensors_files
-from ..tasks import SEQUENCE_CLASSIFICATION, TaskSpec
-from .config import TrainConfig
+from lorakit.io.peft_format import CONFIG_NAME, load_adapter, save_adapter
+from lorakit.io.atomic import atomic_dir, read_json, read_safetensors
+from lorakit.config import TASK_HEADS, QuantConfig
+from lorakit.errors import UserError
+from lorakit.inject.inject import add_lora, lora_layers, merge_and_unload, set_active_config
+from lorakit.io.loftq_base import loftq_quantized_base
+from lorakit.layers.lora import LORA_LAYERS
+from lorakit.init.family import apply_loftq
+from lorakit.training.checkpoint import TRAINABLE, trainable_state
+from lorakit.training.evaluation import kind_of
+from lorakit.training.launch import is_main_process
+from lorakit.models.loading import quiet_transformers, resolve_model_path
+from lorakit.quant.linear import dequantize_model, is_quantized, quantize_model
+from lorakit.quant.load import load_quantized, safetensors_files
+from lorakit.tasks import SEQUENCE_CLASSIFICATION, TaskSpec
+from lorakit.training.config import TrainConfig
 
 RECORD = "lorakit.json"
 BELOW_HEAD = ("pooler", "pre_classifier")  # the layer feeding the head, where the architecture has one

@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..atomic import atomic_dir, read_json
-from ..errors import UserError
-from .checkpoint import BEST, CHECKPOINTS, TrainState
-from .config import TrainConfig
+from lorakit.io.atomic import atomic_dir, read_json
+from lorakit.errors import UserError
+from lorakit.training.checkpoint import BEST, CHECKPOINTS, TrainState
+from lorakit.training.config import TrainConfig
 
 SHAPING = ("method", "lora_r", "target_modules")  # settings the checkpoint's tensor names and shapes depend on
 

@@ -37,26 +37,26 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..atomic import recover
-from ..errors import RunInterrupted
-from ..fast_dropout import fast_dropout
-from ..params import parameter_report
-from ..tasks import CAUSAL_LM, LengthGroupedBatchSampler, PaddingCollator, get_task, load_splits, sequence_lengths
-from . import distributed
-from .checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, load_checkpoint, load_trainable,
+from lorakit.io.atomic import recover
+from lorakit.errors import RunInterrupted
+from lorakit.layers.dropout import fast_dropout
+from lorakit.params import parameter_report
+from lorakit.tasks import CAUSAL_LM, LengthGroupedBatchSampler, PaddingCollator, get_task, load_splits, sequence_lengths
+from lorakit.training import distributed
+from lorakit.training.checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, load_checkpoint, load_trainable,
                          versions)
-from .config import TrainConfig, eval_sample_cap, resolve_device, resolve_precision
-from .estimate import RunClock, evaluation_steps
-from .evaluation import Evaluator, kind_of
-from .fsdp import gather_adapter, is_sharded, local_model_bytes, shard_model
-from .guards import check_max_length
-from .launch import is_main_process
-from .methods import load_base, save_artifact, setup_method, uses_loftq
-from .resume import adopt_best, note_changed_settings, resume_path, still_stopped
-from .runlock import RunLock
-from .signals import stop_requests
-from .step import build_optimizer, linear_schedule, optimizer_step
-from .summary import divergence_message, final_metrics, print_settings, say, write_generations
+from lorakit.training.config import TrainConfig, eval_sample_cap, resolve_device, resolve_precision
+from lorakit.training.estimate import RunClock, evaluation_steps
+from lorakit.training.evaluation import Evaluator, kind_of
+from lorakit.training.fsdp import gather_adapter, is_sharded, local_model_bytes, shard_model
+from lorakit.models.limits import check_max_length
+from lorakit.training.launch import is_main_process
+from lorakit.training.methods import load_base, save_artifact, setup_method, uses_loftq
+from lorakit.training.resume import adopt_best, note_changed_settings, resume_path, still_stopped
+from lorakit.training.runlock import RunLock
+from lorakit.training.signals import stop_requests
+from lorakit.training.step import build_optimizer, linear_schedule, optimizer_step
+from lorakit.training.summary import divergence_message, final_metrics, print_settings, say, write_generations
 
 
 class TrainingDiverged(RuntimeError):

@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..atomic import check_output_dir
-from ..errors import UserError
-from .launch import is_main_process
+from lorakit.io.atomic import check_output_dir
+from lorakit.errors import UserError
+from lorakit.training.launch import is_main_process
 
 LOCK = ".lock"
 

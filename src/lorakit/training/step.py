@@ -16,10 +16,10 @@ import math
 import torch
 from torch import nn
 
-from . import distributed
-from .fsdp import full_tensor, is_sharded, no_gradient_sync
-from ..tasks.batching import LABEL_PAD_ID
-from .config import TrainConfig, autocast, to_device
+from lorakit.training import distributed
+from lorakit.training.fsdp import full_tensor, is_sharded, no_gradient_sync
+from lorakit.tasks.batching import LABEL_PAD_ID
+from lorakit.training.config import TrainConfig, autocast, to_device
 
 
 def training_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

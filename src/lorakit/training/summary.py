@@ -11,10 +11,10 @@ import textwrap
 import torch
 from torch import nn
 
-from .checkpoint import RunDir, versions
-from .config import TrainConfig
-from .evaluation import Evaluator
-from .fsdp import is_sharded
+from lorakit.training.checkpoint import RunDir, versions
+from lorakit.training.config import TrainConfig
+from lorakit.training.evaluation import Evaluator
+from lorakit.training.fsdp import is_sharded
 
 
 def say(progress, line: str) -> None:

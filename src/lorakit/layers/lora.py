@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from . import multi
-from .adapter_int8 import adapter_weights
-from .fused import lora_linear
-from .quant_linear import QuantLinear, qlora_linear
-from .slots import Slots
+from lorakit.layers import mixed
+from lorakit.quant.int8_adapters import adapter_weights
+from lorakit.layers.fused import lora_linear
+from lorakit.quant.linear import QuantLinear, qlora_linear
+from lorakit.layers.bank import Slots
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
     """alpha / r (the paper), or alpha / sqrt(r) (rsLoRA, Kalajdzievski 2023: keeps the update's scale with r)."""
@@ -81,7 +81,7 @@ class LoRALinear(Mergeable, Slots, nn.Module):
 
     ADAPTER_FIELDS = ("lora_A", "lora_B", "r", "alpha", "scaling", "dropout", "adapter_dtype")
     LOW_RANK_FIELDS = ("lora_A", "lora_B")
-    ROW_PLAN = multi.LinearRows
+    ROW_PLAN = mixed.LinearRows
 
     def __init__(
         self,
@@ -143,7 +143,7 @@ class LoRALinear(Mergeable, Slots, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
         if self.rows is not None or self.also_active:  # a mixed batch, or several adapters summed
-            return multi.forward(self, x)
+            return mixed.forward(self, x)
         if self.merged or self.disabled:
             return self.base_layer(x)
         base = self.base_layer
@@ -163,7 +163,7 @@ class LoRALinear(Mergeable, Slots, nn.Module):
         """s·B·A·dropout(x) of adapter `name` by plain ops: (..., in) -> (..., out)."""
         entry = self.entry(name)
         A, B = adapter_weights(entry)
-        xa = multi.dropped(x.to(A.dtype), entry.dropout, self.training)
+        xa = mixed.dropped(x.to(A.dtype), entry.dropout, self.training)
         return F.linear(F.linear(xa, A), B) * entry.scaling  # (..., r) -> (..., out)
 
     @torch.no_grad()
@@ -199,7 +199,7 @@ class LoRAEmbedding(Mergeable, Slots, nn.Module):
 
     ADAPTER_FIELDS = ("lora_embedding_A", "lora_embedding_B", "r", "alpha", "scaling")
     LOW_RANK_FIELDS = ("lora_embedding_A", "lora_embedding_B")
-    ROW_PLAN = multi.EmbeddingRows
+    ROW_PLAN = mixed.EmbeddingRows
 
     def __init__(self, base_layer: nn.Embedding, r: int, alpha: float, use_rslora: bool = False):
         super().__init__()
@@ -219,7 +219,7 @@ class LoRAEmbedding(Mergeable, Slots, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T) token ids -> (B, T, dim)
         if self.rows is not None or self.also_active:  # a mixed batch, or several adapters summed
-            return multi.forward(self, x)
+            return mixed.forward(self, x)
         h = self.base_layer(x)
         if self.merged or self.disabled:
             return h

@@ -22,8 +22,8 @@ import re
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import HEAD_NAMES, TOGGLE_NAMES, path_matches
-from .quant_linear import QuantLinear
+from lorakit.config import HEAD_NAMES, TOGGLE_NAMES, path_matches
+from lorakit.quant.linear import QuantLinear
 
 
 _BERT = {

@@ -27,12 +27,12 @@ import dataclasses
 import torch
 from torch import nn
 
-from .combine_config import MERGES, CombineConfig
-from .combine_math import combine_layer, unequal_ranks
-from .config import LoraConfig, is_family_init
-from .heads import HeadCopies
-from .lora import lora_layers
-from .named import adapter_config, adapter_names, add_adapter_weights
+from lorakit.combine.config import MERGES, CombineConfig
+from lorakit.combine.math import combine_layer, unequal_ranks
+from lorakit.config import LoraConfig, is_family_init
+from lorakit.layers.saved_modules import HeadCopies
+from lorakit.layers.lora import lora_layers
+from lorakit.adapters.api import adapter_config, adapter_names, add_adapter_weights
 
 
 DEFAULT = CombineConfig()

@@ -23,10 +23,10 @@ import logging
 import torch
 from torch import nn
 
-from .config import QuantConfig
-from .lora import LoRALinear
-from .quant import dequantize, quantize
-from .quant_linear import QuantLinear, quantize_model
+from lorakit.config import QuantConfig
+from lorakit.layers.lora import LoRALinear
+from lorakit.quant.codes import dequantize, quantize
+from lorakit.quant.linear import QuantLinear, quantize_model
 
 logger = logging.getLogger(__name__)
 

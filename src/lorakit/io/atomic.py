@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import UserError
+from lorakit.errors import UserError
 
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp-[^.]+|trash-[^.]+|old)$")
 

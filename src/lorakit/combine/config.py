@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .validation import check_fields
+from lorakit.validation import check_fields
 
 # PEFT's combination types. MERGES combine the A and B matrices entry by entry (equal ranks needed); cat and the
 # svd types take any ranks (combine_math.py has the equations).

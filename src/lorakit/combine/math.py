@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .combine_config import MERGES, SVD_TYPES, base_merge
+from lorakit.combine.config import MERGES, SVD_TYPES, base_merge
 
 LowRank = tuple[torch.Tensor, torch.Tensor, float]  # (A (r, in), B (out, r), scaling)
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fused import keep_mask
-from .lora import LoRALinear
-from .quant_linear import QuantLinear, qlora_linear
+from lorakit.low_rank import keep_mask
+from lorakit.layers.lora import LoRALinear
+from lorakit.quant.linear import QuantLinear, qlora_linear
 
 
 def _dense_w0(layer: LoRALinear) -> torch.Tensor:

@@ -21,11 +21,11 @@ import re
 import torch
 from torch import nn
 
-from .beside import set_submodule
-from .config import LoraConfig
-from .heads import HeadCopies
-from .inject import add_lora, forget_adapters, set_active_config
-from .lora import lora_layers
+from lorakit.inject.beside import set_submodule
+from lorakit.config import LoraConfig
+from lorakit.layers.saved_modules import HeadCopies
+from lorakit.inject.inject import add_lora, forget_adapters, set_active_config
+from lorakit.layers.lora import lora_layers
 
 
 def adapter_names(model: nn.Module) -> list[str]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused import keep_mask
+from lorakit.low_rank import keep_mask
 
 ATTENTION = "lorakit_sdpa"
 

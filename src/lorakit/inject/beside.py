@@ -6,10 +6,10 @@ import contextlib
 
 from torch import nn
 
-from .config import LoraConfig, path_matches
-from .heads import HeadCopies
-from .lora import lora_layers
-from .lora_init import is_residual_init
+from lorakit.config import LoraConfig, path_matches
+from lorakit.layers.saved_modules import HeadCopies
+from lorakit.layers.lora import lora_layers
+from lorakit.init.family import is_residual_init
 
 
 def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import LoraConfig, QuantConfig
-from .inject import add_lora, forget_adapters, lora_layers
-from .lora_init import apply_loftq
+from lorakit.config import LoraConfig, QuantConfig
+from lorakit.inject.inject import add_lora, forget_adapters, lora_layers
+from lorakit.init.family import apply_loftq
 
 
 def loftq_quantized_base(model: nn.Module, lora_config: LoraConfig, quant_config: QuantConfig) -> nn.Module:

@@ -29,8 +29,8 @@ import transformers as tf
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import QuantConfig
-from .quant_linear import QuantLinear, is_skipped
+from lorakit.config import QuantConfig
+from lorakit.quant.linear import QuantLinear, is_skipped
 
 INDEX = "model.safetensors.index.json"
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

@@ -23,14 +23,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from . import adapter_int8
-from .atomic import atomic_dir, check_replaceable, read_json, read_safetensors
-from .config import PEFT_FORMAT_VERSION, LoraConfig, path_matches, saves_by_bare_suffix
-from .heads import file_key, param_name
-from .inject import add_lora, lora_layers, saved_in_full
-from .lora import LoRALinear
-from .lora_init import is_residual_init, plain_lora_fields, to_plain_lora
-from .named import active_adapters, adapter_names, using
+from lorakit.quant import int8_adapters as adapter_int8
+from lorakit.io.atomic import atomic_dir, check_replaceable, read_json, read_safetensors
+from lorakit.config import PEFT_FORMAT_VERSION, LoraConfig, path_matches, saves_by_bare_suffix
+from lorakit.layers.saved_modules import file_key, param_name
+from lorakit.inject.inject import add_lora, lora_layers, saved_in_full
+from lorakit.layers.lora import LoRALinear
+from lorakit.init.family import is_residual_init, plain_lora_fields, to_plain_lora
+from lorakit.adapters.api import active_adapters, adapter_names, using
 
 logger = logging.getLogger(__name__)
 

@@ -20,15 +20,15 @@ import logging
 
 from torch import nn
 
-from .beside import add_head_copies, bases_in_place, check_addable, set_submodule
-from .config import LoraConfig, is_family_init, path_matches
-from .dora import DoRALinear
-from .heads import HeadCopies
-from .lora import LORA_LAYERS, LoRAEmbedding, LoRALinear, lora_layers
-from .lora_init import is_residual_init, residual_init
-from .quant import requantize_error
-from .quant_linear import QuantLinear, dequantize_model
-from .targets import compact_targets, find_targets, pattern_value
+from lorakit.inject.beside import add_head_copies, bases_in_place, check_addable, set_submodule
+from lorakit.config import LoraConfig, is_family_init, path_matches
+from lorakit.layers.dora import DoRALinear
+from lorakit.layers.saved_modules import HeadCopies
+from lorakit.layers.lora import LORA_LAYERS, LoRAEmbedding, LoRALinear, lora_layers
+from lorakit.init.family import is_residual_init, residual_init
+from lorakit.quant.codes import requantize_error
+from lorakit.quant.linear import QuantLinear, dequantize_model
+from lorakit.inject.targets import compact_targets, find_targets, pattern_value
 
 logger = logging.getLogger(__name__)
 

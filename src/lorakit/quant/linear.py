@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import QuantConfig, path_matches
-from .fused import add_low_rank_grad_x, low_rank_backward, low_rank_forward
-from .quant import QuantizedTensor, dequantize, quantize
+from lorakit.config import QuantConfig, path_matches
+from lorakit.low_rank import add_low_rank_grad_x, low_rank_backward, low_rank_forward
+from lorakit.quant.codes import QuantizedTensor, dequantize, quantize
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -1,4 +1,4 @@
-"""Checks of settings against the loaded model, before any training or output: one clear line each.
+"""What a loaded model can read: its position limit, checked against the settings before any training or output.
 
     check_max_length(model, cfg.max_length)     # UserError if longer than the model's position embeddings
 """
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import UserError
+from lorakit.errors import UserError
 
 # position-embedding tables that start at padding_idx + 1 (the first rows are not positions)
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")

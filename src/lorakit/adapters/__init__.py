@@ -1,0 +1,1 @@
+"""Many adapters on one model: set, delete, list, and mixed batches."""

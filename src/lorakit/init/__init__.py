@@ -1,0 +1,1 @@
+"""The LoRA family's initialisations: PiSSA, OLoRA and LoftQ."""

@@ -1,0 +1,1 @@
+"""Putting LoRA layers into a model: PEFT's target rules, add_lora, merging and unloading."""
