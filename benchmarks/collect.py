@@ -1,4 +1,4 @@
-"""The markdown tables of benchmarks/RESULTS.md from the run directories that benchmarks/tasks.sh fills.
+"""The markdown tables of benchmarks/results/accuracy.md from the run directories that benchmarks/tasks.sh fills.
 
     .venv/bin/python benchmarks/collect.py                 # reads runs/bench/
     .venv/bin/python benchmarks/collect.py --runs DIR

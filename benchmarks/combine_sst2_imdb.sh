@@ -6,11 +6,11 @@
 #     bash benchmarks/combine_sst2_imdb.sh merge     # the combinations, each twice: SST-2's head and IMDB's head
 #     bash benchmarks/combine_sst2_imdb.sh eval-early  # the SST-2 adapter on IMDB (may run while IMDB trains)
 #     bash benchmarks/combine_sst2_imdb.sh eval      # the rest: every adapter on SST-2 dev, the others on IMDB
-#     bash benchmarks/combine_sst2_imdb.sh report    # the markdown table of RESULTS.md
+#     bash benchmarks/combine_sst2_imdb.sh report    # the markdown table of benchmarks/results/combine.md
 #
 # Both adapters: LoRA r 8, alpha 8, all linear layers below the head (the defaults), lr 1e-3 (given explicitly; the
 # current default for lora), 1 epoch, seed 42. SST-2: 4,000 GLUE train sentences, first 128 tokens, batch 32.
-# IMDB: 2,000 train reviews, first 256 tokens, batch IMDB_BATCH (default 32; RESULTS' table 2: 16).
+# IMDB: 2,000 train reviews, first 256 tokens, batch IMDB_BATCH (default 32; benchmarks/results/combine.md's table 2: 16).
 # Each adapter trains its own classifier head; a combination keeps one of them (--modules-from 1 = SST-2's,
 # 2 = IMDB's) and is evaluated on that head's task. Both tasks use 0 = negative, 1 = positive (tasks/glue.py,
 # tasks/imdb.py), so each single adapter is also evaluated across tasks with its own head.

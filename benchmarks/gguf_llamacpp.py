@@ -9,7 +9,7 @@ a virtualenv of its own: `bash benchmarks/llamacpp_venv.sh /tmp/llamacpp-venv` i
 as Debian 12's, fixes its libraries) and writes /tmp/llamacpp-venv/python, the interpreter for --llamacpp-python.
 It is not a lorakit dependency (`llama-cpp-python` has no wheel on PyPI: it compiles llama.cpp, long on 2 cores).
 The llama.cpp side runs in that interpreter (a subprocess); tokens are compared as ids, the prompt is tokenized once
-by transformers and given to both. Prints a Markdown block for benchmarks/RESULTS.md.
+by transformers and given to both. Prints a Markdown block for benchmarks/results/gguf.md.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A kill campaign: SIGKILL `lorakit train` and `lorakit search --workers 2` at random moments and at the dangerous
 ones, resume, and check that nothing was lost.
 
-    python benchmarks/reliability.py --work /tmp/reliability              # the full campaign (RESULTS.md)
+    python benchmarks/reliability.py --work /tmp/reliability              # the full campaign (benchmarks/results/reliability.md)
     python benchmarks/reliability.py --work /tmp/rel --train-kills 3 --strace-kills 2 --search-kills 1   # short
 
 train (tiny 2-layer BERT, 96 CSV rows, 12 steps, evaluation and a checkpoint every 2 steps, one step checkpoint

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The real runs behind benchmarks/RESULTS.md: MiniLM-L6 on GLUE / IMDB / SQuAD and SmolLM2-135M on instructions.
+# The real runs behind benchmarks/results/accuracy.md: MiniLM-L6 on GLUE / IMDB / SQuAD and SmolLM2-135M on instructions.
 #
 #     bash benchmarks/tasks.sh sst2        # SST-2, full train set, 1 epoch: head, last-layers, lora (all-linear), full, lora q+v
 #     bash benchmarks/tasks.sh glue imdb   # CoLA, STS-B, MRPC, RTE; IMDB (reduced): LoRA all-linear
 #     bash benchmarks/tasks.sh squad       # SQuAD v1.1 dev split by article: head, lora, full
 #     bash benchmarks/tasks.sh instruct    # SmolLM2-135M-Instruct on Code Alpaca records: lora, qlora
 #     bash benchmarks/tasks.sh padding     # examples/s: length-grouped dynamic padding vs padding to 128 tokens
-#     bash benchmarks/tasks.sh report      # the markdown tables of RESULTS.md from the finished runs
+#     bash benchmarks/tasks.sh report      # the markdown tables of benchmarks/results/accuracy.md from the finished runs
 #
 # Every suite is `lorakit compare` (one process per method, each with its own peak memory) into runs/bench/<name>/,
 # which writes comparison.md / .csv / .png there; a finished run with the same settings is reused. THREADS (default 1)

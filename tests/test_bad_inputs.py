@@ -3,7 +3,7 @@ documented exception (Python API: UserError / TaskError, both ValueError), a mes
 fix, and nothing half-written (the output directory absent, or a run directory unchanged).
 
 Kinds: train flags (numbers, types, contradictions, regexes, devices), data files, paths, --config files,
-resumption, eval / predict / merge / params, search, and the Python API. RESULTS.md counts them by kind.
+resumption, eval / predict / merge / params, search, and the Python API. benchmarks/results/reliability.md counts them by kind.
 """
 from __future__ import annotations
 

@@ -207,4 +207,4 @@ def test_one_set_of_lora_defaults():
     assert (ours.r, ours.alpha, ours.init, ours.dropout) == (8, 8.0, "kaiming", 0.0)
     assert (train.r, train.alpha, train.init, train.dropout, train.use_rslora) == \
         (ours.r, ours.alpha, ours.init, ours.dropout, ours.use_rslora)
-    assert DEFAULT_LR["lora"] == 1e-3  # re-tuned for the kaiming init (benchmarks/RESULTS.md, SST-2)
+    assert DEFAULT_LR["lora"] == 1e-3  # re-tuned for the kaiming init (benchmarks/results/accuracy.md, SST-2)

@@ -2,7 +2,7 @@
 pyproject.toml declares against what the code imports, and the one-line message of a command whose extra is missing.
 
 The fresh-venv install (`pip install .` with no extras, then add_lora / save / load / merge) is
-`make check-core-install` (benchmarks/check_core_install.sh), a few minutes, recorded in benchmarks/RESULTS.md.
+`make check-core-install` (benchmarks/check_core_install.sh), a few minutes, recorded in benchmarks/results/packaging.md.
 """
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ class LoraConfig(JsonMixin):
 
     r: int = 8  # rank of the update B·A
     # scaling numerator: the update is multiplied by alpha / r (or alpha / sqrt(r)). 8 = PEFT's default; with
-    # kaiming init at lr 1e-3 it gave the best all-linear LoRA on SST-2 (benchmarks/RESULTS.md)
+    # kaiming init at lr 1e-3 it gave the best all-linear LoRA on SST-2 (benchmarks/results/accuracy.md)
     alpha: float = 8.0
     dropout: float = 0.0  # dropout on the LoRA branch's input, in [0, 1)
     # which modules: a list of names (exact or ".suffix"), one regex string (full match), "all-linear",

@@ -1,6 +1,6 @@
 """The model's own dropout, made cheap on CPU: hidden-state dropout and attention-probability dropout.
 
-Why (profiled on CPU, MiniLM, batch 32 x 128 tokens, LoRA on query+value; see benchmarks/RESULTS.md): the
+Why (profiled on CPU, MiniLM, batch 32 x 128 tokens, LoRA on query+value; see benchmarks/results/step_time.md): the
 model's dropout layers cost more than all of LoRA's work. torch's CPU dropout draws one Bernoulli sample per
 element (`bernoulli_`, about 22% of the whole training step), keeps the mask as a float tensor (4 bytes per
 element) for backward and makes three passes (draw, divide, multiply). Most of it is the attention dropout on the

@@ -25,7 +25,7 @@ _LORA = {f.name: f.default for f in fields(LoraConfig)}  # the LoRA defaults liv
 METHODS = ("lora", "qlora", "lora+head", "head", "last-layers", "full")
 # LoRA learns best at ~10x the learning rate of full fine-tuning (Hu et al. 2021 used 4e-4..5e-4 on RoBERTa).
 # Measured on MiniLM-L6 with the default init of A, PEFT's kaiming-uniform (all-linear, r 8, alpha 8;
-# benchmarks/RESULTS.md): lr 1e-3 gave SST-2 on the full train set 88.30 / 88.76 / 87.96% over three seeds, the best
+# benchmarks/results/accuracy.md): lr 1e-3 gave SST-2 on the full train set 88.30 / 88.76 / 87.96% over three seeds, the best
 # LoRA recipe measured there (N(0, 1/r) init, 7x larger at r 8, wanted 3e-4..5e-4), and CoLA Matthews 0.19 in 3
 # epochs. A fresh head alone tolerates 1e-3.
 DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "lora+head": 1e-3, "head": 1e-3, "last-layers": 5e-4, "full": 5e-5}
