@@ -1,9 +1,14 @@
-"""README.md cannot drift from the code: every ```python block runs (tiny local models in place of hub names), every
-`lorakit` line of its ```bash blocks parses with the real parser, and its quick commands run on tiny data.
+"""README.md and docs/*.md cannot drift from the code: every ```python block runs (tiny local models in place of hub
+names), every `lorakit` line of their ```bash blocks parses with the real parser, README's quick commands run on tiny
+data, the serve section runs against a live server, and every file they link to exists.
 
 Substitutions, and nothing else: hub names -> tiny saved models of the same family; `...train...` -> non-zero LoRA
 weights (what training would give); `batch` -> a tiny batch of token ids; `...` in a command line -> nothing;
 `minilm` -> the tiny model; run directories -> tmp_path.
+
+What cannot run here is fenced without a language (```), and so is not run: equations, the module tree, an Ollama
+Modelfile. In ```bash blocks only the `lorakit` lines are run (parsed); other programs (curl outside the serve
+section, llama-cli, ollama) are shown, not run.
 """
 from __future__ import annotations
 
@@ -21,25 +26,36 @@ from conftest import inputs, logits, randomize_lora, tiny_model
 from lorakit.cli.main import build_parser, main
 from test_train import make_tiny_run_inputs
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
+ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+TEXTS = {path.relative_to(ROOT).as_posix(): path.read_text() for path in DOC_FILES}
+README = TEXTS["README.md"]
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
 HUB_FAMILIES = {"bert-base-uncased": "bert", "HuggingFaceTB/SmolLM2-135M-Instruct": "llama"}
 TRAINING = "...train..."
+SERVE_HEADING = "## Serve your adapters over HTTP"
+# benchmarks/results/ arrives with the split of benchmarks/RESULTS.md: until it exists, links into it must name one
+# of the agreed files
+RESULT_FILES = {"README.md", "step_time.md", "qlora.md", "big_models.md", "accuracy.md", "search.md", "demo.md",
+                "peft_parity.md", "packaging.md", "gguf.md", "serve.md", "reliability.md", "lora_family.md",
+                "combine.md", "mixed_batch.md", "test_suite.md"}
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+def blocks(language: str) -> list[tuple[str, str]]:
+    """(file, code) of every ```language block of README.md and docs/*.md."""
+    return [(name, code) for name, text in TEXTS.items()
+            for code in re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)]
 
 
-def library_blocks() -> list[str]:
+def library_blocks() -> list[tuple[str, str]]:
     """The python blocks of the library (the serve section's openai-client block runs against a live server, below)."""
-    return [block for block in blocks("python") if "OpenAI(" not in block]
+    return [(name, code) for name, code in blocks("python") if "OpenAI(" not in code]
 
 
 def command_lines() -> list[str]:
-    """The `lorakit ...` commands of the bash blocks: continuations joined, comments dropped."""
+    """The `lorakit ...` commands of the bash blocks: continuations joined, comments dropped (README's first)."""
     lines = []
-    for block in blocks("bash"):
+    for _, block in blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].strip()
             if line.startswith("lorakit "):
@@ -69,18 +85,19 @@ def hub(tmp_path) -> dict[str, str]:
     return paths
 
 
-@pytest.mark.parametrize("index", range(len(library_blocks())))
+@pytest.mark.parametrize("index", range(len(library_blocks())),
+                         ids=[f"{name}-{i}" for i, (name, _) in enumerate(library_blocks())])
 def test_python_block_runs(index, hub, tmp_path, monkeypatch, capsys):
-    code = library_blocks()[index]
+    source, code = library_blocks()[index]
     assert TRAINING in code or "trainer.train()" in code  # each block shows the whole cycle around training
     for name, path in hub.items():
         code = code.replace(f'"{name}"', repr(path))
     unknown = set(re.findall(r'from_pretrained\("([^"]+)"', code))
-    assert not unknown, f"README names hub models this test has no tiny stand-in for: {unknown}"
+    assert not unknown, f"{source} names hub models this test has no tiny stand-in for: {unknown}"
     code = code.replace(TRAINING, "randomize_lora(model)")
     monkeypatch.chdir(tmp_path)
     namespace = {"batch": inputs(), "randomize_lora": randomize_lora}
-    exec(compile(code, f"README.md python block {index}", "exec"), namespace)
+    exec(compile(code, f"{source} python block {index}", "exec"), namespace)
 
     out = capsys.readouterr().out
     if "print(parameter_report(model))" in code:
@@ -105,7 +122,7 @@ def test_every_command_line_parses():
         try:
             parser.parse_args(argv)
         except SystemExit:
-            pytest.fail(f"README command does not parse: {line}")
+            pytest.fail(f"documented command does not parse: {line}")
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "merge", "predict", "params", "demo", "search", "compare",
@@ -118,7 +135,7 @@ def test_help_of_every_command_the_readme_shows(command, capsys):
 
 
 def readme_command(prefix: str) -> list[str]:
-    """The README's first command line starting with `prefix`, as argv."""
+    """The first documented command line starting with `prefix` (README's before the docs'), as argv."""
     line = next(line for line in command_lines() if line.startswith(prefix))
     return shlex.split(line)[1:]
 
@@ -173,7 +190,8 @@ def test_the_serve_section_runs_against_a_live_server(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     argv = [{"smollm2": str(base)}.get(arg, arg) for arg in readme_command("lorakit serve --model smollm2")]
     server = LiveServer(serve_config_from_args(build_parser().parse_args(argv)))
-    section = README.split("## Serve your adapters over HTTP")[1].split("\n## ")[0]
+    (text,) = [text for text in TEXTS.values() if SERVE_HEADING in text]
+    section = text.split(SERVE_HEADING)[1].split("\n## ")[0]
     (lm_block, classify_block) = [b for b in re.findall(r"```bash\n(.*?)```", section, flags=re.S) if "curl" in b]
     try:
         for command in curl_lines(lm_block):
@@ -181,7 +199,7 @@ def test_the_serve_section_runs_against_a_live_server(tmp_path, monkeypatch, cap
             assert "error" not in answer and answer, command
         (python_block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
         capsys.readouterr()
-        exec(compile(python_block.replace("http://127.0.0.1:8000", server.url), "README serve block", "exec"), {})
+        exec(compile(python_block.replace("http://127.0.0.1:8000", server.url), "the serve block", "exec"), {})
         assert capsys.readouterr().out.strip()
     finally:
         server.stop()
@@ -211,3 +229,42 @@ def run_curl(command: str) -> str:
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, (command, done.stderr)
     return done.stdout
+
+
+def links(text: str) -> list[str]:
+    """The targets of the markdown links and images outside code blocks."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.findall(r"\]\(([^)\s]+)\)", prose)
+
+
+def anchors(text: str) -> set[str]:
+    """GitHub's anchors of a markdown file's headings: lower case, punctuation dropped, spaces as hyphens."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#+ (.*)$", prose, flags=re.M)}
+
+
+@pytest.mark.parametrize("name", list(TEXTS))
+def test_every_linked_file_exists(name):
+    """docs/ and the rest of the repository strictly (and their #anchors); benchmarks/results/, which arrives with
+    the split of benchmarks/RESULTS.md, against the agreed names while the directory is not there."""
+    results = ROOT / "benchmarks" / "results"
+    for link in links(TEXTS[name]):
+        if re.match(r"[a-z]+:", link):  # https:, mailto:
+            continue
+        path, _, anchor = link.partition("#")
+        target = ((ROOT / name).parent / path).resolve() if path else ROOT / name
+        assert target.is_relative_to(ROOT), f"{name} links outside the repository: {link}"
+        if target.parent == results and not results.is_dir():
+            assert target.name in RESULT_FILES, f"{name} links to a benchmarks/results file nobody writes: {link}"
+            continue
+        assert target.exists(), f"{name} links to a missing file: {link}"
+        if anchor and target.suffix == ".md":
+            assert anchor in anchors(target.read_text()), f"{name} links to a missing section: {link}"
+
+
+def test_readme_is_a_front_door():
+    """README stays short and leads to every page of docs/."""
+    assert len(README.splitlines()) <= 250
+    linked = {((ROOT / path).resolve()) for path in (link.partition("#")[0] for link in links(README)) if path}
+    assert not {path.resolve() for path in (ROOT / "docs").glob("*.md")} - linked
