@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/qlora_bench.py all
 
-bench-tasks: $(STAMP)  # the real runs behind RESULTS.md: hours on 2 CPU cores
+bench-tasks: $(STAMP)  # the real runs behind benchmarks/results/accuracy.md: hours on 2 CPU cores
 	bash benchmarks/tasks.sh sst2 glue imdb squad instruct padding report
 
 check-core-install:  # `pip install .` without extras in a fresh venv, then the library and the CLI's messages

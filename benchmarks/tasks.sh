@@ -11,8 +11,8 @@
 # Every suite is `lorakit compare` (one process per method, each with its own peak memory) into runs/bench/<name>/,
 # which writes comparison.md / .csv / .png there; a finished run with the same settings is reused. THREADS (default 1)
 # is the torch threads per training process: two suites side by side on a 2-core machine use one each.
-# Learning rates: LoRA runs pass --lr "$LORA_LR" (1e-3, the default LoRA lr when these runs were made; the default
-# is 5e-4 since), other methods use their default (lorakit train --help): head 1e-3, last-layers 5e-4, full 5e-5.
+# Learning rates: LoRA runs pass --lr "$LORA_LR" (1e-3, the LoRA default, stated so the tables keep their meaning),
+# other methods use their default (lorakit train --help): head 1e-3, last-layers 5e-4, full 5e-5.
 # LoRA is r 8, alpha 8, all-linear unless said.
 set -euo pipefail
 cd "$(dirname "$0")/.."
