@@ -20,10 +20,10 @@ from lorakit.validation import check_fields, check_regex
 
 # Init of A (B starts at 0 in all three). "kaiming": kaiming-uniform with a=sqrt(5), PEFT's and loralib's default
 # (bound 1/sqrt(in_features)); "gaussian": PEFT's init_lora_weights="gaussian", N(0, 1/r^2) (std 1/r);
-# "normal_1_over_r": N(0, 1/r) (std 1/sqrt(r)), lorakit's default before kaiming. Run configs written before the
-# rename say "gaussian" for that last one: they load, and now mean PEFT's gaussian (see README, "The idea").
+# "normal_1_over_r": N(0, 1/r) (std 1/sqrt(r)). "gaussian" in any run config means PEFT's (README, "The idea"), so
+# a file and PEFT agree on what it names.
 INITS = ("kaiming", "gaussian", "normal_1_over_r")
-# The LoRA family's initialisations (lora_init.py): W0 keeps a residual ("pissa", "pissa_niter_<N>", "olora") or
+# The LoRA family's initialisations (init/family.py): W0 keeps a residual ("pissa", "pissa_niter_<N>", "olora") or
 # is quantized against the adapter ("loftq", QLoRA only).
 FAMILY_INITS = ("pissa", "olora", "loftq")
 
@@ -119,7 +119,7 @@ class LoraConfig(JsonMixin):
     # modules trained and saved in full, besides the task head of classification / QA models, which always is
     # (PEFT's rule); nothing inside them gets LoRA
     modules_to_save: tuple[str, ...] | None = None
-    adapter_dtype: str = "float32"  # "int8" stores A and B as int8 with per-row scales (QLoRA issue)
+    adapter_dtype: str = "float32"  # "int8" stores A and B as int8 with per-row scales (quant/int8_adapters.py)
     # DoRA (Liu et al. 2024): a trainable magnitude per output unit, W' = m·(W0 + s·B·A)/||W0 + s·B·A|| (dora.py)
     use_dora: bool = False
     loftq_iter: int = 1  # init="loftq": alternations of quantize / rank-r SVD (LoftQ alg. 1, T); PEFT's default 1

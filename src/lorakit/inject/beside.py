@@ -49,7 +49,7 @@ def bases_in_place(model: nn.Module):
 
 
 def add_head_copies(model: nn.Module, to_save: tuple[str, ...], name: str) -> None:
-    """Give adapter `name` its own copy of every module it trains in full (heads.HeadCopies), starting from the
+    """Give adapter `name` its own copy of every module it trains in full (saved_modules.HeadCopies), starting from the
     module in use; a module no adapter trained yet keeps the base model's own as `original_module`."""
     state = adapter_state(model)
     for head in to_save:

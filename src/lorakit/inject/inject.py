@@ -137,7 +137,7 @@ def new_layer(base: nn.Module, config: LoraConfig, path: str) -> nn.Module:
         return LoRAEmbedding(base, r, alpha, config.use_rslora)
     if config.use_dora:  # DoRA: LoRA plus a magnitude vector (dora.py)
         return DoRALinear(base, r, alpha, config.dropout, config.use_rslora, config.init)
-    init = config.init if not is_family_init(config.init) else "kaiming"  # placeholder until lora_init
+    init = config.init if not is_family_init(config.init) else "kaiming"  # a placeholder: init/family.py sets A and B
     layer = LoRALinear(base, r, alpha, config.dropout, config.use_rslora, init, config.adapter_dtype)
     if is_residual_init(config.init):
         residual_init(layer, config.init)  # PiSSA / OLoRA: A, B from W0; W0 <- residual

@@ -8,7 +8,7 @@ Keys are PEFT's: "base_model.model.<module path>.lora_A.weight", "....lora_embed
 their own paths ("base_model.model.classifier.weight"), trained biases of adapted layers as "<path>.base_layer.bias".
 lorakit names its parameters exactly so, which makes the mapping the identity plus the prefix.
 Loading reads safetensors only (never pickle). Writes are atomic: a temporary directory, then a rename.
-LoraConfig(adapter_dtype="int8") adapters are lorakit's own variant (int8 codes + scales, see adapter_int8.py):
+LoraConfig(adapter_dtype="int8") adapters are lorakit's own variant (int8 codes + scales, see quant/int8_adapters.py):
 peft_type "LORAKIT_INT8", which PEFT does not read.
 """
 from __future__ import annotations
@@ -159,7 +159,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, state: dict[str, tor
                  overwrite: bool = False, name: str | None = None) -> Path:
     """Write `path/adapter_config.json` and `path/adapter_model.safetensors` atomically. Returns the path.
 
-    name: which adapter of a model that holds several (named.py); None: the one in use.
+    name: which adapter of a model that holds several; None: the one in use.
     state: the adapter's tensors when the model cannot give them itself (FSDP: gathered by fsdp.gather_adapter).
     An existing `path` is replaced only if it is an empty directory or an adapter directory (ADAPTER_FILES);
     anything else is a UserError unless overwrite=True (a file is never replaced)."""

@@ -12,9 +12,9 @@ Speed (what PEFT does not do):
         n² = ||W0||²_row + 2s·rowsum((W0·Aᵀ) ⊙ B) + s²·rowsum((B·(A·Aᵀ)) ⊙ B)
     ||W0||²_row is a vector norm over W0, W0·Aᵀ is (out, r): O(out·in·r) work and no (out, in) temporary.
   * `DoRALinearFunction` is one autograd node: the LoRA node of fused.py (low_rank.py's pieces) with g folded into
-    W0 and B (transient (out, in) and (out, r) copies), so no extra pass over the (N, out) activations but dL/dm's. Backward saves
-    what LoRA saves plus the output h (out-sized, shared with the next op, which saves its input anyway) instead
-    of a second copy of the pre-scale output; dL/dm = Σ_N dL/dh ⊙ (h - b) / m.
+    W0 and B (transient (out, in) and (out, r) copies), so no extra pass over the (N, out) activations but dL/dm's.
+    Backward saves what LoRA saves plus the output h (out-sized, shared with the next op, which saves its input
+    anyway) instead of a second copy of the pre-scale output; dL/dm = Σ_N dL/dh ⊙ (h - b) / m.
   * In eval mode (or without grad) n is cached and reused until A, B or W0 change (their version counters).
 Dropout (p > 0) applies to the low-rank branch input only, as in LoRA: h = g ⊙ (W0·x + s·B·A·drop(x)) + b.
 (PEFT also multiplies (g - 1)·W0·drop(x), one more dense matmul; both agree whenever dropout is off, as in eval.)
@@ -86,7 +86,7 @@ class DoRALinearFunction(torch.autograd.Function):
         if bias is not None and ctx.needs_input_grad[2]:
             grad_bias = gy_sum
         # dL/du = g ⊙ gy; from here on LoRA's backward with g folded into B and W0: dL/d(xa) = s·gy·(g ⊙ B) and
-        # dL/dA as LoRA's; dL/dB is g ⊙ LoRA's, computed here (scaling by g before s rounds as before)
+        # dL/dA are LoRA's; dL/dB = g ⊙ (LoRA's dL/dB) is its own product below, g applied before s
         grad_xa, grad_a, _, keep = low_rank_backward(gy, x2, lora_a, lora_b * g[:, None], xa, keep, s, inv_q,
                                                      ctx.needs_input_grad[3], False)
         if ctx.needs_input_grad[4]:

@@ -103,7 +103,7 @@ class LoRALinear(Mergeable, Slots, nn.Module):
         self.scaling = lora_scaling(r, alpha, use_rslora)
         self.merged = False  # W0 currently holds W0 + scaling·B·A
         self.disabled = False  # compute the base layer alone
-        self.adapter_dtype = adapter_dtype  # "int8": A and B fake-quantized to int8 per row (adapter_int8.py)
+        self.adapter_dtype = adapter_dtype  # "int8": A and B fake-quantized to int8 per row (quant/int8_adapters.py)
         if isinstance(base_layer, QuantLinear):  # packed codes: adapters in fp32 on the codes' device
             device, dtype = base_layer.qweight.device, torch.float32
         else:
