@@ -251,6 +251,7 @@ def accuracy_run(config: str, seed: int, n_train: int, max_length: int) -> dict:
     import transformers as tf
 
     from lorakit import LoRALinear, QuantConfig, load_adapter, lora_layers, save_adapter
+    from lorakit.config import adapter_state
     from lorakit.quant.linear import quantize_model
 
     tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())
@@ -272,7 +273,7 @@ def accuracy_run(config: str, seed: int, n_train: int, max_length: int) -> dict:
     labels = torch.tensor(labels)
     preds = predict(model, tokenizer, list(sentences), max_length)
     rounded = None
-    if model.lorakit_config.adapter_dtype == "float32":  # the fp32 adapter rounded to int8 after training
+    if adapter_state(model).config.adapter_dtype == "float32":  # the fp32 adapter rounded to int8 after training
         layers = [m for _, m in lora_layers(model) if isinstance(m, LoRALinear)]
         for layer in layers:
             layer.adapter_dtype = "int8"

@@ -26,7 +26,7 @@ def _adapted(kind, **extra):
     model = add_lora(tiny_model(kind), LoraConfig(r=4, alpha=8, target_modules=TARGETS[kind], **extra))
     randomize_lora(model)
     with torch.no_grad():  # a trained head, not the random init
-        for name in model.lorakit_config.modules_to_save:
+        for name in model.lorakit.config.modules_to_save:
             for p in model.get_submodule(name).parameters():
                 p.add_(0.3)
     return model.eval()
@@ -173,4 +173,4 @@ def test_init_recorded_as_peft_reads_it(tmp_path, init, recorded):
     assert json.loads((tmp_path / "adapter_config.json").read_text())["init_lora_weights"] == recorded
     theirs = peft.PeftModel.from_pretrained(tiny_model("bert"), tmp_path).eval()
     assert (logits(theirs, batch) - logits(model.eval(), batch)).abs().max() <= 1e-5
-    assert load_adapter(tiny_model("bert"), tmp_path).lorakit_config.init == init
+    assert load_adapter(tiny_model("bert"), tmp_path).lorakit.config.init == init

@@ -107,7 +107,7 @@ def test_save_load_bit_exact_logits(kind, tmp_path):
         assert codes and all(f.get_tensor(k).dtype == torch.int8 for k in codes)
         assert all(f.get_tensor(k + "_scale").dtype == torch.float32 for k in codes)
     again = load_adapter(fresh(), tmp_path).eval()
-    assert again.lorakit_config.adapter_dtype == "int8"
+    assert again.lorakit.config.adapter_dtype == "int8"
     assert torch.equal(logits(again, batch), expected)
 
 

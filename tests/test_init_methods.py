@@ -60,7 +60,7 @@ def test_peft_converted_adapter_loads_in_lorakit(kind, init, tmp_path):
     want = logits(peft_model, batch)
     peft_model.save_pretrained(tmp_path / "conv", path_initial_model_for_weight_conversion=str(tmp_path / "init"))
     ours = load_adapter(tiny_model(kind), tmp_path / "conv")
-    assert ours.lorakit_config.r == 8
+    assert ours.lorakit.config.r == 8
     torch.testing.assert_close(logits(ours, batch), want, atol=1e-4, rtol=0)
 
 

@@ -43,7 +43,7 @@ def test_merged_unmerged_unloaded_disabled(kind):
     unmerge_lora(model)
     torch.testing.assert_close(logits(model, batch), adapted, rtol=1e-5, atol=1e-5)
     plain = merge_and_unload(model)
-    assert not lora_layers(plain) and not hasattr(plain, "lorakit_config")
+    assert not lora_layers(plain) and not hasattr(plain, "lorakit")
     assert not any(isinstance(m, LoRALinear) for m in plain.modules())
     torch.testing.assert_close(logits(plain, batch), adapted, rtol=1e-5, atol=1e-5)
 
@@ -67,7 +67,7 @@ def test_optimizer_step_moves_only_adapter(kind):
     model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    heads = set(model.lorakit_config.modules_to_save)
+    heads = set(model.lorakit.config.modules_to_save)
     for name in trainable:
         assert "lora_" in name or name.split(".")[0] in heads, name
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -127,7 +127,7 @@ def test_plain_torch_module():
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
     add_lora(mlp, LoraConfig(r=2, alpha=4, target_modules=["0", "2"]))
     assert isinstance(mlp[0], LoRALinear) and isinstance(mlp[2], LoRALinear)
-    assert mlp.lorakit_config.modules_to_save == ()
+    assert mlp.lorakit.config.modules_to_save == ()
     trainable = [n for n, p in mlp.named_parameters() if p.requires_grad]
     assert trainable == ["0.lora_A.weight", "0.lora_B.weight", "2.lora_A.weight", "2.lora_B.weight"]
 
@@ -136,13 +136,13 @@ def test_heads_always_train_in_full_as_in_peft():
     """PEFT's rule: the task head trains in full whatever modules_to_save says (it is added to them); DistilBERT's
     pre_classifier too (PEFT matches head names as path suffixes without a dot)."""
     model = add_lora(tiny_model("distilbert"), LoraConfig(target_modules=["q_lin"]))
-    assert set(model.lorakit_config.modules_to_save) == {"classifier", "pre_classifier"}
+    assert set(model.lorakit.config.modules_to_save) == {"classifier", "pre_classifier"}
     assert model.classifier.weight.requires_grad and model.pre_classifier.weight.requires_grad
     model = add_lora(tiny_model("bert"), LoraConfig(target_modules=["query"], modules_to_save=("pooler",)))
-    assert model.lorakit_config.modules_to_save == ("pooler", "classifier")
+    assert model.lorakit.config.modules_to_save == ("pooler", "classifier")
     assert model.classifier.weight.requires_grad and model.bert.pooler.dense.weight.requires_grad
     lm = add_lora(tiny_model("llama"), LoraConfig(target_modules="all-linear"))
-    assert lm.lorakit_config.modules_to_save == ()
+    assert lm.lorakit.config.modules_to_save == ()
 
 
 def test_target_inside_the_head_is_left_to_the_full_copy():

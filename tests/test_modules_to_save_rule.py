@@ -61,14 +61,14 @@ def test_an_older_file_loads_every_module_its_rule_saved(tmp_path, version):
     trained = _saved_as(tmp_path, ALL_NORMS, ["norm"], version)
     batch = inputs()
     again = load_adapter(tiny_model("llama"), tmp_path).eval()
-    assert sorted(again.lorakit_config.modules_to_save) == ALL_NORMS
+    assert sorted(again.lorakit.config.modules_to_save) == ALL_NORMS
     assert torch.equal(logits(again, batch), logits(trained, batch))
 
 
 def test_a_022_file_loads_only_model_norm(tmp_path):
     trained = _saved_as(tmp_path, ["norm"], ["norm"], "0.22.0")
     again = load_adapter(tiny_model("llama"), tmp_path).eval()
-    assert again.lorakit_config.modules_to_save == ("norm",)
+    assert again.lorakit.config.modules_to_save == ("norm",)
     assert torch.equal(logits(again, inputs()), logits(trained, inputs()))
 
 

@@ -30,7 +30,7 @@ def _saved_adapters(kind, tmp_path):
         model = add_lora(tiny_model(kind), config)
         randomize_lora(model, seed=10 + i)
         with torch.no_grad():  # a head trained differently by each adapter
-            for name in model.lorakit_config.modules_to_save:
+            for name in model.lorakit.config.modules_to_save:
                 for p in model.get_submodule(name).parameters():
                     p.add_(0.3 * (i + 1))
         paths.append(save_adapter(model, tmp_path / f"ad{i}"))

@@ -37,7 +37,7 @@ def test_qlora_equals_lora_on_dequantized(kind, arch):
     randomize_lora(qmodel)
     randomize_lora(twin)
     with torch.no_grad():
-        for name in qmodel.lorakit_config.modules_to_save:
+        for name in qmodel.lorakit.config.modules_to_save:
             twin.get_submodule(name).load_state_dict(qmodel.get_submodule(name).state_dict())
     batch = inputs()
     assert (logits(qmodel, batch) - logits(twin, batch)).abs().max() <= 1e-5

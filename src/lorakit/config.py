@@ -4,6 +4,8 @@
     LoraConfig.from_json(cfg.to_json()) == cfg   # True
 
 Every field has a one-line comment; bad values fail here, at creation, with the value named.
+
+A model with LoRA carries its adapters' configs in one AdapterState, `model.lorakit` (adapter_state(model)).
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ from lorakit.validation import check_fields, check_regex
 
 # Init of A (B starts at 0 in all three). "kaiming": kaiming-uniform with a=sqrt(5), PEFT's and loralib's default
 # (bound 1/sqrt(in_features)); "gaussian": PEFT's init_lora_weights="gaussian", N(0, 1/r^2) (std 1/r);
-# "normal_1_over_r": N(0, 1/r) (std 1/sqrt(r)), lorakit's default before kaiming. Run configs written before the
-# rename say "gaussian" for that last one: they load, and now mean PEFT's gaussian (see README, "The idea").
+# "normal_1_over_r": N(0, 1/r) (std 1/sqrt(r)). "gaussian" in any run config means PEFT's (README, "The idea"), so
+# a file and PEFT agree on what it names.
 INITS = ("kaiming", "gaussian", "normal_1_over_r")
-# The LoRA family's initialisations (lora_init.py): W0 keeps a residual ("pissa", "pissa_niter_<N>", "olora") or
+# The LoRA family's initialisations (init/family.py): W0 keeps a residual ("pissa", "pissa_niter_<N>", "olora") or
 # is quantized against the adapter ("loftq", QLoRA only).
 FAMILY_INITS = ("pissa", "olora", "loftq")
 
@@ -117,7 +119,7 @@ class LoraConfig(JsonMixin):
     # modules trained and saved in full, besides the task head of classification / QA models, which always is
     # (PEFT's rule); nothing inside them gets LoRA
     modules_to_save: tuple[str, ...] | None = None
-    adapter_dtype: str = "float32"  # "int8" stores A and B as int8 with per-row scales (QLoRA issue)
+    adapter_dtype: str = "float32"  # "int8" stores A and B as int8 with per-row scales (quant/int8_adapters.py)
     # DoRA (Liu et al. 2024): a trainable magnitude per output unit, W' = m·(W0 + s·B·A)/||W0 + s·B·A|| (dora.py)
     use_dora: bool = False
     loftq_iter: int = 1  # init="loftq": alternations of quantize / rank-r SVD (LoftQ alg. 1, T); PEFT's default 1
@@ -186,3 +188,31 @@ class QuantConfig(JsonMixin):
         accepted = (32, 64, 128, 256, 512, 1024, 2048, 4096)
         if self.block_size not in accepted:
             raise ValueError(f"QuantConfig: block_size={self.block_size!r} is not supported; accepted: {list(accepted)}")
+
+
+# The one attribute of a LoRA model that records its adapters (an AdapterState).
+STATE_ATTRIBUTE = "lorakit"
+
+
+@dataclass
+class AdapterState:
+    """The adapters of one model: each one's resolved LoraConfig by name, in the order they were added, and the
+    names in use. `config`, what save_adapter and training read, is that of the first in use; it is not stored
+    apart from `configs`, so the two cannot disagree."""
+
+    configs: dict[str, LoraConfig]  # name -> the resolved config (targets as paths, modules_to_save found)
+    active: tuple[str, ...]  # the adapters in use, summed; never empty while the state is on a model
+
+    @property
+    def config(self) -> LoraConfig:
+        return self.configs[self.active[0]]
+
+    @config.setter
+    def config(self, value: LoraConfig) -> None:
+        """Replace the recorded config of the (first) adapter in use (training adds the modules it trains in full)."""
+        self.configs[self.active[0]] = value
+
+
+def adapter_state(model: Any) -> AdapterState | None:
+    """The AdapterState of a model with LoRA (add_lora, load_adapter); None for a model without."""
+    return getattr(model, STATE_ATTRIBUTE, None)

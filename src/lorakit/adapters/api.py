@@ -4,13 +4,13 @@
     set_adapter(model, "imdb")                      # that adapter alone (the first added stays active until then)
     set_adapter(model, ["sst2", "imdb"])            # both, their updates summed
     with mixed_batch(model, ["sst2", None, "imdb"]):  # row i computes with adapter i (None: the base model)
-        logits = model(**batch).logits              # one batched forward (multi.py), generate() alike
+        logits = model(**batch).logits              # one batched forward (layers/mixed.py), generate() alike
     delete_adapter(model, "sst2")
 
-Every LoRA layer keeps the adapter in use in its own fields and the others in a bank (slots.py), so with one adapter
-a model is exactly what add_lora made before names existed. The model records its adapters' resolved configs in
-`model.lorakit_adapters` ({name: LoraConfig}, in the order they were added) and the ones in use in
-`model.lorakit_active`; `model.lorakit_config` is the config of the first in use.
+Every LoRA layer keeps the adapter in use in its own fields and the others in a bank (layers/bank.py), so a model
+with one adapter computes on the one-adapter path. The model records its adapters in one AdapterState
+(config.py, `adapter_state(model)`): their resolved configs by name, in the order they were added, and the names in
+use; its `config` is that of the first in use.
 """
 from __future__ import annotations
 
@@ -22,26 +22,28 @@ import torch
 from torch import nn
 
 from lorakit.inject.beside import set_submodule
-from lorakit.config import LoraConfig
+from lorakit.config import LoraConfig, adapter_state
 from lorakit.layers.saved_modules import HeadCopies
-from lorakit.inject.inject import add_lora, forget_adapters, set_active_config
+from lorakit.inject.inject import add_lora, forget_adapters
 from lorakit.layers.lora import lora_layers
 
 
 def adapter_names(model: nn.Module) -> list[str]:
     """The names of the adapters `model` holds, in the order they were added ([] without LoRA)."""
-    return list(getattr(model, "lorakit_adapters", {}))
+    state = adapter_state(model)
+    return list(state.configs) if state is not None else []
 
 
 def active_adapters(model: nn.Module) -> tuple[str, ...]:
     """The names of the adapters in use."""
-    return tuple(getattr(model, "lorakit_active", ()))
+    state = adapter_state(model)
+    return state.active if state is not None else ()
 
 
 def adapter_config(model: nn.Module, name: str) -> LoraConfig:
     """The resolved LoraConfig of adapter `name`."""
     _check_names(model, [name])
-    return model.lorakit_adapters[name]
+    return adapter_state(model).configs[name]
 
 
 def _check_names(model: nn.Module, names: list[str]) -> None:
@@ -64,15 +66,15 @@ def set_adapter(model: nn.Module, names: str | list[str] | tuple[str, ...]) -> n
     layers = lora_layers(model)
     if any(layer.merged for _, layer in layers):
         raise ValueError("LoRA is merged into the base weights; unmerge_lora(model) before switching adapters")
-    dora = [n for n in names if model.lorakit_adapters[n].use_dora]
+    state = adapter_state(model)
+    dora = [n for n in names if state.configs[n].use_dora]
     if len(names) > 1 and dora:
         raise ValueError(f"{dora[0]!r} is a DoRA adapter: DoRA adapters are used one at a time, not summed")
     for _, layer in layers:
         layer.activate(names)
     for heads in _head_copies(model):
         heads.set_active(names)
-    model.lorakit_active = names
-    set_active_config(model)
+    state.active = names
     return model
 
 
@@ -87,16 +89,17 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
             raise ValueError("LoRA is merged into the base weights; unmerge_lora(model) before deleting an adapter")
         if name in layer.adapter_names() and layer.remove(name):
             set_submodule(model, path, layer.base_layer)
-    del model.lorakit_adapters[name]
-    if not model.lorakit_adapters:
+    state = adapter_state(model)
+    del state.configs[name]
+    if not state.configs:
         forget_adapters(model)
         return model
-    remaining = tuple(n for n in model.lorakit_active if n != name) or (next(iter(model.lorakit_adapters)),)
+    remaining = tuple(n for n in state.active if n != name) or (next(iter(state.configs)),)
     for path, heads in [(p, m) for p, m in model.named_modules() if isinstance(m, HeadCopies)]:
         if name in heads.modules_to_save:
             del heads.modules_to_save[name]
-        if len(model.lorakit_adapters) == 1 and len(heads.modules_to_save) <= 1:  # back to one adapter: unwrap
-            set_submodule(model, path, heads.copy_for(next(iter(model.lorakit_adapters))))
+        if len(state.configs) == 1 and len(heads.modules_to_save) <= 1:  # back to one adapter: unwrap
+            set_submodule(model, path, heads.copy_for(next(iter(state.configs))))
     return set_adapter(model, remaining)
 
 
@@ -117,7 +120,7 @@ def using(model: nn.Module, name: str):
 @contextlib.contextmanager
 def mixed_batch(model: nn.Module, row_adapters: list[str | None]):
     """Within the block, batch row i computes with adapter row_adapters[i] (None: the base model), for any forward
-    or generate() call on a batch of len(row_adapters) rows. Inference only; one batched forward (multi.py)."""
+    or generate() call on a batch of len(row_adapters) rows. Inference only; one batched forward (layers/mixed.py)."""
     row_adapters = list(row_adapters)
     _check_names(model, [n for n in dict.fromkeys(row_adapters) if n is not None])
     if model.training:
@@ -126,7 +129,8 @@ def mixed_batch(model: nn.Module, row_adapters: list[str | None]):
     layers = [layer for _, layer in lora_layers(model)]
     if any(layer.merged for layer in layers):
         raise ValueError("LoRA is merged into the base weights; unmerge_lora(model) before a mixed batch")
-    dora = [n for n in dict.fromkeys(row_adapters) if n is not None and model.lorakit_adapters[n].use_dora]
+    configs = adapter_state(model).configs
+    dora = [n for n in dict.fromkeys(row_adapters) if n is not None and configs[n].use_dora]
     if dora:
         raise ValueError(f"{dora[0]!r} is a DoRA adapter: mixed batches take plain LoRA adapters only")
     heads = _head_copies(model)

@@ -245,12 +245,13 @@ def write_lora_gguf(model: nn.Module, path: str | os.PathLike, name: str = "lora
     """The LoRA weights of a lorakit model (add_lora / load_adapter, not merged) as a llama.cpp LoRA adapter."""
     import gguf
 
+    from lorakit.config import adapter_state
     from lorakit.quant.int8_adapters import adapter_weights
     from lorakit.inject.inject import lora_layers
     from lorakit.layers.lora import LoRALinear
 
     shape = model_shape(model)
-    config = model.lorakit_config
+    config = adapter_state(model).config
     if config.bias != "none" or config.modules_to_save:
         raise ValueError("a llama.cpp LoRA file holds LoRA A/B only; this adapter also trains biases or "
                          f"modules_to_save {list(config.modules_to_save)}: export the merged model instead")

@@ -23,7 +23,7 @@ import logging
 import torch
 from torch import nn
 
-from lorakit.config import QuantConfig
+from lorakit.config import QuantConfig, adapter_state
 from lorakit.layers.lora import LoRALinear
 from lorakit.quant.codes import dequantize, quantize
 from lorakit.quant.linear import QuantLinear, quantize_model
@@ -129,7 +129,7 @@ def apply_loftq(model: nn.Module, quant_config: QuantConfig) -> dict[str, dict[s
     """LoftQ-initialise every LoRALinear of `model` (injected by add_lora on the full-precision model with
     init="loftq"), then quantize the model (quantize_model). Returns {path: {"plain": ||W0 - dq(q(W0))||_F,
     "loftq": ||W0 - (dq(Q_T) + s·B·A)||_F}} for the adapted layers."""
-    iters = model.lorakit_config.loftq_iter
+    iters = adapter_state(model).config.loftq_iter
     layers = [(p, m) for p, m in model.named_modules() if isinstance(m, LoRALinear)]
     errors, q_inputs = {}, {}
     for path, layer in layers:

@@ -6,7 +6,7 @@ import contextlib
 
 from torch import nn
 
-from lorakit.config import LoraConfig, path_matches
+from lorakit.config import LoraConfig, adapter_state, path_matches
 from lorakit.layers.saved_modules import HeadCopies
 from lorakit.layers.lora import lora_layers
 from lorakit.init.family import is_residual_init
@@ -20,9 +20,10 @@ def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 
 def check_addable(model: nn.Module, config: LoraConfig, name: str) -> None:
     """Can adapter `name` join the adapters of `model`? Raises ValueError saying why not."""
-    if name in model.lorakit_adapters:
+    held = list(adapter_state(model).configs)
+    if name in held:
         raise ValueError(f"this model already holds an adapter named {name!r} (it holds "
-                         f"{list(model.lorakit_adapters)}); pick another name or delete_adapter(model, {name!r})")
+                         f"{held}); pick another name or delete_adapter(model, {name!r})")
     if is_residual_init(config.init) or config.init == "loftq":
         raise ValueError(f"init={config.init!r} rewrites the base weights the other adapters were trained on; "
                          "only a model's first adapter can use it")
@@ -48,8 +49,9 @@ def bases_in_place(model: nn.Module):
 
 
 def add_head_copies(model: nn.Module, to_save: tuple[str, ...], name: str) -> None:
-    """Give adapter `name` its own copy of every module it trains in full (heads.HeadCopies), starting from the
+    """Give adapter `name` its own copy of every module it trains in full (saved_modules.HeadCopies), starting from the
     module in use; a module no adapter trained yet keeps the base model's own as `original_module`."""
+    state = adapter_state(model)
     for head in to_save:
         paths = [p for p, m in model.named_modules() if p and path_matches(p, head) and ".modules_to_save." not in p
                  and not p.endswith(".original_module")]
@@ -58,10 +60,10 @@ def add_head_copies(model: nn.Module, to_save: tuple[str, ...], name: str) -> No
         for path in paths:
             module = model.get_submodule(path)
             if not isinstance(module, HeadCopies):
-                owners = [n for n, cfg in model.lorakit_adapters.items()
+                owners = [n for n, cfg in state.configs.items()
                           if any(path_matches(path, h) for h in cfg.modules_to_save)]
                 copies = {owners[0]: module} if owners else {}
                 module = HeadCopies(copies, owners[0] if owners else None, None if owners else module)
                 set_submodule(model, path, module)
             module.add_copy(name)
-            module.set_active(model.lorakit_active)
+            module.set_active(state.active)

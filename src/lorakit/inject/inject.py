@@ -10,7 +10,8 @@
 After `add_lora` only `lora_*` parameters, the `modules_to_save` and the biases chosen by `bias` train. As in PEFT,
 the task head of a classification / QA model is always among the modules_to_save (so a reloaded adapter never
 predicts with a random head), and no module inside a module trained in full gets LoRA.
-The resolved configuration is kept on the model as `model.lorakit_config`; `save_adapter` writes it.
+The resolved configuration is kept in the model's AdapterState (`adapter_state(model).config`); `save_adapter`
+writes it.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import logging
 from torch import nn
 
 from lorakit.inject.beside import add_head_copies, bases_in_place, check_addable, set_submodule
-from lorakit.config import LoraConfig, is_family_init, path_matches
+from lorakit.config import STATE_ATTRIBUTE, AdapterState, LoraConfig, adapter_state, is_family_init, path_matches
 from lorakit.layers.dora import DoRALinear
 from lorakit.layers.saved_modules import HeadCopies
 from lorakit.layers.lora import LORA_LAYERS, LoRAEmbedding, LoRALinear, lora_layers
@@ -76,9 +77,10 @@ def _prefixes(path: str) -> list[str]:
 def add_lora(model: nn.Module, config: LoraConfig, name: str = "default") -> nn.Module:
     """Wrap the target modules of `model` in LoRA layers (in place) and freeze everything else. Returns `model`.
 
-    On a model that holds adapters already, adapter `name` is added beside them (named.py), inactive until
+    On a model that holds adapters already, adapter `name` is added beside them (beside.py), inactive until
     set_adapter(model, name), as in PEFT; its targets and rank may differ from theirs."""
-    present = list(getattr(model, "lorakit_adapters", {}))
+    state = adapter_state(model)
+    present = state is not None
     if lora_layers(model) and not present:
         raise ValueError("this model already has LoRA layers; merge_and_unload(model) first, or start from a fresh model")
     if present:
@@ -99,7 +101,7 @@ def add_lora(model: nn.Module, config: LoraConfig, name: str = "default") -> nn.
         set_submodule(model, path, layer)
     if present:
         for _, layer in lora_layers(model):  # the adapters in use stay so; the new one waits, frozen
-            layer.activate(model.lorakit_active)
+            layer.activate(state.active)
         add_head_copies(model, to_save, name)
     else:
         train_first_adapter(model, config, to_save)
@@ -108,19 +110,11 @@ def add_lora(model: nn.Module, config: LoraConfig, name: str = "default") -> nn.
     resolved = dataclasses.replace(
         config, target_modules=tuple(compact), exclude_modules=None, layers_to_transform=None, modules_to_save=tuple(to_save)
     )
-    model.lorakit_adapters = {**getattr(model, "lorakit_adapters", {}), name: resolved}
-    if not present:
-        model.lorakit_active = (name,)
-    set_active_config(model)
+    if present:
+        state.configs[name] = resolved
+    else:
+        setattr(model, STATE_ATTRIBUTE, AdapterState({name: resolved}, (name,)))
     return model
-
-
-def set_active_config(model: nn.Module, config: LoraConfig | None = None) -> None:
-    """model.lorakit_config: the config of the (first) adapter in use, what save_adapter and training read;
-    `config` replaces that adapter's recorded config (training adds modules it trains in full)."""
-    if config is not None:
-        model.lorakit_adapters = {**model.lorakit_adapters, model.lorakit_active[0]: config}
-    model.lorakit_config = model.lorakit_adapters[model.lorakit_active[0]]
 
 
 def resolve_targets(model: nn.Module, config: LoraConfig) -> tuple[list[str], tuple[str, ...]]:
@@ -143,7 +137,7 @@ def new_layer(base: nn.Module, config: LoraConfig, path: str) -> nn.Module:
         return LoRAEmbedding(base, r, alpha, config.use_rslora)
     if config.use_dora:  # DoRA: LoRA plus a magnitude vector (dora.py)
         return DoRALinear(base, r, alpha, config.dropout, config.use_rslora, config.init)
-    init = config.init if not is_family_init(config.init) else "kaiming"  # placeholder until lora_init
+    init = config.init if not is_family_init(config.init) else "kaiming"  # a placeholder: init/family.py sets A and B
     layer = LoRALinear(base, r, alpha, config.dropout, config.use_rslora, init, config.adapter_dtype)
     if is_residual_init(config.init):
         residual_init(layer, config.init)  # PiSSA / OLoRA: A, B from W0; W0 <- residual
@@ -241,6 +235,5 @@ def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
 
 def forget_adapters(model: nn.Module) -> None:
     """Drop the model's record of its adapters (once no LoRA layer is left)."""
-    for name in ("lorakit_config", "lorakit_adapters", "lorakit_active"):
-        if name in vars(model):
-            delattr(model, name)
+    if STATE_ATTRIBUTE in vars(model):
+        delattr(model, STATE_ATTRIBUTE)

@@ -8,7 +8,7 @@ Keys are PEFT's: "base_model.model.<module path>.lora_A.weight", "....lora_embed
 their own paths ("base_model.model.classifier.weight"), trained biases of adapted layers as "<path>.base_layer.bias".
 lorakit names its parameters exactly so, which makes the mapping the identity plus the prefix.
 Loading reads safetensors only (never pickle). Writes are atomic: a temporary directory, then a rename.
-LoraConfig(adapter_dtype="int8") adapters are lorakit's own variant (int8 codes + scales, see adapter_int8.py):
+LoraConfig(adapter_dtype="int8") adapters are lorakit's own variant (int8 codes + scales, see quant/int8_adapters.py):
 peft_type "LORAKIT_INT8", which PEFT does not read.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 
 from lorakit.quant import int8_adapters as adapter_int8
 from lorakit.io.atomic import atomic_dir, check_replaceable, read_json, read_safetensors
-from lorakit.config import PEFT_FORMAT_VERSION, LoraConfig, path_matches, saves_by_bare_suffix
+from lorakit.config import PEFT_FORMAT_VERSION, LoraConfig, adapter_state, path_matches, saves_by_bare_suffix
 from lorakit.layers.saved_modules import file_key, param_name
 from lorakit.inject.inject import add_lora, lora_layers, saved_in_full
 from lorakit.layers.lora import LoRALinear
@@ -95,7 +95,7 @@ def _base_name(model: nn.Module) -> str | None:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors of the adapter in use, under PEFT's key names (without the "base_model.model." prefix)."""
-    config: LoraConfig = model.lorakit_config
+    config = adapter_state(model).config
     in_use = active_adapters(model)[0]
     layers = lora_layers(model)
     lora_paths = {p for p, _ in layers}
@@ -119,7 +119,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def peft_config_dict(model: nn.Module) -> dict:
     """adapter_config.json as PEFT writes it (the fields PEFT needs to rebuild the same model)."""
-    config: LoraConfig = model.lorakit_config
+    config = adapter_state(model).config
     fan_in_fan_out = any(isinstance(m, LoRALinear) and m.fan_in_fan_out for _, m in lora_layers(model))
     targets = config.target_modules
     return {
@@ -159,12 +159,12 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, state: dict[str, tor
                  overwrite: bool = False, name: str | None = None) -> Path:
     """Write `path/adapter_config.json` and `path/adapter_model.safetensors` atomically. Returns the path.
 
-    name: which adapter of a model that holds several (named.py); None: the one in use.
+    name: which adapter of a model that holds several; None: the one in use.
     state: the adapter's tensors when the model cannot give them itself (FSDP: gathered by fsdp.gather_adapter).
     An existing `path` is replaced only if it is an empty directory or an adapter directory (ADAPTER_FILES);
     anything else is a UserError unless overwrite=True (a file is never replaced)."""
     check_replaceable(path, is_adapter_dir, "an adapter directory", "save_adapter: path", overwrite)
-    if not hasattr(model, "lorakit_config") or not lora_layers(model):
+    if adapter_state(model) is None or not lora_layers(model):
         raise ValueError("save_adapter: this model has no LoRA layers (call add_lora or load_adapter first)")
     if any(layer.merged for _, layer in lora_layers(model)):
         raise ValueError("save_adapter: LoRA is merged into the base weights; call unmerge_lora(model) before saving")
@@ -180,10 +180,11 @@ def _save_in_use(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | 
     if not any(".lora_" in k for k in state):
         raise ValueError("save_adapter: refusing to write an adapter without LoRA weights")
     fields = peft_config_dict(model)
-    if is_residual_init(model.lorakit_config.init):  # PiSSA / OLoRA: a rank-2r LoRA on the original W0
+    config = adapter_state(model).config
+    if is_residual_init(config.init):  # PiSSA / OLoRA: a rank-2r LoRA on the original W0
         state = {PREFIX + k: v for k, v in to_plain_lora(model, adapter_state_dict(model)).items()}
         fields = plain_lora_fields(fields)
-    adapter_dtype = model.lorakit_config.adapter_dtype
+    adapter_dtype = config.adapter_dtype
     if adapter_dtype == "int8":
         state = adapter_int8.to_int8_state(state)
     with atomic_dir(path) as tmp:  # the old version stays until the new one is in place
@@ -249,7 +250,7 @@ def config_from_peft(data: dict) -> LoraConfig:
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> nn.Module:
     """Inject LoRA into `model` per `path/adapter_config.json` and load `path/adapter_model.safetensors`.
-    On a model that holds adapters already, it joins them as adapter `name` (named.py), not yet in use."""
+    On a model that holds adapters already, it joins them as adapter `name`, not yet in use."""
     path = Path(path)
     config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not config_file.is_file() or not weights_file.is_file():

@@ -11,10 +11,10 @@ Speed (what PEFT does not do):
   * n is computed without the dense (out, in) update B·A:
         n² = ||W0||²_row + 2s·rowsum((W0·Aᵀ) ⊙ B) + s²·rowsum((B·(A·Aᵀ)) ⊙ B)
     ||W0||²_row is a vector norm over W0, W0·Aᵀ is (out, r): O(out·in·r) work and no (out, in) temporary.
-  * `DoRALinearFunction` is one autograd node: the LoRA node of fused.py with g folded into W0 and B (transient
-    (out, in) and (out, r) copies), so no extra pass over the (N, out) activations but dL/dm's. Backward saves
-    what LoRA saves plus the output h (out-sized, shared with the next op, which saves its input anyway) instead
-    of a second copy of the pre-scale output; dL/dm = Σ_N dL/dh ⊙ (h - b) / m.
+  * `DoRALinearFunction` is one autograd node: the LoRA node of fused.py (low_rank.py's pieces) with g folded into
+    W0 and B (transient (out, in) and (out, r) copies), so no extra pass over the (N, out) activations but dL/dm's.
+    Backward saves what LoRA saves plus the output h (out-sized, shared with the next op, which saves its input
+    anyway) instead of a second copy of the pre-scale output; dL/dm = Σ_N dL/dh ⊙ (h - b) / m.
   * In eval mode (or without grad) n is cached and reused until A, B or W0 change (their version counters).
 Dropout (p > 0) applies to the low-rank branch input only, as in LoRA: h = g ⊙ (W0·x + s·B·A·drop(x)) + b.
 (PEFT also multiplies (g - 1)·W0·drop(x), one more dense matmul; both agree whenever dropout is off, as in eval.)
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorakit.low_rank import keep_mask
+from lorakit.low_rank import add_low_rank_grad_x, low_rank_backward, low_rank_forward
 from lorakit.layers.lora import LoRALinear
 from lorakit.quant.linear import QuantLinear, qlora_linear
 
@@ -65,13 +65,8 @@ class DoRALinearFunction(torch.autograd.Function):
         w_t = w_t if fan_in_fan_out else w_t.t()  # (in, out) view
         h = torch.addmm(bias, x2, w_t) if bias is not None else x2 @ w_t  # (N, out) = g ⊙ (W0·x) + b
         del w_t
-        if p > 0:
-            keep, inv_q = keep_mask(x2.shape, p, x2.device)
-            xa = ((x2 * keep) @ lora_a.t()).mul_(inv_q)  # (N, r)
-        else:
-            keep, inv_q = None, 1.0
-            xa = x2 @ lora_a.t()  # (N, r)
-        h.addmm_(xa, (lora_b * g[:, None]).t(), alpha=scaling)  # h = g ⊙ (W0·x + s·B·A·x) + b
+        # h += s·(g ⊙ B)·A·drop(x) = g ⊙ (s·B·A·drop(x)): h = g ⊙ (W0·x + s·B·A·drop(x)) + b
+        xa, keep, inv_q = low_rank_forward(x2, h, lora_a, lora_b * g[:, None], scaling, p)
         ctx.save_for_backward(x, weight, bias, lora_a, lora_b, magnitude, g, xa, keep, h)
         ctx.scaling, ctx.inv_q, ctx.fan_in_fan_out = scaling, inv_q, fan_in_fan_out
         return h.view(*shape[:-1], h.shape[-1])
@@ -90,27 +85,23 @@ class DoRALinearFunction(torch.autograd.Function):
             grad_m = (grad_m - bias * gy_sum if bias is not None else grad_m) / magnitude
         if bias is not None and ctx.needs_input_grad[2]:
             grad_bias = gy_sum
-        # dL/du = g ⊙ gy; from here on LoRA's backward (fused.py) with g folded into B and W0
-        grad_xa = torch.nn.functional.linear(gy, (lora_b * g[:, None]).t().contiguous()).mul_(s)  # (N, r)
+        # dL/du = g ⊙ gy; from here on LoRA's backward with g folded into B and W0: dL/d(xa) = s·gy·(g ⊙ B) and
+        # dL/dA are LoRA's; dL/dB = g ⊙ (LoRA's dL/dB) is its own product below, g applied before s
+        grad_xa, grad_a, _, keep = low_rank_backward(gy, x2, lora_a, lora_b * g[:, None], xa, keep, s, inv_q,
+                                                     ctx.needs_input_grad[3], False)
         if ctx.needs_input_grad[4]:
             grad_b = (xa.t() @ gy).t().mul(g[:, None]).mul_(s)  # (out, r) = s·(g ⊙ gy)ᵀ·xa
-        keep = keep.to(x2.dtype) if keep is not None else None
-        if ctx.needs_input_grad[3]:
-            grad_a = (grad_xa.t() @ (x2 * keep if keep is not None else x2)).mul_(inv_q)  # (r, in)
         if ctx.needs_input_grad[0]:
             w = weight.t() if ctx.fan_in_fan_out else weight  # (out, in)
             grad_x = gy @ (w * g[:, None])  # (N, in) = (g ⊙ gy)·W0, with g ⊙ W0 transient
-            if keep is None:
-                grad_x.addmm_(grad_xa, lora_a)
-            else:
-                grad_x.add_((grad_xa @ lora_a).mul_(keep), alpha=inv_q)
+            add_low_rank_grad_x(grad_x, grad_xa, lora_a, keep, inv_q)
             grad_x = grad_x.view(x.shape)
         return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None, None, None, None
 
 
 class DoRALinear(LoRALinear):
     """LoRALinear plus a trainable magnitude m (out,): h = m/||W0 + s·B·A||_row ⊙ (W0·x + s·B·A·x) + b.
-    Several DoRA adapters on one layer are used one at a time (named.py refuses sums and mixed batches)."""
+    Several DoRA adapters on one layer are used one at a time (set_adapter and mixed_batch refuse sums and mixes)."""
 
     ADAPTER_FIELDS = (*LoRALinear.ADAPTER_FIELDS, "lora_magnitude_vector")
 
@@ -151,17 +142,11 @@ class DoRALinear(LoRALinear):
         if isinstance(base, QuantLinear) and same and x.dtype == base.compute_dtype:
             u = qlora_linear(x, base, a, b, self.scaling, p)  # W0·x + b + s·B·A·drop(x), no dense W0 kept
         else:  # general path (autocast, mixed dtypes): plain ops
-            u = base(x) + (self._low_rank(x) * self.scaling).to(x.dtype)
+            u = base(x) + self.adapter_output(x, self.adapter_name).to(x.dtype)
         bias = base.bias
         if bias is None:
             return u * g.to(u.dtype)
         return u * g.to(u.dtype) + (1 - g).to(u.dtype) * bias.to(u.dtype)  # g ⊙ (u - b) + b
-
-    def _low_rank(self, x: torch.Tensor) -> torch.Tensor:
-        xa = x.to(self.lora_A.weight.dtype)
-        if self.dropout > 0 and self.training:
-            xa = nn.functional.dropout(xa, self.dropout, training=True)
-        return self.lora_B(self.lora_A(xa))
 
     def train(self, mode: bool = True):
         self._norm_cache = None

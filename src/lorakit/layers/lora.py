@@ -11,8 +11,9 @@
 `nn.Embedding`. Every trainable tensor is named `lora_*`, which is all the rest of lorakit needs to know.
 
 State is explicit: `merge()` / `unmerge()` fold the update into W0 and back, idempotently, and nothing else
-(not `.eval()`, not forward) changes it. `disabled = True` makes the layer compute the base layer alone. A layer can hold several named adapters
-(slots.py: the one in use in the layer's own fields, the others in `bank`); with one, the forward is the one below.
+(not `.eval()`, not forward) changes it. `disabled = True` makes the layer compute the base layer alone. A layer
+can hold several named adapters (bank.py: the one in use in the layer's own fields, the others in `bank`); with
+one, the forward is the one below.
 
 Usage:
     layer = LoRALinear(nn.Linear(768, 768), r=8, alpha=16)
@@ -102,7 +103,7 @@ class LoRALinear(Mergeable, Slots, nn.Module):
         self.scaling = lora_scaling(r, alpha, use_rslora)
         self.merged = False  # W0 currently holds W0 + scaling·B·A
         self.disabled = False  # compute the base layer alone
-        self.adapter_dtype = adapter_dtype  # "int8": A and B fake-quantized to int8 per row (adapter_int8.py)
+        self.adapter_dtype = adapter_dtype  # "int8": A and B fake-quantized to int8 per row (quant/int8_adapters.py)
         if isinstance(base_layer, QuantLinear):  # packed codes: adapters in fp32 on the codes' device
             device, dtype = base_layer.qweight.device, torch.float32
         else:
@@ -141,22 +142,43 @@ class LoRALinear(Mergeable, Slots, nn.Module):
             raise ValueError(f"init={init!r} is not supported; accepted: ['kaiming', 'gaussian', 'normal_1_over_r']")
         nn.init.zeros_(self.lora_B.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
-        if self.rows is not None or self.also_active:  # a mixed batch, or several adapters summed
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> h: (..., out)
+        """One path per kind of layer state and base; the base kind is read per call (quantize_model may swap it)."""
+        if self.rows is not None or self.also_active:  # a mixed batch, or several adapters summed (mixed.py)
             return mixed.forward(self, x)
-        if self.merged or self.disabled:
+        if self.merged or self.disabled:  # h = W0·x + b, W0 holding ΔW when merged
             return self.base_layer(x)
+        if isinstance(self.base_layer, QuantLinear):
+            return self._quantized_forward(x)
+        return self._dense_forward(x)
+
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """nn.Linear / Conv1D base: h = W0·x + b + s·B·A·drop(x), W0 (out, in) ((in, out) for Conv1D)."""
         base = self.base_layer
         A, B = adapter_weights(self)  # lora_A.weight, lora_B.weight; fake-quantized if adapter_dtype == "int8"
-        p = self.dropout if self.training else 0.0
+        if self._fusable(x, A, base.weight.dtype):  # one autograd node (fused.py): saves x, not a dropout copy
+            return lora_linear(x, base.weight, base.bias, A, B, self.scaling, self._dropout_p(), self.fan_in_fan_out)
+        return self._unfused_forward(x)
+
+    def _quantized_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """QuantLinear base: h = dq(W)·x + b + s·B·A·drop(x), dq(W) (out, in) from the packed codes."""
+        base = self.base_layer
+        A, B = adapter_weights(self)
+        if self._fusable(x, A, base.compute_dtype):  # the fused node on codes: no dense W0 saved for backward
+            return qlora_linear(x, base, A, B, self.scaling, self._dropout_p())
+        return self._unfused_forward(x)
+
+    def _fusable(self, x: torch.Tensor, A: torch.Tensor, base_dtype: torch.dtype) -> bool:
+        """The fused nodes compute in one dtype: x's, the adapter's and the base's, with autocast off."""
         same_dtype = x.dtype == A.dtype and not torch.is_autocast_enabled(x.device.type)
-        if isinstance(base, QuantLinear) and same_dtype and x.dtype == base.compute_dtype:
-            return qlora_linear(x, base, A, B, self.scaling, p)  # the fused node on codes: no dense W0 saved
-        if not isinstance(base, QuantLinear) and same_dtype and x.dtype == base.weight.dtype:
-            # one autograd node, saves x (shared with sibling layers) instead of a dropout copy
-            return lora_linear(x, base.weight, base.bias, A, B, self.scaling, p, self.fan_in_fan_out)
-        # General path (autocast, dtypes that differ): plain ops, autograd does the rest.
-        h = base(x)  # W0·x + b
+        return same_dtype and x.dtype == base_dtype
+
+    def _dropout_p(self) -> float:
+        return self.dropout if self.training else 0.0
+
+    def _unfused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Autocast or differing dtypes: plain ops, autograd does the rest. h = base(x) + s·B·A·drop(x)."""
+        h = self.base_layer(x)  # W0·x + b
         return h + self.adapter_output(x, self.adapter_name).to(h.dtype)
 
     def adapter_output(self, x: torch.Tensor, name: str) -> torch.Tensor:

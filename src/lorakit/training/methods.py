@@ -34,9 +34,9 @@ from torch import nn
 
 from lorakit.io.peft_format import CONFIG_NAME, load_adapter, save_adapter
 from lorakit.io.atomic import atomic_dir, read_json, read_safetensors
-from lorakit.config import TASK_HEADS, QuantConfig
+from lorakit.config import TASK_HEADS, QuantConfig, adapter_state
 from lorakit.errors import UserError
-from lorakit.inject.inject import add_lora, lora_layers, merge_and_unload, set_active_config
+from lorakit.inject.inject import add_lora, lora_layers, merge_and_unload
 from lorakit.io.loftq_base import loftq_quantized_base
 from lorakit.layers.lora import LORA_LAYERS
 from lorakit.init.family import apply_loftq
@@ -148,9 +148,9 @@ def train_in_full(model: nn.Module, names: tuple[str, ...]) -> None:
                              "train the adapter with --method lora, or use an adapter without LoRA on the head")
         modules[name].requires_grad_(True)
     if lora_layers(model):
-        config = model.lorakit_config
-        to_save = tuple(dict.fromkeys((*config.modules_to_save, *names)))
-        set_active_config(model, dataclasses.replace(config, modules_to_save=to_save))
+        state = adapter_state(model)
+        to_save = tuple(dict.fromkeys((*state.config.modules_to_save, *names)))
+        state.config = dataclasses.replace(state.config, modules_to_save=to_save)
 
 
 def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
