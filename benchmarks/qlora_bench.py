@@ -251,7 +251,7 @@ def accuracy_run(config: str, seed: int, n_train: int, max_length: int) -> dict:
     import transformers as tf
 
     from lorakit import LoRALinear, QuantConfig, load_adapter, lora_layers, save_adapter
-    from lorakit.config import adapter_state
+    from lorakit.state import adapter_state
     from lorakit.quant.linear import quantize_model
 
     tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())

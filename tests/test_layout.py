@@ -30,7 +30,7 @@ ALLOWED = {
     "cli": {"core", "tasks", "models", "training", "experiments", "export", "serve", "cli"},
 }
 # the core's subsystems (a subpackage or a top-level module), lowest first
-CORE_ORDER = ["errors", "validation", "config", "extras", "low_rank", "quant", "layers", "init", "inject", "adapters",
+CORE_ORDER = ["errors", "validation", "config", "state", "extras", "low_rank", "quant", "layers", "init", "inject", "adapters",
               "combine", "io", "params"]
 FACADES = {"lorakit", "lorakit.__main__"}
 

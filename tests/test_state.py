@@ -9,7 +9,7 @@ import pytest
 from conftest import randomize_lora, tiny_model
 from lorakit import (LoraConfig, active_adapters, adapter_config, adapter_names, add_lora, delete_adapter,
                      load_adapter, load_adapters, merge_and_unload, save_adapter, save_adapters, set_adapter)
-from lorakit.config import STATE_ATTRIBUTE, AdapterState, adapter_state
+from lorakit.state import STATE_ATTRIBUTE, AdapterState, adapter_state
 
 A = LoraConfig(r=4, alpha=8, target_modules=["query", "value"])
 B = LoraConfig(r=2, alpha=4, target_modules="all-linear")

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from lorakit.inject.beside import set_submodule
-from lorakit.config import LoraConfig, adapter_state
+from lorakit.config import LoraConfig
+from lorakit.state import adapter_state
 from lorakit.layers.saved_modules import HeadCopies
 from lorakit.inject.inject import add_lora, forget_adapters
 from lorakit.layers.lora import lora_layers

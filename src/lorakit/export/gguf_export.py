@@ -245,7 +245,7 @@ def write_lora_gguf(model: nn.Module, path: str | os.PathLike, name: str = "lora
     """The LoRA weights of a lorakit model (add_lora / load_adapter, not merged) as a llama.cpp LoRA adapter."""
     import gguf
 
-    from lorakit.config import adapter_state
+    from lorakit.state import adapter_state
     from lorakit.quant.int8_adapters import adapter_weights
     from lorakit.inject.inject import lora_layers
     from lorakit.layers.lora import LoRALinear

@@ -23,7 +23,9 @@ import logging
 import torch
 from torch import nn
 
-from lorakit.config import QuantConfig, adapter_state
+from lorakit.config import QuantConfig
+
+from lorakit.state import adapter_state
 from lorakit.layers.lora import LoRALinear
 from lorakit.quant.codes import dequantize, quantize
 from lorakit.quant.linear import QuantLinear, quantize_model

@@ -6,7 +6,9 @@ import contextlib
 
 from torch import nn
 
-from lorakit.config import LoraConfig, adapter_state, path_matches
+from lorakit.config import LoraConfig, path_matches
+
+from lorakit.state import adapter_state
 from lorakit.layers.saved_modules import HeadCopies
 from lorakit.layers.lora import lora_layers
 from lorakit.init.family import is_residual_init

@@ -22,7 +22,8 @@ import logging
 from torch import nn
 
 from lorakit.inject.beside import add_head_copies, bases_in_place, check_addable, set_submodule
-from lorakit.config import STATE_ATTRIBUTE, AdapterState, LoraConfig, adapter_state, is_family_init, path_matches
+from lorakit.config import LoraConfig, is_family_init, path_matches
+from lorakit.state import STATE_ATTRIBUTE, AdapterState, adapter_state
 from lorakit.layers.dora import DoRALinear
 from lorakit.layers.saved_modules import HeadCopies
 from lorakit.layers.lora import LORA_LAYERS, LoRAEmbedding, LoRALinear, lora_layers

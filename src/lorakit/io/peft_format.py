@@ -25,7 +25,8 @@ from torch import nn
 
 from lorakit.quant import int8_adapters as adapter_int8
 from lorakit.io.atomic import atomic_dir, check_replaceable, read_json, read_safetensors
-from lorakit.config import PEFT_FORMAT_VERSION, LoraConfig, adapter_state, path_matches, saves_by_bare_suffix
+from lorakit.config import PEFT_FORMAT_VERSION, LoraConfig, path_matches, saves_by_bare_suffix
+from lorakit.state import adapter_state
 from lorakit.layers.saved_modules import file_key, param_name
 from lorakit.inject.inject import add_lora, lora_layers, saved_in_full
 from lorakit.layers.lora import LoRALinear

@@ -34,7 +34,8 @@ from torch import nn
 
 from lorakit.io.peft_format import CONFIG_NAME, load_adapter, save_adapter
 from lorakit.io.atomic import atomic_dir, read_json, read_safetensors
-from lorakit.config import TASK_HEADS, QuantConfig, adapter_state
+from lorakit.config import TASK_HEADS, QuantConfig
+from lorakit.state import adapter_state
 from lorakit.errors import UserError
 from lorakit.inject.inject import add_lora, lora_layers, merge_and_unload
 from lorakit.io.loftq_base import loftq_quantized_base
