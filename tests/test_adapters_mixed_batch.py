@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import inputs, logits, randomize_lora, tiny_model
+from helpers import inputs, logits, randomize_lora, tiny_model
 from lorakit import LoraConfig, add_lora, disable_lora, mixed_batch, save_adapter, set_adapter
 
 RANKS = (4, 2, 8, 3)  # four adapters of different ranks (padded to 8 in the batched matmuls)

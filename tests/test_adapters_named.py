@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import inputs, logits, randomize_lora, tiny_model
+from helpers import inputs, logits, randomize_lora, tiny_model
 from lorakit import (LoraConfig, active_adapters, add_lora, adapter_names, delete_adapter, load_adapter,
                      load_adapters, merge_and_unload, merge_lora, save_adapter, save_adapters, set_adapter)
 from lorakit.layers.saved_modules import HeadCopies

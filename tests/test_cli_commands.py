@@ -11,45 +11,20 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import transformers as tf
 
 from lorakit.training import step as train_step
 from lorakit.cli.main import build_parser, main
 from lorakit.cli.flags import train_config_from_args
 from lorakit.training.config import TrainConfig
-from test_train import make_tiny_run_inputs
+from helpers import error_line, make_tiny_run_inputs, tiny_flags
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As in test_train. The MiniLM acceptance test too: on 2 cores shared with other processes, 2 OpenMP threads
-    ran its training 6x slower than 1 thread (470 s against 74 s, load average 7); alone, 2 threads gain little."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return make_tiny_run_inputs(tmp_path_factory.mktemp("cli"))
-
-
-def tiny_flags(tiny: Path, output: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(tiny / "model"), "--task", "csv", "--train-file", str(tiny / "train.csv"),
-            "--eval-file", str(tiny / "dev.csv"), "--batch-size", "8", "--max-steps", "4", "--max-length", "32",
-            "--output", str(output), *extra]
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("lorakit")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "merge", "predict", "params", "demo"])
@@ -321,3 +296,13 @@ def test_a_damaged_artifact_is_one_line_and_exit_2(run, damage, expected, traine
                      str(tiny / "dev.csv")], ["merge", "--output", str(tmp_path / "merged")]):
         assert main([*command, "--adapter", str(tmp_path / run)]) == 2
         assert expected in error_line(capsys)
+
+
+def test_relative_data_paths_are_recorded_absolute(tiny_inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_inputs)
+    assert main(["train", "--model", "model", "--task", "csv", "--train-file", "train.csv", "--eval-file", "dev.csv",
+                 "--batch-size", "8", "--max-length", "32", "--max-steps", "2", "--output", str(tmp_path / "run")]) == 0
+    recorded = TrainConfig.from_yaml((tmp_path / "run" / "config.yaml").read_text())
+    assert recorded.train_file == str(tiny_inputs / "train.csv") and recorded.eval_file == str(tiny_inputs / "dev.csv")
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--adapter", str(tmp_path / "run"), "--model", str(tiny_inputs / "model")]) == 0

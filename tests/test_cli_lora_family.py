@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import error_line, tiny_flags
-from test_train import make_tiny_run_inputs
+from helpers import error_line, make_tiny_run_inputs, tiny_flags
 
 from lorakit.cli.main import build_parser, main
 from lorakit.cli.flags import train_config_from_args

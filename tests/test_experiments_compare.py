@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_tiny_bert_classifier
+from helpers import save_tiny_bert_classifier
 from lorakit.cli import compare as compare_cli
 from lorakit.experiments import compare
 from lorakit.experiments.compare import artifact_bytes, method_configs
@@ -98,3 +98,23 @@ def test_compare_runs_methods_writes_table_chart_and_reuses_runs(tiny_base, tmp_
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert printed.count("reusing the finished run") == 2 and "| head |" in printed and "comparison.png" in printed
+
+
+def test_comparison_table_and_chart_agree(tmp_path, captured_figures):
+    from lorakit.experiments import compare
+
+    rows = [{"method": m, "status": "complete", "validation_accuracy": acc, "validation_loss": 0.61,
+             "main_metric": "validation_accuracy", "trainable_params": params, "total_params": 22_000_000,
+             "trainable_percent": 100 * params / 22e6, "train_seconds": seconds, "peak_memory_mb": memory,
+             "adapter_bytes": 4 * params, "artifact": "x", "lr": 5e-4}
+            for m, acc, params, seconds, memory in (("lora", 0.656, 73_000, 291.0, 2057.0),
+                                                    ("full", 0.8165, 22_000_000, 364.0, 2240.0))]
+    paths = compare.write_comparison(rows, tmp_path)
+    table = paths["table"].read_text()
+    assert "| 0.6560 |" in table and "| 0.8165 |" in table
+    fig = captured_figures[-1]
+    labels = [ax.get_xlabel() for ax in fig.axes]
+    assert labels == ["validation accuracy", "trainable parameters (log scale)", "train time (s)", "peak memory (MB)"]
+    shown = [t.get_text() for t in fig.axes[0].texts]
+    assert shown == ["0.6560", "0.8165"]  # the table's cells
+    assert [t.get_text() for t in fig.axes[2].texts] == ["291 s", "364 s"]

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from helpers import title_fits
 from lorakit.experiments import report
 
 PNG = b"\x89PNG"
@@ -63,3 +64,18 @@ def test_plots_skip_rows_without_values(tmp_path, metric):
     rows = [{"trial": 0, "trainable_params": 10}]
     assert report.plot_pareto(rows, metric, tmp_path / "p.png") is None
     assert report.plot_comparison([{"method": "x"}], metric, tmp_path / "c.png") is None
+
+
+def test_heatmap_of_two_grids_and_of_one_dimension(tmp_path, captured_figures):
+    from lorakit.experiments import report
+
+    rows = [{"lora_r": r, "lora_alpha": a, "lr": 1e-3, "objective": 0.5 + 0.01 * r} for r in (1, 8) for a in (8, 16)]
+    report.plot_heatmap(rows, "objective", tmp_path / "cells.png", scales={"lora_r": "grid", "lora_alpha": "grid"})
+    ax = captured_figures[-1].axes[0]
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("lora_r", "lora_alpha")  # lora_r has the effect
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "8"]
+    assert title_fits(captured_figures[-1], ax)
+    report.plot_heatmap(rows, "objective", tmp_path / "one.png", label="accuracy",
+                        scales={"lora_r": "grid", "lr": "log"})  # lr takes one value: lora_r alone
+    ax = captured_figures[-1].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("lora_r", "accuracy")

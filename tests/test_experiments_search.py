@@ -16,18 +16,16 @@ import optuna
 import pytest
 import yaml
 
-from conftest import save_tiny_bert_classifier
+from helpers import csv_argv
 from lorakit.experiments import jobs
 from lorakit.experiments import search
 from lorakit.cli import search as search_cli
+from lorakit.cli.main import main
 from lorakit.experiments import search_report
 from lorakit.experiments.search_settings import SearchSettings
 from lorakit.experiments.search_space import Range, grid_points, toggled_targets, trial_config
 from lorakit.experiments.search_space import parse_space
 from lorakit.training.config import TrainConfig
-
-SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2" / "glue"
-
 
 # --- the space and the trial configs (no training) ---------------------------------------------------------------
 
@@ -119,26 +117,7 @@ def test_cli_parser_help_and_base_values():
     assert settings.space == {"lora_r": (1, 2)} and settings.output == Path("runs/s")
 
 
-# --- real searches on a tiny BERT (MiniLM's tokenizer) and 500 SST-2 sentences ------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, minilm_path) -> dict:
-    """Base values for a fast trial: a 2-layer, 32-wide BERT, 500 train / 48 eval sentences, max_length 32."""
-    root = tmp_path_factory.mktemp("tiny")
-    save_tiny_bert_classifier(root / "model", minilm_path)
-    if SST2.is_dir():  # small files of real SST-2 sentences: each trial reads them faster than the full split
-        train = SST2.joinpath("train.tsv").read_text().splitlines()[:501]
-        dev = SST2.joinpath("dev.tsv").read_text().splitlines()[:49]
-    else:
-        words = ["good", "great", "fine", "bad", "dull", "awful", "film", "plot", "acting", "the"]
-        rows = [(" ".join(words[(i * k) % 10] for k in range(1, 8)), int(i % 3 == 0)) for i in range(549)]
-        train = ["sentence\tlabel"] + [f"{s}\t{y}" for s, y in rows[:500]]
-        dev = ["sentence\tlabel"] + [f"{s}\t{y}" for s, y in rows[500:]]
-    (root / "train.tsv").write_text("\n".join(train) + "\n")
-    (root / "dev.tsv").write_text("\n".join(dev) + "\n")
-    return {"model": str(root / "model"), "task": "sst2", "train_file": str(root / "train.tsv"),
-            "eval_file": str(root / "dev.tsv"), "max_length": 32, "epochs": 1, "batch_size": 32, "seed": 3}
-
+# --- real searches on a tiny BERT (MiniLM's tokenizer) and 500 SST-2 sentences (conftest's tiny_run) -------------
 
 def _rows(output: Path) -> list[dict]:
     return list(csv.DictReader((output / "results.csv").open()))
@@ -288,3 +267,40 @@ def test_random_and_tpe_run_until_the_study_holds_n_trials(tmp_path, sampler):
     assert search.Search(settings)._claim() is None  # the same command again: nothing to run
     more = search.Search(SearchSettings(base={}, space=space, output=tmp_path, sampler=sampler, n_trials=4))
     assert more._claim().number == 3 and more._claim() is None
+
+
+def test_postgres_storage_without_a_driver_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    for driver in ("psycopg", "psycopg2"):  # `import psycopg2` now fails, installed or not
+        monkeypatch.setitem(sys.modules, driver, None)
+    argv = ["search", "--storage", "postgresql://user:secret@db-host/lorakit", "--space", "lora_r=1,2",
+            "--output", str(tmp_path / "search")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "no Python driver" in err and "psycopg2" in err and "pip install 'lorakit[postgres]'" in err
+    assert "secret" not in err  # the password is not echoed
+    assert not (tmp_path / "search").exists()
+    assert main(argv[:2] + ["nosuchdb://x"] + argv[3:]) == 2
+    assert "not a database URL" in capsys.readouterr().err
+
+
+def test_a_bare_postgresql_url_takes_the_installed_psycopg2(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from lorakit.experiments.search import SearchSettings
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # SQLAlchemy 2.1's default driver missing
+    monkeypatch.setitem(sys.modules, "psycopg2", types.ModuleType("psycopg2"))  # what lorakit[postgres] installs
+    settings = SearchSettings(base={}, space={"lora_r": (1,)}, output=tmp_path,
+                              storage="postgresql://user:pw@db-host/lorakit")
+    assert settings.storage_url == "postgresql+psycopg2://user:pw@db-host/lorakit"
+
+
+def test_search_exits_1_when_every_trial_failed(tiny_inputs, tmp_path, capsys):
+    status = main([*csv_argv(tiny_inputs, "search"), "--max-steps", "1", "--space", "lora_r=0,-1",
+                   "--output", str(tmp_path / "s")])
+    assert status == 1
+    assert "every trial failed (2)" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_model
+from helpers import tiny_model
 
 from lorakit import LoraConfig, QuantConfig, add_lora, parameter_report, quantize_model
 from lorakit.experiments.search_space import grid_points, parse_space, trial_config

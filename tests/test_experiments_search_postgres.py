@@ -19,7 +19,6 @@ import yaml
 from lorakit.experiments import search, search_report
 from lorakit.experiments.search_settings import SearchSettings
 from lorakit.experiments.search_space import parse_space
-from test_search import tiny_run  # noqa: F401  (the tiny BERT + 500 SST-2 sentences fixture)
 
 pytestmark = pytest.mark.slow  # an embedded PostgreSQL server per module: a minute; `make test-slow` runs it
 
@@ -73,7 +72,7 @@ def _best(output: Path) -> tuple[dict, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_run, tmp_path_factory) -> Path:  # noqa: F811
+def one_process(tiny_run, tmp_path_factory) -> Path:
     """The reference: the same grid searched by one process (this one) on its own SQLite study."""
     output = tmp_path_factory.mktemp("one")
     settings = SearchSettings(base=tiny_run, space=parse_space([SPACE.split("=", 1)[1]]), output=output, threads=1)
@@ -84,7 +83,7 @@ def one_process(tiny_run, tmp_path_factory) -> Path:  # noqa: F811
     return output
 
 
-def test_two_machines_share_one_postgres_study(tiny_run, postgres_url, one_process, tmp_path):  # noqa: F811
+def test_two_machines_share_one_postgres_study(tiny_run, postgres_url, one_process, tmp_path):
     machines = [tmp_path / "a", tmp_path / "b"]
     outputs = _finish([_search(tiny_run, m, f"--storage={postgres_url}", "--study-name=two") for m in machines])
     started = sorted(line.split(" started: ")[1].split(" (")[0] for text in outputs for line in text.splitlines()
@@ -103,7 +102,7 @@ def test_two_machines_share_one_postgres_study(tiny_run, postgres_url, one_proce
     assert _best(machines[0]) == _best(one_process)
 
 
-def test_a_killed_machines_trial_is_failed_and_run_again(tiny_run, postgres_url, one_process, tmp_path):  # noqa: F811
+def test_a_killed_machines_trial_is_failed_and_run_again(tiny_run, postgres_url, one_process, tmp_path):
     storage = (f"--storage={postgres_url}", "--study-name=killed")
     first = _search(tiny_run, tmp_path / "a", *storage)
     for line in first.stdout:  # wait until its first trial has started, then kill it with its trial

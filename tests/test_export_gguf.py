@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import randomize_lora
+from helpers import randomize_lora
 
 from lorakit import LoraConfig, add_lora, merge_and_unload, save_adapter
 from lorakit.cli.main import main

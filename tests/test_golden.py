@@ -19,7 +19,7 @@ from lorakit import DoRALinear, LoRAEmbedding, LoRALinear, QuantConfig, QuantLin
 from lorakit.training.run import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_tiny_run_inputs, step_losses, tiny_config  # noqa: E402
+from helpers import make_tiny_run_inputs, step_losses, tiny_config  # noqa: E402
 
 TOLERANCE = 1e-5
 
@@ -97,14 +97,6 @@ CURVES = {  # name -> losses of steps 1-4, then the best eval accuracy
     "qlora": [0.702393, 0.689749, 0.690593, 0.688814, 0.46875],
     "dora": [0.702397, 0.689602, 0.690338, 0.689019, 0.46875],
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))

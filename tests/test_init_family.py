@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import inputs, logits, randomize_lora, tiny_model
+from helpers import inputs, logits, randomize_lora, tiny_model
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import KINDS, inputs, logits, randomize_lora, tiny_model
+from helpers import KINDS, inputs, logits, randomize_lora, tiny_model
 from lorakit import (LoraConfig, LoRALinear, add_lora, disable_lora, lora_layers, merge_and_unload, merge_lora,
                      parameter_report, unmerge_lora)
 from lorakit.inject.targets import find_targets

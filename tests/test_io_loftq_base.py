@@ -5,8 +5,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import inputs, logits
-from test_train import make_tiny_run_inputs, one_thread  # noqa: F401  (autouse: one torch thread)
+from helpers import inputs, logits, make_tiny_run_inputs
 
 from lorakit import load_adapter
 from lorakit.training.methods import load_artifact, load_base, save_artifact, setup_method

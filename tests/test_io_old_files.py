@@ -15,7 +15,7 @@ from lorakit.training.methods import load_artifact
 from lorakit.tasks import load_splits
 from lorakit.training.run import train
 from lorakit.training.config import TrainConfig
-from test_train import make_tiny_run_inputs
+from helpers import make_tiny_run_inputs
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 VERSIONS = ["v1"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import KINDS, inputs, logits, randomize_lora, tiny_model
+from helpers import KINDS, inputs, logits, randomize_lora, tiny_model
 from lorakit import LoraConfig, add_lora, load_adapter, save_adapter
 
 peft = pytest.importorskip("peft")

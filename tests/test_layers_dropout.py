@@ -7,7 +7,7 @@ import transformers.integrations.sdpa_attention as sdpa_module
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaAttention
 
-from conftest import KINDS, inputs, tiny_model
+from helpers import KINDS, inputs, tiny_model
 from lorakit import LoraConfig, add_lora
 from lorakit.layers.dropout import ATTENTION, FastDropout, dropout, fast_dropout
 

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from conftest import inputs, logits, randomize_lora, tiny_model
+from helpers import inputs, logits, randomize_lora, tiny_model
 from lorakit import LoraConfig, QuantConfig, add_lora, load_adapter, merge_and_unload, save_adapter
 from lorakit.quant.int8_adapters import dequantize_rows, fake_quantize, quantize_rows
 from lorakit.quant.linear import quantize_model

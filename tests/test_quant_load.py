@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import transformers as tf
-from conftest import inputs, logits, tiny_model
+from helpers import inputs, logits, tiny_model
 
 from lorakit import QuantConfig, load_quantized
 from lorakit.quant.linear import QuantLinear, quantize_model

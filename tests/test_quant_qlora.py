@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import inputs, logits, randomize_lora, tiny_model
+from helpers import inputs, logits, randomize_lora, tiny_model
 from lorakit import LoraConfig, QuantConfig, add_lora, load_adapter, merge_and_unload, merge_lora, save_adapter
 from lorakit.layers.lora import LoRALinear
 from lorakit.quant.linear import QuantLinear, quantize_model

@@ -14,34 +14,20 @@ import pytest
 import torch
 import transformers as tf
 from datasets import Dataset, disable_progress_bars
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, models
 from torch.utils.data import DataLoader
 
-from conftest import SHARED_DATA, tiny_model
+from helpers import CHAT_ID as ID, SHARED_DATA, tiny_model, tiny_tokenizer
 from lorakit.models import gguf as gguf_convert
 from lorakit.tasks import LengthGroupedBatchSampler, PaddingCollator, TaskError, load_splits, sequence_lengths
 from lorakit.tasks.instruct import alpaca_prompt, read_instruct_file, resolve_column_map, tokenize_instruct
 from lorakit.tasks.lm_eval import evaluate_causal_lm, generate_samples
 
 disable_progress_bars()
-WORDS = ["[PAD]", "[UNK]", "</s>", "<s>", "USER:", "ASSISTANT:", "SYSTEM:", "hi", "hello", "there", "how", "are",
-         "you", "fine", "say", "to", "bob", "~", "###", "Instruction:", "Input:", "Response:"]
-ID = {word: i for i, word in enumerate(WORDS)}
 X = -100  # a masked label
 CHAT = ("{% for m in messages %}{{ m.role | upper }}: {{ m.content }} {% endfor %}"
         "{% if add_generation_prompt %}ASSISTANT: {% endif %}")
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "alpaca_tiny").is_dir(), reason="shared/data not found")
-
-
-def tiny_tokenizer(chat_template: str | None = None, bos: bool = False) -> tf.PreTrainedTokenizerFast:
-    backend = Tokenizer(models.WordLevel(ID, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if bos:  # Llama-style: BOS in front of every text by default
-        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", ID["<s>"])])
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                           eos_token="</s>", bos_token="<s>" if bos else None)
-    tokenizer.chat_template = chat_template
-    return tokenizer
 
 
 def encode(rows, tokenizer, max_length=64, chat_template=None):

@@ -14,7 +14,7 @@ import torch
 import transformers as tf
 from datasets import Dataset, disable_progress_bars
 
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 from lorakit.tasks import PaddingCollator, TaskError, get_task, load_splits
 from lorakit.tasks.qa_eval import answer_question, evaluate_qa, postprocess_qa_predictions, qa_logits
 from lorakit.tasks.qa_metrics import normalize_answer, squad_metrics

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from lorakit.training import distributed
 from lorakit.training.run import train
 from lorakit.training.config import TrainConfig
-from test_train import make_tiny_run_inputs, step_losses, tiny_classifier
+from helpers import make_tiny_run_inputs, step_losses, tiny_classifier
 
 
 def _free_port() -> int:

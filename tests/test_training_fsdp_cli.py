@@ -24,7 +24,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from lorakit.cli.main import main
 from lorakit.training.config import TrainConfig
 from lorakit.training.run import train
-from test_train import step_losses
+from helpers import step_losses
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 WORDS = ["[PAD]", "[UNK]", "</s>", "<s>", "hi", "hello", "there", "how", "are", "you", "fine", "say", "to", "bob",

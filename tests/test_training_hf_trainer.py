@@ -8,19 +8,10 @@ import json
 import pytest
 import torch
 import transformers as tf
-from conftest import inputs, logits, tiny_model
+from helpers import inputs, logits, tiny_model
 
 from lorakit import LoraConfig, add_lora, load_adapter
 from lorakit.training.hf_trainer import ADAPTER_DIR, SaveAdapterCallback, prepare_for_trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TokenRows(torch.utils.data.Dataset):

@@ -14,7 +14,7 @@ import pytest
 
 from lorakit.training.run import train
 from lorakit.training.config import TrainConfig
-from test_train import make_tiny_run_inputs, step_losses, tiny_classifier
+from helpers import make_tiny_run_inputs, step_losses, tiny_classifier
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from test_train import make_tiny_run_inputs, tiny_config
+from helpers import make_tiny_run_inputs, tiny_config
 
 from lorakit.training.run import train
 from lorakit.training.config import TrainConfig

@@ -1,97 +1,42 @@
-"""The bad-input corpus (issue 14): every case is one clear line and exit status 2 (CLI, run in-process) or the
-documented exception (Python API: UserError / TaskError, both ValueError), a message that names the value and the
-fix, and nothing half-written (the output directory absent, or a run directory unchanged).
+"""Bad input on the command line (in-process): one clear line naming the value and the fix, exit status 2, and
+nothing half-written (the output directory absent, or a run directory unchanged).
 
-Kinds: train flags (numbers, types, contradictions, regexes, devices), data files, paths, --config files,
-resumption, eval / predict / merge / params, search, and the Python API. RESULTS.md counts them by kind.
+Kinds: train flags (numbers, types, contradictions, regexes, devices), data files, paths, --config files, resumption,
+eval / predict / merge / params, search.
 """
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import csv_argv, error_line, tiny_classifier, tiny_config, tiny_model, tree
 from lorakit import LoraConfig, add_lora, load_adapter, save_adapter
-from lorakit.io.atomic import read_json
 from lorakit.cli.main import main
-from lorakit.config import QuantConfig
-from lorakit.errors import UserError
-from lorakit.tasks import load_splits
 from lorakit.training.run import train
-from lorakit.training.config import TrainConfig
-from test_train import make_tiny_run_inputs, tiny_classifier, tiny_config
 
 FIX_WORDS = ("give", "use", "choose", "must", "accepted", "fix", "drop", "remove", "pass", "restore", "wait",
              "expected", "need", "save", "resume", "delete", "make", "write", "evaluate", "is not", "retrain",
              "should", "only", "supported", "not found", "no such", "set", "leave")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    root = make_tiny_run_inputs(tmp_path_factory.mktemp("bad"))
-    files = {
-        "empty_label.csv": "text,label\na b,0\nc d,\ne f,1\n",
-        "mixed.csv": "text,label\na b,0\nc d,1\ne f,yes\ng h,1\n",
-        "nan_target.csv": "text,label\na b,0.5\nc d,nan\ne f,1.5\n",
-        "single.csv": "text,label\na b,pos\nc d,pos\n",
-        "fields.csv": "text,label\na b,0\nc d,1,extra\n",
-        "empty.csv": "",
-        "bad.jsonl": '{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n{"text": "c", label: 1}\n',
-        "bad.json": '[{"text": "a", "label": 0},\n {"text": "b" "label": 1}]\n',
-        "table.xls": "text,label\n",
-        "config_list.yaml": "- lr\n- 1\n",
-        "config_broken.yaml": "lr: [1\n",
-        "config_unknown.yaml": "learning_rate: 0.1\n",
-        "config_r.yaml": "lora_r: eight\n",
-        "config_lr.yaml": "lr: fast\n",
-        "config_bs.yaml": "batch_size: 1.5\n",
-        "config_tm.yaml": "target_modules: 5\n",
-        "config_es.yaml": "eval_steps: [1]\n",
-        "config_alpha.yaml": "lora_alpha: .nan\n",
-        "a_file.txt": "not a directory\n",
-    }
-    for name, text in files.items():
-        (root / name).write_text(text)
-    (root / "latin1.csv").write_bytes("text,label\ncaf\xe9,0\nb,1\n".encode("latin-1"))
-    return root
-
-
-@pytest.fixture(scope="module")
-def run(tiny, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("badrun") / "run"
-    train(tiny_config(tiny, out, max_steps=2, save_total_limit=1))
-    return out
-
-
-def _tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} \
-        if path.exists() else {}
-
-
-def _check_line(capsys, expected: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("lorakit")]
-    assert len(lines) == 1, err
-    line = lines[0]
+def check_line(capsys, expected: str) -> str:
+    """error_line, which also holds the expected fragment and a word that says what to do."""
+    line = error_line(capsys)
     assert expected in line, line
     assert any(word in line.lower() for word in FIX_WORDS), line
     return line
 
 
-# --- train: flags -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run(bad_inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("badrun") / "run"
+    train(tiny_config(bad_inputs, out, max_steps=2, save_total_limit=1))
+    return out
+
 
 TRAIN_FLAGS = [  # (extra flags, expected fragment of the one error line)
     (["--lora-r", "0"], "r=0"), (["--lora-r", "-3"], "r=-3"),
@@ -131,11 +76,10 @@ TRAIN_FLAGS = [  # (extra flags, expected fragment of the one error line)
 
 
 @pytest.mark.parametrize("extra, expected", TRAIN_FLAGS, ids=[" ".join(f) for f, _ in TRAIN_FLAGS])
-def test_train_flag(tiny, tmp_path, capsys, extra, expected):
+def test_train_flag(bad_inputs, tmp_path, capsys, extra, expected):
     out = tmp_path / "run"
-    assert main(["train", "--model", str(tiny / "model"), "--task", "csv", "--train-file", str(tiny / "train.csv"),
-                 "--max-steps", "1", "--output", str(out), *extra]) == 2
-    _check_line(capsys, expected)
+    assert main([*csv_argv(bad_inputs), "--max-steps", "1", "--output", str(out), *extra]) == 2
+    check_line(capsys, expected)
     assert not out.exists()
 
 
@@ -143,7 +87,7 @@ ARGPARSE = [["--lora-r", "abc"], ["--method", "bogus"], ["--precision", "fp8"], 
 
 
 @pytest.mark.parametrize("extra", ARGPARSE, ids=[" ".join(f) for f in ARGPARSE])
-def test_train_flag_rejected_by_the_parser(tiny, tmp_path, capsys, extra):
+def test_train_flag_rejected_by_the_parser(bad_inputs, tmp_path, capsys, extra):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--output", str(tmp_path / "run"), *extra])
     assert exit_.value.code == 2
@@ -151,8 +95,6 @@ def test_train_flag_rejected_by_the_parser(tiny, tmp_path, capsys, extra):
     assert "Traceback" not in err and extra[1] in err.splitlines()[-1]
     assert not (tmp_path / "run").exists()
 
-
-# --- train: data files and paths -------------------------------------------------------------------------------
 
 DATA = [  # (flags with {tiny} for the inputs directory, expected)
     (["--train-file", "{tiny}/empty_label.csv"], "1 empty label(s) (line 3)"),
@@ -178,27 +120,24 @@ DATA = [  # (flags with {tiny} for the inputs directory, expected)
 
 
 @pytest.mark.parametrize("flags, expected", DATA, ids=[" ".join(f) for f, _ in DATA])
-def test_train_data(tiny, tmp_path, capsys, flags, expected):
+def test_train_data(bad_inputs, tmp_path, capsys, flags, expected):
     out = tmp_path / "run"
-    flags = [f.format(tiny=tiny) for f in flags]
-    argv = ["train", "--model", str(tiny / "model"), "--task", "csv", "--max-steps", "1", "--max-length", "32",
+    flags = [f.format(tiny=bad_inputs) for f in flags]
+    argv = ["train", "--model", str(bad_inputs / "model"), "--task", "csv", "--max-steps", "1", "--max-length", "32",
             "--output", str(out)]
     assert main(argv + flags) == 2
-    _check_line(capsys, expected)
+    check_line(capsys, expected)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("where", ["file", "under a file"])
-def test_train_output_is_not_a_directory(tiny, capsys, where):
-    output = tiny / "a_file.txt" if where == "file" else tiny / "a_file.txt" / "run"
-    before = (tiny / "a_file.txt").read_text()
-    assert main(["train", "--model", str(tiny / "model"), "--task", "csv", "--train-file", str(tiny / "train.csv"),
-                 "--output", str(output)]) == 2
-    _check_line(capsys, "a_file.txt")
-    assert (tiny / "a_file.txt").read_text() == before
+def test_train_output_is_not_a_directory(bad_inputs, capsys, where):
+    output = bad_inputs / "a_file.txt" if where == "file" else bad_inputs / "a_file.txt" / "run"
+    before = (bad_inputs / "a_file.txt").read_text()
+    assert main([*csv_argv(bad_inputs), "--output", str(output)]) == 2
+    check_line(capsys, "a_file.txt")
+    assert (bad_inputs / "a_file.txt").read_text() == before
 
-
-# --- train: --config files -------------------------------------------------------------------------------------
 
 CONFIGS = [("config_list.yaml", "must be a mapping"), ("config_broken.yaml", "is not valid YAML"),
            ("config_unknown.yaml", "unknown setting(s) ['learning_rate']"),
@@ -212,15 +151,12 @@ CONFIGS = [("config_list.yaml", "must be a mapping"), ("config_broken.yaml", "is
 
 
 @pytest.mark.parametrize("name, expected", CONFIGS, ids=[n for n, _ in CONFIGS])
-def test_train_config_file(tiny, tmp_path, capsys, name, expected):
+def test_train_config_file(bad_inputs, tmp_path, capsys, name, expected):
     out = tmp_path / "run"
-    assert main(["train", "--model", str(tiny / "model"), "--task", "csv", "--train-file", str(tiny / "train.csv"),
-                 "--config", str(tiny / name), "--output", str(out)]) == 2
-    _check_line(capsys, expected)
+    assert main([*csv_argv(bad_inputs), "--config", str(bad_inputs / name), "--output", str(out)]) == 2
+    check_line(capsys, expected)
     assert not out.exists()
 
-
-# --- train: resumption and a used output directory ---------------------------------------------------------------
 
 RESUME = [  # (how the copied run is damaged, extra flags, expected)
     ("none", [], "holds checkpoints of an earlier run"),
@@ -236,7 +172,7 @@ RESUME = [  # (how the copied run is damaged, extra flags, expected)
 
 
 @pytest.mark.parametrize("damage, flags, expected", RESUME, ids=[f"{d} {' '.join(f)}" for d, f, _ in RESUME])
-def test_train_resume(tiny, run, tmp_path, capsys, damage, flags, expected):
+def test_train_resume(bad_inputs, run, tmp_path, capsys, damage, flags, expected):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     step = next((copy / "checkpoints").glob("step-*"))
@@ -247,13 +183,12 @@ def test_train_resume(tiny, run, tmp_path, capsys, damage, flags, expected):
     elif damage == "state":
         (step / "state.json").write_text('{"state": ')
     elif damage == "lock":
-        import os
         import socket
         import subprocess
         import sys
         sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         (copy / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
-    before = _tree(copy)
+    before = tree(copy)
     try:
         status = main(["train", "--config", str(copy / "config.yaml"), "--output", str(copy),
                        *[f.format(run=copy) for f in flags]])
@@ -262,11 +197,9 @@ def test_train_resume(tiny, run, tmp_path, capsys, damage, flags, expected):
             sleeper.kill()
             sleeper.wait()
     assert status == 2
-    _check_line(capsys, expected)
-    assert _tree(copy) == before
+    check_line(capsys, expected)
+    assert tree(copy) == before
 
-
-# --- eval, predict, merge, params --------------------------------------------------------------------------------
 
 INFERENCE = [  # (argv with {run} / {tiny} / {tmp}, damage to a copy of the run, expected)
     (["eval", "--adapter", "{tmp}/none"], None, "no such directory"),
@@ -298,7 +231,7 @@ INFERENCE = [  # (argv with {run} / {tiny} / {tmp}, damage to a copy of the run,
 
 @pytest.mark.parametrize("argv, damage, expected", INFERENCE, ids=[" ".join(a[:2]) + f" {d} {e[:20]}"
                                                                    for a, d, e in INFERENCE])
-def test_inference_commands(tiny, run, tmp_path, capsys, argv, damage, expected):
+def test_inference_commands(bad_inputs, run, tmp_path, capsys, argv, damage, expected):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     adapter = copy / "adapter"
@@ -309,20 +242,18 @@ def test_inference_commands(tiny, run, tmp_path, capsys, argv, damage, expected)
         (adapter / "lorakit.json").write_text("{oops")
     elif damage == "config-bytes":
         (adapter / "adapter_config.json").write_bytes(b'{"r": 8, "x": "\xff\xfe"}')
-    before, inputs = _tree(copy), _tree(tiny)
-    argv = [a.format(run=copy, tiny=tiny, tmp=tmp_path) for a in argv]
+    before, inputs = tree(copy), tree(bad_inputs)
+    argv = [a.format(run=copy, tiny=bad_inputs, tmp=tmp_path) for a in argv]
     try:
         status = main(argv)
     except SystemExit as exit_:  # argparse: a flag the command does not take
         status = exit_.code
         assert expected in capsys.readouterr().err
     else:
-        _check_line(capsys, expected)
+        check_line(capsys, expected)
     assert status == 2
-    assert _tree(copy) == before and _tree(tiny) == inputs
+    assert tree(copy) == before and tree(bad_inputs) == inputs
 
-
-# --- search -------------------------------------------------------------------------------------------------------
 
 SEARCH = [(["--space", "lora_r=1", "--output", "{tiny}/a_file.txt"], "a_file.txt is a file"),
           (["--space", "lora_r"], "lora_r"), (["--space", "nonsense=1,2"], "nonsense"),
@@ -333,103 +264,65 @@ SEARCH = [(["--space", "lora_r=1", "--output", "{tiny}/a_file.txt"], "a_file.txt
 
 
 @pytest.mark.parametrize("flags, expected", SEARCH, ids=[" ".join(f) for f, _ in SEARCH])
-def test_search(tiny, tmp_path, capsys, flags, expected):
-    flags = [f.format(tiny=tiny) for f in flags]
+def test_search(bad_inputs, tmp_path, capsys, flags, expected):
+    flags = [f.format(tiny=bad_inputs) for f in flags]
     if "--output" not in flags:
         flags += ["--output", str(tmp_path / "s")]
-    assert main(["search", "--model", str(tiny / "model"), "--task", "csv", "--train-file",
-                 str(tiny / "train.csv"), *flags]) == 2
-    _check_line(capsys, expected)
+    assert main([*csv_argv(bad_inputs, "search"), *flags]) == 2
+    check_line(capsys, expected)
     assert not (tmp_path / "s").exists()
 
 
-# --- the Python API -------------------------------------------------------------------------------------------
-
-LORA = [({"r": 0}, "r=0"), ({"r": 1.5}, "r must be an integer, got 1.5"), ({"r": "8"}, "r must be an integer"),
-        ({"r": True}, "r must be an integer, got True"), ({"alpha": math.nan}, "alpha must be a finite number"),
-        ({"alpha": -1.0}, "alpha=-1.0"), ({"alpha": "big"}, "alpha must be a number, got 'big'"),
-        ({"dropout": 1.0}, "dropout=1.0"), ({"dropout": math.inf}, "dropout must be a finite number"),
-        ({"target_modules": 5}, "target_modules must be a list or a string, got 5"),
-        ({"target_modules": [1, 2]}, "target_modules must be"), ({"target_modules": ()}, "target_modules is empty"),
-        ({"target_modules": "(["}, "'([' is not a valid regular expression"),
-        ({"exclude_modules": "*"}, "exclude_modules regex '*'"), ({"init": "zeros"}, "init='zeros'"),
-        ({"bias": "some"}, "bias='some'"), ({"rank_pattern": {"q": 0}}, "rank_pattern['q']"),
-        ({"alpha_pattern": {"q": math.nan}}, "alpha_pattern['q']"), ({"rank_pattern": {"[": 2}}, "'[' is not a valid"),
-        ({"layers_to_transform": ["a"]}, "layers_to_transform must be"), ({"use_rslora": "yes"}, "use_rslora must be"),
-        ({"adapter_dtype": "int4"}, "adapter_dtype='int4'")]
+@pytest.mark.parametrize("flag, value", [("--lora-alpha", "nan"), ("--lr", "inf"), ("--lora-dropout", "nan"),
+                                         ("--warmup-ratio", "nan"), ("--max-grad-norm", "inf")])
+def test_non_finite_numbers_exit_2_before_any_output(tiny_inputs, tmp_path, capsys, flag, value):
+    out = tmp_path / "run"
+    assert main([*csv_argv(tiny_inputs), "--output", str(out), flag, value]) == 2
+    assert "finite" in error_line(capsys)
+    assert not out.exists()
 
 
-@pytest.mark.parametrize("changes, expected", LORA, ids=[str(c) for c, _ in LORA])
-def test_lora_config(changes, expected):
-    with pytest.raises(ValueError) as err:
-        LoraConfig(**changes)
-    assert expected in str(err.value)
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "head", "--lora-r", "64"], "--method head trains no LoRA, so --lora-r 64 would be ignored"),
+    (["--method", "full", "--lora-query"], "--lora-query would be ignored"),
+    (["--target-modules", "query", "--target-regex", ".*value"], "give one of them"),
+])
+def test_contradicting_flags_exit_2(tiny_inputs, tmp_path, capsys, flags, message):
+    assert main([*csv_argv(tiny_inputs), "--output", str(tmp_path / "run"), *flags]) == 2
+    assert message in error_line(capsys)
+    assert not (tmp_path / "run").exists()
 
 
-TRAIN_CONFIG = [({"method": "dora"}, "unknown method 'dora'"), ({"lr": math.nan}, "--lr must be a finite number"),
-                ({"lr": "fast"}, "--lr must be a number or null, got 'fast'"),
-                ({"batch_size": 1.5}, "--batch-size must be an integer, got 1.5"),
-                ({"epochs": True}, "--epochs must be an integer, got True"),
-                ({"max_length": "128"}, "--max-length must be an integer, got '128'"),
-                ({"report_to": ["mlflow"]}, "unknown --report-to ['mlflow']"),
-                ({"text_columns": 5}, "--text-columns must be"), ({"precision": "fp8"}, "unknown precision 'fp8'"),
-                ({"quant_kind": "nf3", "method": "qlora"}, "kind='nf3'"), ({"seed": 1.5}, "--seed must be an integer"),
-                ({"warmup_steps": "x"}, "--warmup-steps must be an integer or null"),
-                ({"split_from_eval": math.inf}, "--split-from-eval must be a finite number"),
-                ({"learning_rate": 1e-3}, "unknown field(s) ['learning_rate']")]
+def test_truncated_weights_and_a_changed_rank_on_resume(tiny_inputs, reference_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    weights = run / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    for command in (["eval", "--adapter", str(run)], ["predict", "--adapter", str(run), "w1 w2"]):
+        assert main(command) == 2
+        line = error_line(capsys)
+        assert str(weights) in line and "truncated" in line
+    assert main(["train", "--config", str(run / "config.yaml"), "--output", str(run), "--resume", "auto",
+                 "--lora-r", "4"]) == 2
+    assert "--lora-r 4 (the checkpoint's: 8)" in error_line(capsys)
+    step = run / "checkpoints" / "step-000006" / "optimizer.safetensors"
+    step.write_bytes(step.read_bytes()[:100])
+    assert main(["train", "--config", str(run / "config.yaml"), "--output", str(run), "--resume", "auto"]) == 2
+    assert str(step) in error_line(capsys)
 
 
-@pytest.mark.parametrize("values, expected", TRAIN_CONFIG, ids=[str(v) for v, _ in TRAIN_CONFIG])
-def test_train_config(values, expected):
-    with pytest.raises(ValueError) as err:
-        TrainConfig.from_dict(values)
-    assert expected in str(err.value)
-
-
-def test_quant_config():
-    with pytest.raises(ValueError, match="block_size=48"):
-        QuantConfig(block_size=48)
-
-
-@pytest.mark.parametrize("target", ["file", "user directory", "directory under a file"])
-def test_save_adapter_refuses(tmp_path, target):
-    model = add_lora(tiny_classifier(), LoraConfig(r=2))
-    (tmp_path / "f.txt").write_text("x")
-    path = {"file": tmp_path / "f.txt", "user directory": tmp_path, "directory under a file": tmp_path / "f.txt" / "a"}
-    before = _tree(tmp_path)
-    with pytest.raises(UserError) as err:
-        save_adapter(model, path[target])
-    assert str(path[target]) in str(err.value) or "f.txt" in str(err.value)
-    assert _tree(tmp_path) == before
-
-
-@pytest.mark.parametrize("damage, expected", [("absent", "is not an adapter directory"),
-                                              ("weights", "damaged or truncated"), ("config", "not valid JSON")])
-def test_load_adapter_refuses(tmp_path, damage, expected):
-    path = save_adapter(add_lora(tiny_classifier(), LoraConfig(r=2)), tmp_path / "a")
-    if damage == "absent":
-        (path / "adapter_model.safetensors").unlink()
-    elif damage == "weights":
-        (path / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
-    else:
-        (path / "adapter_config.json").write_text("{")
-    with pytest.raises((ValueError, FileNotFoundError), match=expected):  # FileNotFoundError: a missing path
-        load_adapter(tiny_classifier(), path)
-
-
-def test_read_json_names_the_file(tmp_path):
-    (tmp_path / "x.json").write_text('{"a": 1,\n "b": }')
-    with pytest.raises(UserError, match=r"x.json is not valid JSON \(line 2"):
-        read_json(tmp_path / "x.json")
-
-
-@pytest.mark.parametrize("name, expected", [("empty_label.csv", "empty label"), ("mixed.csv", "'yes'"),
-                                            ("nan_target.csv", "'nan'"), ("bad.jsonl", "line 3")])
-def test_load_splits(tiny, name, expected):
-    with pytest.raises(ValueError, match=expected):
-        load_splits("csv", train_file=tiny / name)
-
-
-def test_train_api_refuses_a_file_output(tiny):
-    with pytest.raises(UserError, match="is a file"):
-        train(tiny_config(tiny, tiny / "a_file.txt"))
+def test_a_head_of_other_labels_is_named_as_such(tiny_inputs, reference_run, tmp_path, capsys):
+    three = tmp_path / "three.csv"
+    three.write_text("text,label\n" + "".join(f"w{i} w{i + 1},{'abc'[i % 3]}\n" for i in range(12)))
+    assert main(["eval", "--adapter", str(reference_run), "--train-file", str(three), "--eval-file", str(three)]) == 2
+    line = error_line(capsys)
+    assert "3 outputs" in line and "different base model" not in line
+    two_labels = save_adapter(add_lora(tiny_classifier(), LoraConfig(r=2)), tmp_path / "adapter")
+    with pytest.raises(ValueError, match="task head has 2 outputs and this task 3") as err:
+        load_adapter(tiny_model("bert"), two_labels)  # 3 labels
+    assert "different base model" not in str(err.value)
+    rank = tmp_path / "adapter" / "adapter_config.json"
+    rank.write_text(rank.read_text().replace('"r": 2', '"r": 4'))
+    with pytest.raises(ValueError, match="rank 2 differs from the rank 4") as err:
+        load_adapter(tiny_classifier(), two_labels)
+    assert "different base model" not in str(err.value)
