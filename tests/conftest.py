@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import SHARED_DATA, make_tiny_run_inputs, save_tiny_bert_classifier, tiny_config
+from helpers import SHARED_DATA, make_tiny_run_inputs, save_tiny_bert_classifier, tiny_classifier, trained_run
 from helpers import inputs, logits, randomize_lora, tiny_model  # noqa: F401  (test_readme.py reads them here)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -74,13 +74,19 @@ def bad_inputs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def no_dropout_inputs(tmp_path_factory) -> Path:
+    """make_tiny_run_inputs with a model without dropout: runs of different batch splits can follow one curve."""
+    root = make_tiny_run_inputs(tmp_path_factory.mktemp("no_dropout"))
+    model = tiny_classifier(dropout=0.0)
+    model.config.classifier_dropout = 0.0
+    model.save_pretrained(root / "model")
+    return root
+
+
+@pytest.fixture(scope="session")
 def reference_run(tiny_inputs, tmp_path_factory) -> Path:
     """An uninterrupted 6-step run (evaluations every 2 steps, one step checkpoint kept); tests copy it to change it."""
-    from lorakit.training.run import train
-
-    out = tmp_path_factory.mktemp("ref") / "run"
-    train(tiny_config(tiny_inputs, out, max_steps=6, save_total_limit=1))
-    return out
+    return trained_run(tmp_path_factory.mktemp("ref") / "run", tiny_inputs, max_steps=6, save_total_limit=1)
 
 
 @pytest.fixture(scope="module")

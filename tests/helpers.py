@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import socket
 import threading
 import time
@@ -142,6 +143,15 @@ CHAT_WORDS = ["[PAD]", "[UNK]", "</s>", "<s>", "USER:", "ASSISTANT:", "SYSTEM:",
 CHAT_ID = {word: i for i, word in enumerate(CHAT_WORDS)}
 
 
+def word_tokenizer(words: list[str]) -> tf.PreTrainedTokenizerFast:
+    """One token per white-space separated word of words ([UNK], [PAD] and </s> among them), ids in their order."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
+
+
 def tiny_tokenizer(chat_template: str | None = None, bos: bool = False) -> tf.PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
@@ -194,6 +204,14 @@ def csv_argv(inputs: Path, command: str = "train") -> list[str]:
     return [command, "--model", str(inputs / "model"), "--task", "csv", "--train-file", str(inputs / "train.csv")]
 
 
+def trained_run(output: Path, inputs: Path, **changes) -> Path:
+    """output after a tiny_config run with the given changes."""
+    from lorakit.training.run import train
+
+    train(tiny_config(inputs, output, **changes))
+    return output
+
+
 def tiny_flags(tiny: Path, output: Path, *extra: str) -> list[str]:
     """`lorakit train` on make_tiny_run_inputs' files: 4 steps unless extra says otherwise."""
     return ["train", "--model", str(tiny / "model"), "--task", "csv", "--train-file", str(tiny / "train.csv"),
@@ -224,6 +242,16 @@ def tree(path: Path) -> dict[str, bytes]:
     if not path.exists():
         return {}
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def flag_cases(table: str) -> list[tuple]:
+    """The rows `FLAGS | TEXT | ...` of a text table: the flags split as a shell splits them, each other column as
+    written, "-" for None (a table of cases reads better as a table than as Python tuples)."""
+    rows = []
+    for row in table.strip().splitlines():
+        flags, *texts = row.split(" | ")
+        rows.append((shlex.split(flags), *[None if text.strip() == "-" else text.strip() for text in texts]))
+    return rows
 
 
 def error_line(capsys) -> str:

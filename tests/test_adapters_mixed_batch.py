@@ -1,5 +1,6 @@
-"""Mixed-adapter batches (named.mixed_batch, multi.py): row i computes with its own adapter in one batched forward,
-equal row by row to the per-adapter batches, to the base model for None rows, and to PEFT's adapter_names=."""
+"""Mixed-adapter batches (adapters/api.py mixed_batch, layers/mixed.py): row i computes with its own adapter in one
+batched forward, equal row by row to the per-adapter batches, to the base model for None rows, and to PEFT's
+adapter_names=."""
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
-"""Many adapters on one model (named.py): each adapter alone equals a model holding only it, sums equal the merged
-sum, deleting one leaves the other bit-identical, save/load both ways in PEFT's multi-adapter layout, errors."""
+"""Many adapters on one model (adapters/api.py, layers/bank.py): each adapter alone equals a model holding only it, sums
+equal the merged sum, deleting one leaves the other bit-identical, save/load both ways in PEFT's multi-adapter
+layout, errors."""
 from __future__ import annotations
 
 import pytest

@@ -235,7 +235,7 @@ def test_eval_test_flag_reaches_the_config(tmp_path):
     assert train_config_from_args(build_parser().parse_args(["train"])).eval_test is False
 
 
-# --- one set of LoRA defaults; damaged artifacts (issue 13) ---------------------------------------------------------
+# --- one set of LoRA defaults; damaged artifacts -------------------------------------------------------------------
 
 def test_params_reports_the_trainable_count_train_trains(tiny, tmp_path, capsys):
     """No LoRA flags: `params` describes the adapter `train` builds (TrainConfig's defaults), and search / compare
@@ -281,7 +281,7 @@ NO_BASE_NAME = '{"peft_type": "LORA", "r": 8, "lora_alpha": 8, "target_modules":
 ], ids=["weights-no-record", "adapter-no-base", "config-list", "record-bad-json", "record-list", "weights-junk",
         "adapter-junk"])
 def test_a_damaged_artifact_is_one_line_and_exit_2(run, damage, expected, trained, tiny, tmp_path, capsys):
-    """`lorakit eval` / `merge --adapter D` on an artifact whose record is gone (was a bare KeyError) or whose files
+    """`lorakit eval` / `merge --adapter D` on an artifact whose record is gone or whose files
     are damaged (None: the file is deleted)."""
     import shutil
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import csv_argv, error_line, tiny_classifier, tiny_config, tiny_model, tree
+from helpers import csv_argv, error_line, flag_cases, tiny_classifier, tiny_model, trained_run, tree
 from lorakit import LoraConfig, add_lora, load_adapter, save_adapter
 from lorakit.cli.main import main
-from lorakit.training.run import train
 
 FIX_WORDS = ("give", "use", "choose", "must", "accepted", "fix", "drop", "remove", "pass", "restore", "wait",
              "expected", "need", "save", "resume", "delete", "make", "write", "evaluate", "is not", "retrain",
@@ -33,46 +32,58 @@ def check_line(capsys, expected: str) -> str:
 
 @pytest.fixture(scope="module")
 def run(bad_inputs, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("badrun") / "run"
-    train(tiny_config(bad_inputs, out, max_steps=2, save_total_limit=1))
-    return out
+    return trained_run(tmp_path_factory.mktemp("badrun") / "run", bad_inputs, max_steps=2, save_total_limit=1)
 
 
-TRAIN_FLAGS = [  # (extra flags, expected fragment of the one error line)
-    (["--lora-r", "0"], "r=0"), (["--lora-r", "-3"], "r=-3"),
-    (["--lora-alpha", "0"], "alpha=0"), (["--lora-alpha", "-1"], "alpha=-1"),
-    (["--lora-alpha", "nan"], "alpha must be a finite number, got nan"),
-    (["--lora-alpha", "inf"], "got inf"), (["--lora-dropout", "1.5"], "dropout=1.5"),
-    (["--lora-dropout", "-0.1"], "dropout=-0.1"), (["--lora-dropout", "nan"], "got nan"),
-    (["--lr", "0"], "--lr must be > 0, got 0"), (["--lr", "-1"], "--lr must be > 0"),
-    (["--lr", "nan"], "--lr must be a finite number, got nan"), (["--lr", "inf"], "--lr must be a finite number"),
-    (["--weight-decay", "-1"], "--weight-decay must be >= 0"), (["--weight-decay", "nan"], "--weight-decay must be"),
-    (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
-    (["--batch-size", "-2"], "--batch-size must be a positive integer, got -2"),
-    (["--grad-accum", "0"], "--grad-accum must be"), (["--eval-batch-size", "0"], "--eval-batch-size must be"),
-    (["--epochs", "0"], "--epochs must be"), (["--max-steps", "0"], "--max-steps must be a positive integer"),
-    (["--max-steps", "-5"], "got -5"), (["--warmup-ratio", "1.5"], "--warmup-ratio must be in [0, 1), got 1.5"),
-    (["--warmup-ratio", "nan"], "--warmup-ratio must be a finite number"), (["--warmup-ratio", "-0.1"], "got -0.1"),
-    (["--max-grad-norm", "-1"], "--max-grad-norm must be >= 0"), (["--max-grad-norm", "inf"], "got inf"),
-    (["--eval-steps", "-1"], "--eval-steps must be >= 0"), (["--save-steps", "-1"], "--save-steps must be >= 0"),
-    (["--save-total-limit", "0"], "--save-total-limit must be >= 1"),
-    (["--early-stopping-patience", "-1"], "--early-stopping-patience must be >= 0"),
-    (["--loraplus-ratio", "0.5"], "--loraplus-ratio must be >= 1"), (["--loraplus-ratio", "inf"], "got inf"),
-    (["--max-length", "0"], "--max-length must be a positive integer, got 0"),
-    (["--max-length", "100000"], "--max-length 100000 is longer than model"),
-    (["--threads", "0"], "--threads must be >= 1, got 0"),
-    (["--method", "head", "--lora-r", "64"], "--method head trains no LoRA, so --lora-r 64 would be ignored"),
-    (["--method", "full", "--lora-alpha", "4"], "--lora-alpha 4.0 would be ignored"),
-    (["--method", "last-layers", "--target-modules", "query"], "--target-modules ['query'] would be ignored"),
-    (["--method", "head", "--use-rslora"], "--use-rslora would be ignored"),
-    (["--method", "head", "--loraplus-ratio", "4"], "--loraplus-ratio applies to LoRA methods, not --method head"),
-    (["--method", "full", "--fsdp"], "--fsdp shards LoRA training (--method lora, qlora or lora+head), not --method"),
-    (["--target-modules", "query", "--target-regex", ".*value"], "--target-modules query and --target-regex .*value"),
-    (["--target-regex", "(["], "'([' is not a valid regular expression"),
-    (["--target-regex", "*x"], "'*x' is not a valid regular expression"),
-    (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "cuda"),
-]
+# extra flags | the expected fragment of the one error line
+TRAIN_FLAGS = flag_cases("""
+--lora-r 0                                      | r=0
+--lora-r -3                                     | r=-3
+--lora-alpha 0                                  | alpha=0
+--lora-alpha -1                                 | alpha=-1
+--lora-alpha nan                                | alpha must be a finite number, got nan
+--lora-alpha inf                                | got inf
+--lora-dropout 1.5                              | dropout=1.5
+--lora-dropout -0.1                             | dropout=-0.1
+--lora-dropout nan                              | got nan
+--lr 0                                          | --lr must be > 0, got 0
+--lr -1                                         | --lr must be > 0
+--lr nan                                        | --lr must be a finite number, got nan
+--lr inf                                        | --lr must be a finite number
+--weight-decay -1                               | --weight-decay must be >= 0
+--weight-decay nan                              | --weight-decay must be
+--batch-size 0                                  | --batch-size must be a positive integer, got 0
+--batch-size -2                                 | --batch-size must be a positive integer, got -2
+--grad-accum 0                                  | --grad-accum must be
+--eval-batch-size 0                             | --eval-batch-size must be
+--epochs 0                                      | --epochs must be
+--max-steps 0                                   | --max-steps must be a positive integer
+--max-steps -5                                  | got -5
+--warmup-ratio 1.5                              | --warmup-ratio must be in [0, 1), got 1.5
+--warmup-ratio nan                              | --warmup-ratio must be a finite number
+--warmup-ratio -0.1                             | got -0.1
+--max-grad-norm -1                              | --max-grad-norm must be >= 0
+--max-grad-norm inf                             | got inf
+--eval-steps -1                                 | --eval-steps must be >= 0
+--save-steps -1                                 | --save-steps must be >= 0
+--save-total-limit 0                            | --save-total-limit must be >= 1
+--early-stopping-patience -1                    | --early-stopping-patience must be >= 0
+--loraplus-ratio 0.5                            | --loraplus-ratio must be >= 1
+--loraplus-ratio inf                            | got inf
+--max-length 0                                  | --max-length must be a positive integer, got 0
+--max-length 100000                             | --max-length 100000 is longer than model
+--threads 0                                     | --threads must be >= 1, got 0
+--method head --lora-r 64                       | --method head trains no LoRA, so --lora-r 64 would be ignored
+--method full --lora-alpha 4                    | --lora-alpha 4.0 would be ignored
+--method last-layers --target-modules query     | --target-modules ['query'] would be ignored
+--method head --use-rslora                      | --use-rslora would be ignored
+--method head --loraplus-ratio 4                | --loraplus-ratio applies to LoRA methods, not --method head
+--method full --fsdp                            | --fsdp shards LoRA training (--method lora, qlora or lora+head), not --method
+--target-modules query --target-regex '.*value' | --target-modules query and --target-regex .*value
+--target-regex '(['                             | '([' is not a valid regular expression
+--target-regex '*x'                             | '*x' is not a valid regular expression
+--device tpu                                    | unknown device 'tpu'
+""") + [(["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "cuda")]
 
 
 @pytest.mark.parametrize("extra, expected", TRAIN_FLAGS, ids=[" ".join(f) for f, _ in TRAIN_FLAGS])
@@ -96,27 +107,28 @@ def test_train_flag_rejected_by_the_parser(bad_inputs, tmp_path, capsys, extra):
     assert not (tmp_path / "run").exists()
 
 
-DATA = [  # (flags with {tiny} for the inputs directory, expected)
-    (["--train-file", "{tiny}/empty_label.csv"], "1 empty label(s) (line 3)"),
-    (["--train-file", "{tiny}/mixed.csv"], "other values ['yes'] (line 4)"),
-    (["--train-file", "{tiny}/nan_target.csv"], "['nan'] (line 3)"),
-    (["--train-file", "{tiny}/single.csv"], "has a single label ['pos']"),
-    (["--train-file", "{tiny}/fields.csv"], "fields.csv line 3: 3 fields but 2 columns"),
-    (["--train-file", "{tiny}/empty.csv"], "empty.csv is empty"),
-    (["--train-file", "{tiny}/bad.jsonl"], "bad.jsonl line 3: invalid JSON"),
-    (["--train-file", "{tiny}/bad.json"], "bad.json line 2: invalid JSON"),
-    (["--train-file", "{tiny}/latin1.csv"], "latin1.csv is not UTF-8 text"),
-    (["--train-file", "{tiny}/table.xls"], "unknown file type '.xls'"),
-    (["--train-file", "{tiny}/absent.csv"], "missing file"),
-    (["--train-file", "{tiny}/train.csv", "--eval-file", "{tiny}/absent.csv"], "absent.csv"),
-    (["--train-file", "{tiny}/train.csv", "--text-column", "review"], "column 'review' not found"),
-    (["--train-file", "{tiny}/train.csv", "--label-column", "stars"], "column 'stars' not found"),
-    (["--train-file", "{tiny}/train.csv", "--eval-file", "{tiny}/mixed.csv"], "mixed.csv"),
-    (["--train-file", "{tiny}/train.csv", "--model", "{tiny}/a_file.txt"], "a_file.txt is a file"),
-    (["--train-file", "{tiny}/train.csv", "--model", "{tiny}/no_model"], "no_model"),
-    (["--train-file", "{tiny}/train.csv", "--init-adapter", "{tiny}/no_adapter"], "no_adapter"),
-    (["--train-file", "{tiny}/train.csv", "--task", "nope"], "nope"),
-]
+# flags ({tiny}: the inputs directory) | expected
+DATA = flag_cases("""
+--train-file {tiny}/empty_label.csv                            | 1 empty label(s) (line 3)
+--train-file {tiny}/mixed.csv                                  | other values ['yes'] (line 4)
+--train-file {tiny}/nan_target.csv                             | ['nan'] (line 3)
+--train-file {tiny}/single.csv                                 | has a single label ['pos']
+--train-file {tiny}/fields.csv                                 | fields.csv line 3: 3 fields but 2 columns
+--train-file {tiny}/empty.csv                                  | empty.csv is empty
+--train-file {tiny}/bad.jsonl                                  | bad.jsonl line 3: invalid JSON
+--train-file {tiny}/bad.json                                   | bad.json line 2: invalid JSON
+--train-file {tiny}/latin1.csv                                 | latin1.csv is not UTF-8 text
+--train-file {tiny}/table.xls                                  | unknown file type '.xls'
+--train-file {tiny}/absent.csv                                 | missing file
+--train-file {tiny}/train.csv --eval-file {tiny}/absent.csv    | absent.csv
+--train-file {tiny}/train.csv --text-column review             | column 'review' not found
+--train-file {tiny}/train.csv --label-column stars             | column 'stars' not found
+--train-file {tiny}/train.csv --eval-file {tiny}/mixed.csv     | mixed.csv
+--train-file {tiny}/train.csv --model {tiny}/a_file.txt        | a_file.txt is a file
+--train-file {tiny}/train.csv --model {tiny}/no_model          | no_model
+--train-file {tiny}/train.csv --init-adapter {tiny}/no_adapter | no_adapter
+--train-file {tiny}/train.csv --task nope                      | nope
+""")
 
 
 @pytest.mark.parametrize("flags, expected", DATA, ids=[" ".join(f) for f, _ in DATA])
@@ -201,32 +213,33 @@ def test_train_resume(bad_inputs, run, tmp_path, capsys, damage, flags, expected
     assert tree(copy) == before
 
 
-INFERENCE = [  # (argv with {run} / {tiny} / {tmp}, damage to a copy of the run, expected)
-    (["eval", "--adapter", "{tmp}/none"], None, "no such directory"),
-    (["eval"], None, "give --adapter DIR"),
-    (["eval", "--adapter", "{run}"], "weights", "adapter_model.safetensors is damaged or truncated"),
-    (["predict", "--adapter", "{run}", "w1"], "weights", "adapter_model.safetensors is damaged or truncated"),
-    (["eval", "--adapter", "{run}"], "record", "lorakit.json is not valid JSON (line 1"),
-    (["eval", "--adapter", "{run}"], "config-bytes", "adapter_config.json is not UTF-8 text"),
-    (["eval", "--adapter", "{run}", "--max-length", "100000"], None, "--max-length 100000 is longer"),
-    (["eval", "--adapter", "{run}", "--output", "{tiny}"], None, "is a directory; give a file path"),
-    (["eval", "--adapter", "{run}", "--output", "{tiny}/a_file.txt/x.json"], None, "a_file.txt is a file"),
-    (["eval", "--adapter", "{run}", "--eval-file", "{tiny}/mixed.csv"], None, "mixed.csv"),
-    (["eval", "--adapter", "{run}", "--lora-r", "0"], None, "unrecognized"),
-    (["predict", "--adapter", "{run}"], None, "nothing to predict"),
-    (["predict", "--adapter", "{run}", "--question", "who?"], None, "--question and --context go together"),
-    (["predict", "--adapter", "{run}", "--file", "{tmp}/absent.txt"], None, "absent.txt: no such file"),
-    (["predict", "--adapter", "{run}", "--file", "{tiny}/latin1.csv"], None, "latin1.csv"),
-    (["merge", "--adapter", "{run}"], None, "needs --output DIR"),
-    (["merge", "--adapter", "{run}", "--output", "{tiny}/a_file.txt"], None, "a_file.txt is a file"),
-    (["merge", "--adapter", "{run}", "--output", "{run}"], None, "is not a merged model directory"),
-    (["merge", "--adapter", "{run}", "--output", "{tiny}"], None, "is not a merged model directory"),
-    (["params", "--model", "{tiny}/a_file.txt"], None, "a_file.txt is a file"),
-    (["params", "--model", "{tiny}/model", "--lora-r", "0"], None, "r=0"),
-    (["params", "--model", "{tiny}/model", "--lora-alpha", "nan"], None, "alpha must be a finite number"),
-    (["params", "--model", "{tiny}/model", "--target-regex", "(["], None, "not a valid regular expression"),
-    (["params", "--model", "{tiny}/model", "--lora-dropout", "2"], None, "dropout=2.0"),
-]
+# argv ({run}, {tiny}, {tmp} filled in) | damage to a copy of the run | expected
+INFERENCE = flag_cases("""
+eval --adapter {tmp}/none                              | -            | no such directory
+eval                                                   | -            | give --adapter DIR
+eval --adapter {run}                                   | weights      | adapter_model.safetensors is damaged or truncated
+predict --adapter {run} w1                             | weights      | adapter_model.safetensors is damaged or truncated
+eval --adapter {run}                                   | record       | lorakit.json is not valid JSON (line 1
+eval --adapter {run}                                   | config-bytes | adapter_config.json is not UTF-8 text
+eval --adapter {run} --max-length 100000               | -            | --max-length 100000 is longer
+eval --adapter {run} --output {tiny}                   | -            | is a directory; give a file path
+eval --adapter {run} --output {tiny}/a_file.txt/x.json | -            | a_file.txt is a file
+eval --adapter {run} --eval-file {tiny}/mixed.csv      | -            | mixed.csv
+eval --adapter {run} --lora-r 0                        | -            | unrecognized
+predict --adapter {run}                                | -            | nothing to predict
+predict --adapter {run} --question 'who?'              | -            | --question and --context go together
+predict --adapter {run} --file {tmp}/absent.txt        | -            | absent.txt: no such file
+predict --adapter {run} --file {tiny}/latin1.csv       | -            | latin1.csv
+merge --adapter {run}                                  | -            | needs --output DIR
+merge --adapter {run} --output {tiny}/a_file.txt       | -            | a_file.txt is a file
+merge --adapter {run} --output {run}                   | -            | is not a merged model directory
+merge --adapter {run} --output {tiny}                  | -            | is not a merged model directory
+params --model {tiny}/a_file.txt                       | -            | a_file.txt is a file
+params --model {tiny}/model --lora-r 0                 | -            | r=0
+params --model {tiny}/model --lora-alpha nan           | -            | alpha must be a finite number
+params --model {tiny}/model --target-regex '(['        | -            | not a valid regular expression
+params --model {tiny}/model --lora-dropout 2           | -            | dropout=2.0
+""")
 
 
 @pytest.mark.parametrize("argv, damage, expected", INFERENCE, ids=[" ".join(a[:2]) + f" {d} {e[:20]}"

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from helpers import error_line, make_tiny_run_inputs, tiny_flags
 
 from lorakit.cli.main import build_parser, main
@@ -42,7 +41,6 @@ def test_bad_family_flags_are_one_line(tiny, tmp_path, capsys, extra):
 @pytest.mark.parametrize("extra", [("--method", "lora", "--dora"), ("--method", "lora", "--lora-init", "pissa"),
                                    ("--method", "qlora", "--lora-init", "loftq", "--loftq-iter", "2")])
 def test_train_runs_and_saves(tiny, tmp_path, extra):
-    torch.set_num_threads(1)
     main([*tiny_flags(tiny, tmp_path / "run", *extra), "--threads", "1"])
     fields = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert fields["use_dora"] == ("--dora" in extra)

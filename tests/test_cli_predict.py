@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_flags
+from helpers import tiny_flags, word_tokenizer
 from lorakit.cli.main import main
 
 
@@ -17,19 +17,14 @@ MULTILINE = "x\ny"  # a token whose text holds a newline (code answers are full 
 
 @pytest.fixture(scope="module")
 def instruct_run(tmp_path_factory) -> Path:
-    """A 1-step LoRA run of a tiny_inputs Llama whose final norm is zero: every logit is 0, so greedy decoding repeats
+    """A 1-step LoRA run of a tiny Llama whose final norm is zero: every logit is 0, so greedy decoding repeats
     token 0, MULTILINE; sampling (temperature 1) draws uniformly from the 20 tokens."""
     import transformers as tf
-    from tokenizers import Tokenizer, models, pre_tokenizers
 
     root = tmp_path_factory.mktemp("instruct")
     words = [MULTILINE, "[PAD]", "[UNK]", "</s>", "hi", "hello", "there", "how", "are", "you", "fine", "say", "to",
              "bob", "###", "Instruction:", "Input:", "Response:", "a", "b"]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                           eos_token="</s>")
-    tokenizer.save_pretrained(root / "model")
+    word_tokenizer(words).save_pretrained(root / "model")
     torch.manual_seed(0)
     model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
                                                num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,

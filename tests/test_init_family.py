@@ -1,4 +1,4 @@
-"""PiSSA, OLoRA (residual inits, saved as rank-2r LoRA on the original base) and LoftQ (lora_init.py)."""
+"""PiSSA, OLoRA (residual inits, saved as rank-2r LoRA on the original base) and LoftQ (init/family.py)."""
 from __future__ import annotations
 
 import json

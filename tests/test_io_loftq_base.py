@@ -1,4 +1,4 @@
-"""A QLoRA + LoftQ artifact reloads onto the Q_T it was trained with (loftq_base.py), not onto q(W0)."""
+"""A QLoRA + LoftQ artifact reloads onto the Q_T it was trained with (io/loftq_base.py), not onto q(W0)."""
 from __future__ import annotations
 
 import dataclasses

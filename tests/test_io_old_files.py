@@ -1,6 +1,7 @@
 """Old files keep loading: an adapter and a run directory written by lorakit (tests/fixtures, made once by
 make_fixtures.py and never regenerated) load and predict the pinned logits, `lorakit eval` scores them as recorded,
-PEFT reads the adapter, and the run's checkpoint resumes (without writing to the fixture). The base is the seeded tiny BERT of test_train.make_tiny_run_inputs."""
+PEFT reads the adapter, and the run's checkpoint resumes (without writing to the fixture). The base is the seeded
+tiny BERT of helpers.make_tiny_run_inputs."""
 from __future__ import annotations
 
 import json
@@ -70,7 +71,6 @@ def test_old_run_directory_evaluates_and_resumes(base, version, tmp_path):
                                      "train_file": str(base / "train.csv"), "eval_file": str(base / "dev.csv"),
                                      "output": str(tmp_path / "resumed"), "max_steps": 4,
                                      "resume": str(run / "checkpoints" / "step-000002")})
-    torch.set_num_threads(1)
     metrics = train(resumed)
     assert metrics["steps"] == 4
     assert _tree(run) == before  # the fixture itself is never written

@@ -1,4 +1,4 @@
-"""DoRA (dora.py): PEFT parity both ways, the LoRA invariants, QDoRA on NF4, the fused node's gradients."""
+"""DoRA (layers/dora.py): PEFT parity both ways, the LoRA invariants, QDoRA on NF4, the fused node's gradients."""
 from __future__ import annotations
 
 import copy

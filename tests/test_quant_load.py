@@ -1,4 +1,4 @@
-"""Quantize while loading (quant_load.py): the same codes, constants and logits as quantize_model after a full
+"""Quantize while loading (quant/load.py): the same codes, constants and logits as quantize_model after a full
 from_pretrained, on tiny sharded safetensors checkpoints; the full-precision weight is never kept."""
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from lorakit.training.run import TrainingDiverged, enable_gradient_checkpointing
 from lorakit.training.config import DEFAULT_LR, TrainConfig, resolve_device, resolve_precision
 from lorakit.training.step import accumulate_gradients, build_optimizer, linear_schedule
 from helpers import WORDS, randomize_lora_b, step_losses, tiny_classifier, tiny_config, tiny_llama_config
+from helpers import word_tokenizer
 from helpers import make_tiny_run_inputs  # noqa: F401  (test_readme.py imports it from here)
 
 
@@ -29,7 +31,7 @@ def test_seeded_run_repeats_and_resume_reproduces_the_curve(tiny_inputs, tmp_pat
     train(tiny_config(tiny_inputs, tmp_path / "b"))
     curve = step_losses(tmp_path / "a")
     assert list(curve) == [1, 2, 3, 4]
-    assert curve == step_losses(tmp_path / "b")  # bit-identical; test_golden.py pins the values themselves
+    assert curve == step_losses(tmp_path / "b")  # bit-identical
     assert abs(curve[1] - math.log(2)) < 0.05  # a fresh 2-way head starts near ln 2
     assert all(0.5 < v < 0.9 for v in curve.values())
 
@@ -321,6 +323,16 @@ def test_peft_reads_the_adapters_of_lora_methods(method, tmp_path):
 # ------------------------------------------------------------------ SQuAD and instruction tuning through the loop
 
 
+def train_3_steps(model_dir: Path, task: str, data: Path, suffix: str, max_length: int) -> tuple[dict, dict]:
+    """A 3-step run on data/train.SUFFIX, evaluated at its end on data/dev.SUFFIX into data/out: metrics, and the
+    evaluation of the one split."""
+    cfg = TrainConfig(model=str(model_dir), task=task, train_file=str(data / f"train.{suffix}"),
+                      eval_file=str(data / f"dev.{suffix}"), batch_size=4, max_steps=3, eval_steps=3, seed=0,
+                      output=str(data / "out"), max_length=max_length)
+    metrics = train(cfg)
+    return metrics, next(iter(metrics["eval"].values()))
+
+
 def test_squad_trains_through_the_loop(tmp_path, capsys):
     """A tiny random BertForQuestionAnswering on a few SQuAD-shaped questions: runs and reports EM / F1."""
     model_dir = tmp_path / "model"
@@ -345,11 +357,7 @@ def test_squad_trains_through_the_loop(tmp_path, capsys):
 
     for name, n in (("train.json", 12), ("dev.json", 4)):
         (tmp_path / name).write_text(json.dumps({"version": "1.1", "data": [article(name, n)]}))
-    cfg = TrainConfig(model=str(model_dir), task="squad", train_file=str(tmp_path / "train.json"),
-                      eval_file=str(tmp_path / "dev.json"), batch_size=4, max_steps=3, eval_steps=3, seed=0,
-                      output=str(tmp_path / "out"), max_length=32)
-    metrics = train(cfg)
-    validation = next(iter(metrics["eval"].values()))
+    metrics, validation = train_3_steps(model_dir, "squad", tmp_path, "json", max_length=32)
     assert {"exact_match", "f1", "loss"} <= set(validation) and metrics["main_metric"] == "f1"
     assert 0.0 <= validation["f1"] <= 100.0 and math.isfinite(validation["loss"])
     assert metrics["steps"] == 3 and (tmp_path / "out/adapter/adapter_model.safetensors").is_file()
@@ -364,16 +372,10 @@ def test_squad_trains_through_the_loop(tmp_path, capsys):
 
 def test_instruction_tuning_trains_through_the_loop(tmp_path, capsys):
     """A tiny random Llama with a word-level tokenizer on a few Alpaca records: loss / perplexity, generations."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     words = ["[PAD]", "[UNK]", "</s>", "<s>", "hi", "hello", "there", "how", "are", "you", "fine", "say", "to", "bob",
              "###", "Instruction:", "Input:", "Response:"]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                           eos_token="</s>")
     model_dir = tmp_path / "model"
-    tokenizer.save_pretrained(model_dir)
+    word_tokenizer(words).save_pretrained(model_dir)
     torch.manual_seed(0)
     tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                        num_key_value_heads=2, intermediate_size=37, max_position_embeddings=128,
@@ -383,11 +385,7 @@ def test_instruction_tuning_trains_through_the_loop(tmp_path, capsys):
         records = [{"instruction": " ".join(rng.choice(words[4:14]) for _ in range(rng.randint(1, 4))), "input": "",
                     "output": " ".join(rng.choice(words[4:14]) for _ in range(rng.randint(1, 4)))} for _ in range(n)]
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
-    cfg = TrainConfig(model=str(model_dir), task="instruct", train_file=str(tmp_path / "train.jsonl"),
-                      eval_file=str(tmp_path / "dev.jsonl"), batch_size=4, max_steps=3, eval_steps=3, seed=0,
-                      output=str(tmp_path / "out"), max_length=64)
-    metrics = train(cfg)
-    validation = next(iter(metrics["eval"].values()))
+    metrics, validation = train_3_steps(model_dir, "instruct", tmp_path, "jsonl", max_length=64)
     assert {"token_accuracy", "loss", "perplexity"} <= set(validation) and metrics["main_metric"] == "token_accuracy"
     assert validation["perplexity"] == pytest.approx(math.exp(validation["loss"]), rel=1e-6)
     before = next(iter(metrics["eval_before_training"].values()))  # the untrained model's held-out loss

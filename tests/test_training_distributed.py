@@ -7,14 +7,13 @@ import os
 import socket
 from pathlib import Path
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
 from lorakit.training import distributed
 from lorakit.training.run import train
 from lorakit.training.config import TrainConfig
-from helpers import make_tiny_run_inputs, step_losses, tiny_classifier
+from helpers import step_losses
 
 
 def _free_port() -> int:
@@ -36,15 +35,6 @@ def _worker(rank: int, world: int, port: int, cfg: TrainConfig, results: Path) -
                       MASTER_PORT=str(port))
     metrics = train(cfg)
     (results / f"rank{rank}.json").write_text(json.dumps(metrics))
-
-
-@pytest.fixture(scope="module")
-def no_dropout_inputs(tmp_path_factory) -> Path:
-    root = make_tiny_run_inputs(tmp_path_factory.mktemp("ddp"))
-    model = tiny_classifier(dropout=0.0)
-    model.config.classifier_dropout = 0.0
-    model.save_pretrained(root / "model")
-    return root
 
 
 def test_two_gloo_processes_match_one_process(no_dropout_inputs, tmp_path):

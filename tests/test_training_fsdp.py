@@ -1,5 +1,5 @@
-"""FSDP2 on CPU (gloo), fsdp.py: 2 ranks x 2 rows follow the loss curve of 1 process x 4 rows, for LoRA and QLoRA
-(NF4 codes sharded as frozen parameters), each rank holds about half of the parameter bytes, and the adapter
+"""FSDP2 on CPU (gloo), training/fsdp.py: 2 ranks x 2 rows follow the loss curve of 1 process x 4 rows, for LoRA and
+QLoRA (NF4 codes sharded as frozen parameters), each rank holds about half of the parameter bytes, and the adapter
 gathered to rank 0 equals the single-process one in PEFT's format."""
 from __future__ import annotations
 

@@ -19,12 +19,11 @@ import pytest
 import torch
 import transformers as tf
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lorakit.cli.main import main
 from lorakit.training.config import TrainConfig
 from lorakit.training.run import train
-from helpers import step_losses
+from helpers import step_losses, word_tokenizer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 WORDS = ["[PAD]", "[UNK]", "</s>", "<s>", "hi", "hello", "there", "how", "are", "you", "fine", "say", "to", "bob",
@@ -41,11 +40,7 @@ def _free_port() -> int:
 def inputs(tmp_path_factory) -> Path:
     """A word-level tokenizer, a tiny random Llama (sizes a multiple of the NF4 block of 64) and Alpaca records."""
     root = tmp_path_factory.mktemp("fsdp_train")
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                           eos_token="</s>")
-    tokenizer.save_pretrained(root / "model")
+    word_tokenizer(WORDS).save_pretrained(root / "model")
     torch.manual_seed(0)
     tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,

@@ -10,11 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from lorakit.training.run import train
 from lorakit.training.config import TrainConfig
-from helpers import make_tiny_run_inputs, step_losses, tiny_classifier
+from helpers import step_losses
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -30,15 +29,6 @@ def _torchrun() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "torch.distributed.run"]
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> Path:
-    root = make_tiny_run_inputs(tmp_path_factory.mktemp("nodes"))
-    model = tiny_classifier(dropout=0.0)
-    model.config.classifier_dropout = 0.0
-    model.save_pretrained(root / "model")
-    return root
-
-
 def _train_args(inputs: Path, output: Path, batch_size: int) -> list[str]:
     return ["--model", str(inputs / "model"), "--task", "csv", "--train-file", str(inputs / "train.csv"),
             "--eval-file", str(inputs / "dev.csv"), "--batch-size", str(batch_size), "--max-steps", "4",
@@ -46,7 +36,8 @@ def _train_args(inputs: Path, output: Path, batch_size: int) -> list[str]:
             "--threads", "1", "--output", str(output)]
 
 
-def test_two_nodes_match_one_process(inputs, tmp_path):
+def test_two_nodes_match_one_process(no_dropout_inputs, tmp_path):
+    inputs = no_dropout_inputs
     single = train(TrainConfig(model=str(inputs / "model"), task="csv", train_file=str(inputs / "train.csv"),
                                eval_file=str(inputs / "dev.csv"), batch_size=8, max_steps=4, eval_steps=2, seed=0,
                                lora_dropout=0.0, output=str(tmp_path / "single"), max_length=32, device="cpu"))

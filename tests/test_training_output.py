@@ -30,7 +30,7 @@ def test_train_says_new_head_once_without_transformers_load_report(tiny_inputs, 
     notes = [line for line in both.splitlines() if "new classification head" in line]
     assert notes == ["lorakit: a new classification head is initialised (classifier.bias, classifier.weight); "
                      "training learns it"]
-    assert sum("lorakit train: estimated time" in line for line in out.splitlines()) == 1  # point 4
+    assert sum("lorakit train: estimated time" in line for line in out.splitlines()) == 1
     # stderr is a file here, as in a log: the finished bar appears once
     assert err.replace("\r", "\n").count("train: 100%") == 1
 
