@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from lorakit.cli import main
-from test_cli import error_line, tiny_flags
-from test_train import make_tiny_run_inputs
+from helpers import error_line, make_tiny_run_inputs, tiny_flags
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import lorakit
-from conftest import inputs, logits, randomize_lora, tiny_model
+from helpers import inputs, logits, peft_model, randomize_lora, tiny_model
 from lorakit.combine.config import COMBINATION_TYPES, MERGES, SVD_TYPES, CombineConfig
 from lorakit.combine.math import combine_layer, dare_tensor, elected_sign_mask, magnitude_prune_tensor, merge_tensors
 
@@ -19,24 +19,7 @@ peft = pytest.importorskip("peft")
 from peft.tuners.lora import LoraLayer  # noqa: E402
 from peft.utils import merge_utils  # noqa: E402
 
-TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "bert": ["query", "value"]}
 WEIGHTS = [0.7, -0.3, 0.5]
-
-
-def peft_model(kind: str, ranks: list[int], targets: list[list[str]] | None = None):
-    """A tiny model with PEFT adapters a0, a1, ... of the given ranks, every A and B random (init False), each
-    adapter with its own alpha (so its own scaling)."""
-    model = tiny_model(kind)
-    torch.manual_seed(1)
-    names = [f"a{i}" for i in range(len(ranks))]
-    for i, (name, r) in enumerate(zip(names, ranks)):
-        cfg = peft.LoraConfig(r=r, lora_alpha=2 * r + i, init_lora_weights=False,
-                              target_modules=(targets[i] if targets else TARGETS[kind]))
-        if i == 0:
-            model = peft.get_peft_model(model, cfg, adapter_name=name)
-        else:
-            model.add_adapter(name, cfg)
-    return model, names
 
 
 def layer_factors(layer, names, weights):

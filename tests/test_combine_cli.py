@@ -13,13 +13,9 @@ import transformers as tf
 from safetensors.torch import load_file
 
 import lorakit
-from conftest import inputs, logits, tiny_model
+from helpers import inputs, logits, tiny_model
 from lorakit.cli.main import main
-from test_cli import error_line, tiny_flags
-from test_combine import peft_model
-from test_instruct import tiny_tokenizer
-from test_cli import one_thread  # noqa: F401  (autouse: one torch thread, as in test_cli)
-from test_train import make_tiny_run_inputs
+from helpers import error_line, make_tiny_run_inputs, peft_model, tiny_flags, tiny_tokenizer
 
 peft = pytest.importorskip("peft")
 

@@ -1,12 +1,14 @@
 """Pinned numbers (torchtune's style): seeded tiny layers and a 4-step tiny training run whose outputs are literal
 values committed here. A change of the init, the layer maths, the quantization, the dropout stream, the data order
-or the schedule fails these tests, and is then updated on purpose.
+or the schedule fails these tests, and is then updated on purpose. The training run learns (its loss falls by more
+than 30%, its accuracy is far above chance), so the pinned curve is one of learning, not of noise around ln 2.
 
 To regenerate after an intended change: `python tests/test_golden.py` prints the current values of every case in
 the form of the dictionaries below; paste them over the old ones and say why in the commit.
 """
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from lorakit import DoRALinear, LoRAEmbedding, LoRALinear, QuantConfig, QuantLin
 from lorakit.training.run import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_tiny_run_inputs, step_losses, tiny_config  # noqa: E402
+from helpers import WORDS, make_tiny_run_inputs, step_losses, tiny_config  # noqa: E402
 
 TOLERANCE = 1e-5
 
@@ -81,30 +83,50 @@ LAYERS = {  # name -> summary(output): sum, mean |x|, first three elements
 }
 
 
+EPOCH_STEPS = 8  # 128 training rows in batches of 16
+CHANCE = 0.5  # the majority class's accuracy: half the dev rows are positive
+
+
+def keyword_inputs(root: Path) -> Path:
+    """The tiny BERT of make_tiny_run_inputs on a task it can learn in a few dozen steps: 2-5 random filler words
+    and one keyword, w0 in every positive row and w1 in every negative one (128 train rows, 64 dev rows, balanced)."""
+    make_tiny_run_inputs(root)
+    rng = random.Random(0)
+    for name, n in (("train.csv", 128), ("dev.csv", 64)):
+        lines = ["text,label"]
+        for i in range(n):
+            positive = i % 2 == 0
+            words = [rng.choice(WORDS[2:]) for _ in range(rng.randint(2, 5))]
+            words.insert(rng.randrange(len(words) + 1), WORDS[0] if positive else WORDS[1])
+            lines.append(f"{' '.join(words)},{'pos' if positive else 'neg'}")
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
 def training_curves(root: Path) -> dict[str, list[float]]:
-    """Step losses of 4-step runs of a tiny BERT on the tiny CSV task (test_train's), then the best eval metric."""
-    inputs = make_tiny_run_inputs(root / "inputs")
+    """Mean step loss of each epoch of 6-epoch (48-step) runs on the keyword task, then the best eval accuracy."""
+    inputs = keyword_inputs(root / "inputs")
     curves = {}
     for name, changes in {"lora": {}, "qlora": {"method": "qlora"}, "dora": {"dora": True}}.items():
-        metrics = train(tiny_config(inputs, root / name, **changes))
-        losses = step_losses(root / name)
-        curves[name] = [round(losses[s], 6) for s in sorted(losses)] + [round(metrics["best_metric"], 6)]
+        metrics = train(tiny_config(inputs, root / name, max_steps=6 * EPOCH_STEPS, eval_steps=0, batch_size=16,
+                                    lr=1e-2, warmup_ratio=0.1, **changes))
+        losses = [loss for _, loss in sorted(step_losses(root / name).items())]
+        epochs = [sum(losses[i:i + EPOCH_STEPS]) / EPOCH_STEPS for i in range(0, len(losses), EPOCH_STEPS)]
+        curves[name] = [round(loss, 6) for loss in epochs] + [round(metrics["best_metric"], 6)]
     return curves
 
 
-CURVES = {  # name -> losses of steps 1-4, then the best eval accuracy
-    "lora": [0.702397, 0.689563, 0.690333, 0.688884, 0.46875],
-    "qlora": [0.702393, 0.689749, 0.690593, 0.688814, 0.46875],
-    "dora": [0.702397, 0.689602, 0.690338, 0.689019, 0.46875],
+CURVES = {  # name -> mean step loss of epochs 1-6, then the best eval accuracy
+    "lora": [0.695362, 0.694041, 0.455539, 0.136737, 0.042157, 0.024607, 1.0],
+    "qlora": [0.695307, 0.693374, 0.446656, 0.137853, 0.040663, 0.023843, 1.0],
+    "dora": [0.695475, 0.695688, 0.656728, 0.472124, 0.133567, 0.068827, 1.0],
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def assert_learns(curve: list[float]) -> None:
+    *losses, accuracy = curve
+    assert losses[-1] <= 0.7 * losses[0], losses  # the loss falls by at least 30%
+    assert accuracy >= CHANCE + 0.3, accuracy
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
@@ -112,9 +134,15 @@ def test_layer_outputs_are_pinned(name):
     assert summary(layer_cases()[name]) == pytest.approx(LAYERS[name], abs=TOLERANCE)
 
 
+@pytest.mark.parametrize("name", ["lora", "qlora", "dora"])
+def test_pinned_curves_learn(name):
+    assert_learns(CURVES[name])
+
+
 def test_golden_loss_curves(tmp_path):
     curves = training_curves(tmp_path)
     for name, expected in CURVES.items():
+        assert_learns(curves[name])
         assert curves[name] == pytest.approx(expected, abs=TOLERANCE), name
 
 

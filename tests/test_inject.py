@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import KINDS, inputs, logits, randomize_lora, tiny_model
+from helpers import KINDS, inputs, logits, randomize_lora, tiny_model
 from lorakit import (LoraConfig, LoRALinear, add_lora, disable_lora, lora_layers, merge_and_unload, merge_lora,
                      parameter_report, unmerge_lora)
 from lorakit.inject.targets import find_targets
@@ -13,21 +13,24 @@ from lorakit.inject.targets import find_targets
 ALL = {"target_modules": "all-linear"}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_b_zero_is_base_model(kind):
+def with_lora(kind: str):
+    """A tiny model of kind with fresh LoRA on every linear layer, a batch, and the base model's logits on it."""
     model = tiny_model(kind)
     batch = inputs()
     base = logits(model, batch)
     add_lora(model, LoraConfig(r=4, alpha=8, **ALL))
+    return model, batch, base
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_b_zero_is_base_model(kind):
+    model, batch, base = with_lora(kind)
     assert torch.equal(logits(model, batch), base)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_merged_unmerged_unloaded_disabled(kind):
-    model = tiny_model(kind)
-    batch = inputs()
-    base = logits(model, batch)
-    add_lora(model, LoraConfig(r=4, alpha=8, **ALL))
+    model, batch, base = with_lora(kind)
     randomize_lora(model)
     adapted = logits(model, batch)
     assert (adapted - base).abs().max() > 1e-3  # the adapters do something

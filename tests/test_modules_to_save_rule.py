@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import inputs, logits, randomize_lora, tiny_model
+from helpers import inputs, logits, randomize_lora, tiny_model
 from lorakit import LoraConfig, add_lora, load_adapter, save_adapter
 from lorakit.config import saves_by_bare_suffix
 

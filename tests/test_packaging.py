@@ -109,7 +109,8 @@ def third_party_imports(files, top_level_only: bool = False) -> set[str]:
                 found |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 found.add(node.module.split(".")[0])
-    return {name for name in found if name not in sys.stdlib_module_names and name not in ("lorakit", "conftest")
+    local = ("lorakit", "conftest", "helpers")  # this repository's package and the tests' shared modules
+    return {name for name in found if name not in sys.stdlib_module_names and name not in local
             and not name.startswith("test_")}
 
 

@@ -1,4 +1,4 @@
-"""Quantize while loading (quant_load.py): the same codes, constants and logits as quantize_model after a full
+"""Quantize while loading (quant/load.py): the same codes, constants and logits as quantize_model after a full
 from_pretrained, on tiny sharded safetensors checkpoints; the full-precision weight is never kept."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import transformers as tf
-from conftest import inputs, logits, tiny_model
+from helpers import inputs, logits, tiny_model
 
 from lorakit import QuantConfig, load_quantized
 from lorakit.quant.linear import QuantLinear, quantize_model

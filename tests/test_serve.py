@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import asyncio
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +23,7 @@ import pytest
 import torch
 import transformers as tf
 
-from conftest import randomize_lora, save_tiny_bert_classifier
+from helpers import KEY, LiveServer, random_adapter, save_tiny_bert_classifier, tiny_lm
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -34,71 +32,10 @@ pytest.importorskip("fastapi")
 
 import lorakit  # noqa: E402
 from lorakit import LoraConfig, add_lora, load_adapter, save_adapter  # noqa: E402
-from lorakit.serve.app import create_app  # noqa: E402
 from lorakit.serve.config import ServeConfig  # noqa: E402
-from lorakit.serve.registry import load_served  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "test-key"
 PROMPTS = {"a": "The capital of France is", "b": "Once upon a time", None: "def add(x, y):"}
-
-
-class LiveServer:
-    """The app on a free loopback port, uvicorn in a thread; .client() is an openai.OpenAI for it."""
-
-    def __init__(self, cfg: ServeConfig):
-        self.cfg = cfg
-        self.app = create_app(load_served(cfg), cfg)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-
-    @property
-    def server_state(self):
-        return self.app.state.server
-
-    def client(self, key: str | None = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or "none", max_retries=0, timeout=120)
-
-    def post(self, path: str, body=None, key: str | None = KEY, **kwargs) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=120, **kwargs)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-def write_record(directory: Path, base: Path, task: str) -> None:
-    (directory / "lorakit.json").write_text(json.dumps({"method": "lora", "base_model": str(base), "task": task}))
-
-
-def tiny_lm(directory: Path) -> Path:
-    """A seeded 2-layer Llama over SmolLM2's tokenizer (49,152 tokens), saved with the tokenizer."""
-    from lorakit.models.loading import resolve_model_path
-
-    tokenizer = tf.AutoTokenizer.from_pretrained(resolve_model_path("smollm2"))
-    torch.manual_seed(0)
-    config = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            num_key_value_heads=2, intermediate_size=37, max_position_embeddings=96,
-                            tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
-    tf.LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def random_adapter(base: Path, directory: Path, auto_model, config: LoraConfig, seed: int, task: str) -> Path:
-    model = auto_model.from_pretrained(base)
-    add_lora(model, config)
-    randomize_lora(model, seed=seed, scale=0.3)
-    save_adapter(model, directory)
-    write_record(directory, base, task)
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import SHARED_DATA
-from test_serve import LiveServer, KEY
+from helpers import SHARED_DATA
+from helpers import KEY, LiveServer
 
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")

@@ -13,7 +13,6 @@ import transformers as tf
 from safetensors.torch import load_file
 
 from lorakit.training import step as train_step
-from lorakit.io.atomic import atomic_dir
 from lorakit.training.checkpoint import load_checkpoint
 from lorakit.cli.main import main
 from lorakit.training.methods import load_artifact, setup_method
@@ -22,72 +21,9 @@ from lorakit.tasks import get_task
 from lorakit.training.run import TrainingDiverged, enable_gradient_checkpointing, train
 from lorakit.training.config import DEFAULT_LR, TrainConfig, resolve_device, resolve_precision
 from lorakit.training.step import accumulate_gradients, build_optimizer, linear_schedule
-
-WORDS = [f"w{i}" for i in range(94)]
-
-
-def tiny_classifier(kind: str = "bert", dropout: float = 0.1) -> torch.nn.Module:
-    """Seeded 2-label tiny models (conftest's tiny_model has 3 labels)."""
-    torch.manual_seed(0)
-    if kind == "bert":
-        cfg = tf.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=37, max_position_embeddings=64, num_labels=2,
-                            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-        return tf.BertForSequenceClassification(cfg)
-    if kind == "distilbert":
-        cfg = tf.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
-                                  max_position_embeddings=64, num_labels=2)
-        return tf.DistilBertForSequenceClassification(cfg)
-    cfg = tf.RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=37, max_position_embeddings=70, num_labels=2)
-    return tf.RobertaForSequenceClassification(cfg)
-
-
-def make_tiny_run_inputs(root: Path) -> Path:
-    """root/model (tiny BERT + WordPiece tokenizer), root/train.csv (96 rows), root/dev.csv (32 rows).
-
-    Label: "pos" when most words have an index below 47, so the task is learnable.
-    """
-    model_dir = root / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tf.BertTokenizer(str(model_dir / "vocab.txt")).save_pretrained(model_dir)
-    tiny_classifier().save_pretrained(model_dir)
-    rng = random.Random(0)
-    for name, n in (("train.csv", 96), ("dev.csv", 32)):
-        lines = ["text,label"]
-        for _ in range(n):
-            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 20))]
-            positive = 2 * sum(int(w[1:]) < 47 for w in words) > len(words)
-            lines.append(f"{' '.join(words)},{'pos' if positive else 'neg'}")
-        (root / name).write_text("\n".join(lines) + "\n")
-    return root
-
-
-@pytest.fixture(scope="session")
-def tiny_inputs(tmp_path_factory) -> Path:
-    return make_tiny_run_inputs(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a shared 2-core machine makes OpenMP waits very costly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_config(inputs: Path, output: Path, **changes) -> TrainConfig:
-    settings = dict(model=str(inputs / "model"), task="csv", train_file=str(inputs / "train.csv"),
-                    eval_file=str(inputs / "dev.csv"), batch_size=8, max_steps=4, eval_steps=2, seed=0,
-                    lora_dropout=0.1, output=str(output), max_length=32)
-    return TrainConfig(**{**settings, **changes})
-
-
-def step_losses(output: Path) -> dict[int, float]:
-    lines = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in lines if "loss" in r and "eval" not in r and "event" not in r}
+from helpers import WORDS, randomize_lora_b, step_losses, tiny_classifier, tiny_config, tiny_llama_config
+from helpers import word_tokenizer
+from helpers import make_tiny_run_inputs  # noqa: F401  (test_readme.py imports it from here)
 
 
 def test_seeded_run_repeats_and_resume_reproduces_the_curve(tiny_inputs, tmp_path):
@@ -95,7 +31,7 @@ def test_seeded_run_repeats_and_resume_reproduces_the_curve(tiny_inputs, tmp_pat
     train(tiny_config(tiny_inputs, tmp_path / "b"))
     curve = step_losses(tmp_path / "a")
     assert list(curve) == [1, 2, 3, 4]
-    assert curve == step_losses(tmp_path / "b")  # bit-identical; test_golden.py pins the values themselves
+    assert curve == step_losses(tmp_path / "b")  # bit-identical
     assert abs(curve[1] - math.log(2)) < 0.05  # a fresh 2-way head starts near ln 2
     assert all(0.5 < v < 0.9 for v in curve.values())
 
@@ -134,10 +70,7 @@ def test_gradient_checkpointing_still_trains_lora_b():
     grads = []
     for checkpointing in (False, True):
         model = add_lora(tiny_classifier(), LoraConfig(r=4, target_modules="all-linear"))
-        with torch.no_grad():  # B = 0 gives A no gradient; a non-zero B makes both matter
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(std=0.1)
+        randomize_lora_b(model)
         if checkpointing:
             enable_gradient_checkpointing(model)
         model.train()
@@ -188,10 +121,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     from lorakit import LoraConfig, add_lora
 
     model = add_lora(tiny_classifier(dropout=0.0), LoraConfig(r=4, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.1)
+    randomize_lora_b(model)
     ids = torch.randint(5, 99, (6, 9))
     labels = torch.tensor([0, 1, 1, 0, 1, 0])
     batches = [{"input_ids": ids[:4], "labels": labels[:4]}, {"input_ids": ids[4:], "labels": labels[4:]}]
@@ -369,21 +299,6 @@ def test_checkpoint_restores_optimizer_and_rng(tiny_inputs, tmp_path):
     assert torch.equal(after_restore, torch.rand(3))  # the RNG state comes from the checkpoint, not the caller
 
 
-def test_atomic_dir_keeps_the_old_version_when_a_write_fails(tmp_path):
-    target = tmp_path / "checkpoint"
-    with atomic_dir(target) as tmp:
-        (tmp / "weights").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
-            (tmp / "weights").write_text("half-written")
-            raise RuntimeError("disk full")
-    assert (target / "weights").read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # no temporary left behind
-    with atomic_dir(target) as tmp:
-        (tmp / "weights").write_text("new")
-    assert (target / "weights").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
-
-
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT calls a transformers name deprecated in v5
 @pytest.mark.parametrize("method", ["lora", "lora+head"])
 def test_peft_reads_the_adapters_of_lora_methods(method, tmp_path):
@@ -406,6 +321,16 @@ def test_peft_reads_the_adapters_of_lora_methods(method, tmp_path):
 
 
 # ------------------------------------------------------------------ SQuAD and instruction tuning through the loop
+
+
+def train_3_steps(model_dir: Path, task: str, data: Path, suffix: str, max_length: int) -> tuple[dict, dict]:
+    """A 3-step run on data/train.SUFFIX, evaluated at its end on data/dev.SUFFIX into data/out: metrics, and the
+    evaluation of the one split."""
+    cfg = TrainConfig(model=str(model_dir), task=task, train_file=str(data / f"train.{suffix}"),
+                      eval_file=str(data / f"dev.{suffix}"), batch_size=4, max_steps=3, eval_steps=3, seed=0,
+                      output=str(data / "out"), max_length=max_length)
+    metrics = train(cfg)
+    return metrics, next(iter(metrics["eval"].values()))
 
 
 def test_squad_trains_through_the_loop(tmp_path, capsys):
@@ -432,11 +357,7 @@ def test_squad_trains_through_the_loop(tmp_path, capsys):
 
     for name, n in (("train.json", 12), ("dev.json", 4)):
         (tmp_path / name).write_text(json.dumps({"version": "1.1", "data": [article(name, n)]}))
-    cfg = TrainConfig(model=str(model_dir), task="squad", train_file=str(tmp_path / "train.json"),
-                      eval_file=str(tmp_path / "dev.json"), batch_size=4, max_steps=3, eval_steps=3, seed=0,
-                      output=str(tmp_path / "out"), max_length=32)
-    metrics = train(cfg)
-    validation = next(iter(metrics["eval"].values()))
+    metrics, validation = train_3_steps(model_dir, "squad", tmp_path, "json", max_length=32)
     assert {"exact_match", "f1", "loss"} <= set(validation) and metrics["main_metric"] == "f1"
     assert 0.0 <= validation["f1"] <= 100.0 and math.isfinite(validation["loss"])
     assert metrics["steps"] == 3 and (tmp_path / "out/adapter/adapter_model.safetensors").is_file()
@@ -451,16 +372,10 @@ def test_squad_trains_through_the_loop(tmp_path, capsys):
 
 def test_instruction_tuning_trains_through_the_loop(tmp_path, capsys):
     """A tiny random Llama with a word-level tokenizer on a few Alpaca records: loss / perplexity, generations."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     words = ["[PAD]", "[UNK]", "</s>", "<s>", "hi", "hello", "there", "how", "are", "you", "fine", "say", "to", "bob",
              "###", "Instruction:", "Input:", "Response:"]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                           eos_token="</s>")
     model_dir = tmp_path / "model"
-    tokenizer.save_pretrained(model_dir)
+    word_tokenizer(words).save_pretrained(model_dir)
     torch.manual_seed(0)
     tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                        num_key_value_heads=2, intermediate_size=37, max_position_embeddings=128,
@@ -470,11 +385,7 @@ def test_instruction_tuning_trains_through_the_loop(tmp_path, capsys):
         records = [{"instruction": " ".join(rng.choice(words[4:14]) for _ in range(rng.randint(1, 4))), "input": "",
                     "output": " ".join(rng.choice(words[4:14]) for _ in range(rng.randint(1, 4)))} for _ in range(n)]
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
-    cfg = TrainConfig(model=str(model_dir), task="instruct", train_file=str(tmp_path / "train.jsonl"),
-                      eval_file=str(tmp_path / "dev.jsonl"), batch_size=4, max_steps=3, eval_steps=3, seed=0,
-                      output=str(tmp_path / "out"), max_length=64)
-    metrics = train(cfg)
-    validation = next(iter(metrics["eval"].values()))
+    metrics, validation = train_3_steps(model_dir, "instruct", tmp_path, "jsonl", max_length=64)
     assert {"token_accuracy", "loss", "perplexity"} <= set(validation) and metrics["main_metric"] == "token_accuracy"
     assert validation["perplexity"] == pytest.approx(math.exp(validation["loss"]), rel=1e-6)
     before = next(iter(metrics["eval_before_training"].values()))  # the untrained model's held-out loss
@@ -496,14 +407,9 @@ def test_causal_lm_accumulation_weights_by_labelled_tokens():
     from lorakit import LoraConfig, add_lora
 
     torch.manual_seed(0)
-    model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
-                                               num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
-                                               max_position_embeddings=64))
+    model = tf.LlamaForCausalLM(tiny_llama_config())
     model = add_lora(model, LoraConfig(r=4, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.1)
+    randomize_lora_b(model)
     ids = torch.randint(5, 99, (4, 10))
     labels = ids.clone()
     labels[:, :3] = -100
