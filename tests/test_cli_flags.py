@@ -110,3 +110,11 @@ def test_each_lora_field_reaches_the_lora_config_and_no_other_field_does():
             continue  # not a valid value for this setting
         assert cfg.lora_config() == default, name
 
+
+def test_lora_config_is_built_once_per_train_config(monkeypatch):
+    built = []
+    original = LoraConfig.__post_init__
+    monkeypatch.setattr(LoraConfig, "__post_init__", lambda self: (built.append(1), original(self)))
+    cfg = TrainConfig(method="lora")
+    assert len(built) == 1
+    assert cfg.lora_config() is cfg.lora_config() and len(built) == 1

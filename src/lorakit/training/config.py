@@ -7,9 +7,10 @@
 Field names equal the `lorakit train` flag names (`--max-length` -> max_length; the exceptions are text_columns
 = --text-column, given once per column, and the booleans group_by_length / double_quant, switched off by
 --no-group-by-length / --no-double-quant), so a run's `config.yaml` is also a valid `--config` file. Each LoRA field
-names the LoraConfig field it sets (metadata `lora`; LORA_FIELDS), and `lora_config()` builds LoraConfig from
-them; those fields and LoRA+'s ratio are the LoRA-only settings (LORA_SETTINGS), which a method outside LORA_METHODS
-does not use. The quant_* fields mirror QuantConfig (`quant_config()`, used by method "qlora").
+names the LoraConfig field it sets (metadata `lora`; LORA_FIELDS), and `lora_config()` is the one LoraConfig built
+from them, when the TrainConfig is created; those fields and LoRA+'s ratio are the LoRA-only settings
+(LORA_SETTINGS), which a method outside LORA_METHODS does not use. The quant_* fields mirror QuantConfig
+(`quant_config()`, used by method "qlora").
 
 Also here: the device and precision resolution (`resolve_device`, `resolve_precision`), so that the run
 prints and records what it actually used, and the two helpers that apply them (`to_device`, `autocast`).
@@ -205,7 +206,8 @@ class TrainConfig(JsonMixin):
         if not self.uses_lora and self.loraplus_ratio:
             raise ValueError(f"--loraplus-ratio applies to LoRA methods, not --method {self.method}; drop it or "
                              "use --method lora")
-        self.lora_config()  # validates the LoRA fields
+        # the LoRA fields checked by building their LoraConfig, which the run then uses (lora_config())
+        object.__setattr__(self, "_lora", LoraConfig(**{to: getattr(self, name) for name, to in LORA_FIELDS.items()}))
         if self.lora_init == "loftq" and self.method != "qlora":
             raise ValueError("--lora-init loftq quantizes the base: it needs --method qlora")
         if self.method == "qlora" and is_family_init(self.lora_init) and self.lora_init != "loftq":
@@ -222,9 +224,10 @@ class TrainConfig(JsonMixin):
     def uses_lora(self) -> bool:
         return self.method in LORA_METHODS
 
-    def lora_config(self, modules_to_save: tuple[str, ...] | None = None) -> LoraConfig:
-        return LoraConfig(**{to: getattr(self, name) for name, to in LORA_FIELDS.items()},
-                          modules_to_save=modules_to_save)
+    def lora_config(self) -> LoraConfig:
+        """The LoraConfig of the LoRA fields, built (and so checked) once, when this TrainConfig was created;
+        modules_to_save None: the task head alone (PEFT's default)."""
+        return self._lora
 
     def quant_config(self) -> QuantConfig:
         return QuantConfig(kind=self.quant_kind, double_quant=self.double_quant, compute_dtype=self.quant_compute_dtype)
