@@ -118,3 +118,52 @@ def test_lora_config_is_built_once_per_train_config(monkeypatch):
     cfg = TrainConfig(method="lora")
     assert len(built) == 1
     assert cfg.lora_config() is cfg.lora_config() and len(built) == 1
+
+
+# --- the run lock: taken once per run ------------------------------------------------------------------------
+
+def test_lorakit_train_takes_the_run_lock_once(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from lorakit.training import runlock
+    from test_train import make_tiny_run_inputs
+
+    tiny = make_tiny_run_inputs(tmp_path / "in")
+    taken = []
+    acquire = runlock.RunLock.acquire
+    monkeypatch.setattr(runlock.RunLock, "acquire", lambda self: (taken.append(self.directory), acquire(self))[1])
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--model", str(tiny / "model"), "--task", "csv", "--train-file", str(tiny / "train.csv"),
+                     "--eval-file", str(tiny / "dev.csv"), "--batch-size", "8", "--max-steps", "2", "--max-length",
+                     "32", "--threads", "1", "--output", str(tmp_path / "run")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert taken == [tmp_path / "run"]
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_second_lock_in_the_same_process_is_refused_and_a_lock_of_this_pid_not_held_is_stale(tmp_path, capsys):
+    import json
+    import os
+    import socket
+
+    from lorakit.errors import UserError
+    from lorakit.training.runlock import LOCK, RunLock, run_lock
+
+    with run_lock(tmp_path / "run") as lock:
+        with pytest.raises(UserError, match="in use by another run of this process"):
+            RunLock(tmp_path / "run").acquire()
+        with pytest.raises(ValueError, match="the lock given is that of"):
+            with run_lock(tmp_path / "other", lock):
+                pass
+        with run_lock(tmp_path / "run", lock) as same:
+            assert same is lock
+        assert lock.held
+    assert not (tmp_path / "run").exists()  # created by the lock, left empty
+    (tmp_path / "left").mkdir()
+    (tmp_path / "left" / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with run_lock(tmp_path / "left") as lock:  # a dead process's lock whose pid this process got again
+        assert lock.held
+    assert "took over the lock" in capsys.readouterr().err
+    assert not (tmp_path / "left" / LOCK).exists()

@@ -50,10 +50,9 @@ from lorakit.training.estimate import RunClock, evaluation_steps
 from lorakit.training.evaluation import Evaluator, kind_of
 from lorakit.training.fsdp import gather_adapter, is_sharded, local_model_bytes, shard_model
 from lorakit.models.limits import check_max_length
-from lorakit.training.launch import is_main_process
 from lorakit.training.methods import load_base, save_artifact, setup_method, uses_loftq
 from lorakit.training.resume import adopt_best, note_changed_settings, resume_path, still_stopped
-from lorakit.training.runlock import RunLock
+from lorakit.training.runlock import RunLock, run_lock
 from lorakit.training.signals import stop_requests
 from lorakit.training.step import build_optimizer, linear_schedule, optimizer_step
 from lorakit.training.summary import divergence_message, final_metrics, print_settings, say, write_generations
@@ -107,17 +106,17 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     model.enable_input_require_grads()
 
 
-def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = None) -> dict:
+def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = None,
+          lock: RunLock | None = None) -> dict:
     """Run one fine-tuning job (module docstring). Returns metrics.json's content.
 
     on_evaluate(state) is called after every evaluation (state.last_metric, best_metric, step); an exception it
     raises ends the run (a hyperparameter search prunes a trial so).
+    lock: the caller's lock of cfg.output, held for the whole run (`lorakit train` takes it before importing
+    torch); without it train holds the lock itself (one run per output directory, runlock.py).
     """
     check_reporters(cfg.report_to)
-    lock = RunLock(cfg.output) if is_main_process() else None  # one run per output directory (runlock.py)
-    if lock is not None:
-        lock.acquire()
-    try:
+    with run_lock(cfg.output, lock):
         set_seed(cfg.seed)
         device, started_group = distributed.setup(resolve_device(cfg.device))
         try:
@@ -125,9 +124,6 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
                 return Run(cfg, device, on_evaluate, stop).run()
         finally:
             distributed.cleanup(started_group)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 class Run:
