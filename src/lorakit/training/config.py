@@ -135,7 +135,7 @@ class TrainConfig(JsonMixin):
     gradient_checkpointing: bool = setting(False, "optimisation", "recompute activations in backward: less memory, "
                                            "~30%% slower")
     # the model's own dropout (hidden states, attention probabilities) from torch instead of lorakit's cheaper CPU
-    # one (fast_dropout.py: same distribution, another random stream; no change on CUDA)
+    # one (layers/dropout.py: same distribution, another random stream; no change on CUDA)
     torch_dropout: bool = setting(False, "optimisation", "the model's dropout as torch runs it (default: lorakit's "
                                   "cheaper CPU dropout, the same distribution from another random stream; on CUDA "
                                   "both are torch's)")

@@ -61,7 +61,7 @@ def load_base(name: str, spec: TaskSpec, new_head: bool = False,
 
     new_head: a saved head of another shape (a model fine-tuned for other labels) is replaced by a fresh one
     (training); otherwise that is an error (evaluation must not score a random head).
-    quant_config: the base for QLoRA, quantized while it is read when the checkpoint is safetensors (quant_load.py:
+    quant_config: the base for QLoRA, quantized while it is read when the checkpoint is safetensors (quant/load.py:
     the full-precision model never exists in memory), else quantized after a full load.
     """
     kind = kind_of(spec)
@@ -181,7 +181,7 @@ def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 
 
 def uses_loftq(cfg: TrainConfig) -> bool:
-    """QLoRA with LoftQ's initialisation: the base is quantized against the adapter (lora_init.apply_loftq)."""
+    """QLoRA with LoftQ's initialisation: the base is quantized against the adapter (init/family.py apply_loftq)."""
     return cfg.method == "qlora" and cfg.lora_init == "loftq" and not cfg.init_adapter
 
 

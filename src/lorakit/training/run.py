@@ -8,7 +8,7 @@
   1. seeds, device, precision; the data (load_splits, tokenized by the task kind), batched by length and padded
      per batch (PaddingCollator; --pad-to-max-length pads to max_length instead);
   2. the model for the method (methods.setup_method), gradient checkpointing, the cheap CPU dropout
-     (fast_dropout.py; --torch-dropout keeps torch's), and `wrap_model`: the one place
+     (layers/dropout.py; --torch-dropout keeps torch's), and `wrap_model`: the one place
      the model is wrapped for the device and, under torchrun / accelerate launch, in DistributedDataParallel
      (distributed.py: every rank builds the same seeded global batches of batch_size x world rows and trains
      on its shard; evaluation is sharded and gathered; only rank 0 writes), or with --fsdp sharded by FSDP2
@@ -100,7 +100,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     would then reach the LoRA weights inside the checkpointed blocks. enable_input_require_grads makes the
     embedding output require grad, which keeps LoRA training under either checkpoint variant.
     """
-    # transformers 5 renamed gradient_checkpointing_enable; the old name warns
+    # activation_checkpointing_enable where transformers has it, since there the other name warns
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable({"use_reentrant": False})
     model.enable_input_require_grads()
@@ -190,7 +190,7 @@ class Run:
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         if not cfg.torch_dropout:
-            fast_dropout(self.model)  # the model's dropout layers cost more than LoRA's work on CPU (fast_dropout.py)
+            fast_dropout(self.model)  # the model's dropout layers cost more than LoRA's work on CPU (layers/dropout.py)
         self.model = wrap_model(self.model, self.device, cfg.fsdp)
         self.raw = unwrap_model(self.model)  # saved, loaded and evaluated without the DDP wrapper
         self.sharded = is_sharded(self.raw)  # FSDP: saving gathers, a collective every rank joins
