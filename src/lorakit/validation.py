@@ -78,19 +78,3 @@ def check_regex(pattern: str, label: str) -> None:
         raise UserError(f"{label} {pattern!r} is not a valid regular expression ({err}); fix the pattern (a plain "
                         "module name needs no regex: give it as a list entry)") from None
 
-
-LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "target_regex", "use_rslora", "lora_init",
-              "loraplus_ratio", "lora_query", "lora_key", "lora_value", "lora_projection", "lora_mlp", "lora_head")
-
-
-def check_flag_contradictions(flags: dict, method: str) -> None:
-    """Flags given together on one command line that cannot both apply (each would silently lose)."""
-    if flags.get("target_modules") and flags.get("target_regex"):
-        raise UserError(f"--target-modules {' '.join(flags['target_modules'])} and --target-regex "
-                        f"{flags['target_regex']} both choose the adapted modules; give one of them")
-    if method in ("head", "last-layers", "full") and not flags.get("init_adapter"):
-        given = [f"--{k.replace('_', '-')}" + ("" if isinstance(flags[k], bool) else f" {flags[k]}")
-                 for k in LORA_FLAGS if flags.get(k) not in (None, False)]
-        if given:
-            raise UserError(f"--method {method} trains no LoRA, so {' '.join(given)} would be ignored; drop "
-                            f"{'it' if len(given) == 1 else 'them'}, or use --method lora")

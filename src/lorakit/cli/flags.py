@@ -8,7 +8,8 @@ in the field's metadata (training/config.py `setting`), its default is the field
 repeated here. Every generated flag defaults to None, so the flags given on the command line are told apart from
 the defaults and override the --config file. A bool field is `--name` when its default is False and `--no-name`
 when it is True. Not fields: the LoRA toggles and --target-regex (folded into target_modules), --config,
---threads and the adapter / model to load.
+--threads and the adapter / model to load. LORA_ONLY_FLAGS, TrainConfig's LoRA-only settings (LORA_SETTINGS, from the
+fields' metadata) with the toggles and --target-regex, are refused with a method that trains no LoRA.
 """
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ import json
 from pathlib import Path
 
 from lorakit.config import FAMILY_INITS, INITS, TOGGLE_NAMES, is_family_init
-from lorakit.training.config import TrainConfig
-from lorakit.validation import check_flag_contradictions
+from lorakit.errors import UserError
+from lorakit.training.config import LORA_SETTINGS, TrainConfig
 
 RAW = argparse.RawDescriptionHelpFormatter
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TRAIN_FIELDS = tuple(FIELDS)
 TARGET_KEYS = ("target_modules", "target_regex", *(f"lora_{t}" for t in TOGGLE_NAMES))
+# the flags only a LoRA method uses: TrainConfig's LoRA-only settings and the other ways to say target_modules
+LORA_ONLY_FLAGS = tuple(dict.fromkeys((*LORA_SETTINGS, *TARGET_KEYS)))
 # `lorakit train --help`'s sections, in order ("model" is the top level)
 TRAIN_GROUPS = ("model", "data", "method", "LoRA", "QLoRA (--method qlora)", "optimisation",
                 "evaluation, checkpoints, output", "runtime")
@@ -258,9 +261,22 @@ def recorded_run_values(given: dict) -> dict:
     return {k: v for k, v in recorded.items() if k in TRAIN_FIELDS and k != "resume"}
 
 
+def check_flag_contradictions(flags: dict, cfg: TrainConfig) -> None:
+    """Flags given together on one command line that cannot both apply (each would silently lose)."""
+    if flags.get("target_modules") and flags.get("target_regex"):
+        raise UserError(f"--target-modules {' '.join(flags['target_modules'])} and --target-regex "
+                        f"{flags['target_regex']} both choose the adapted modules; give one of them")
+    if not cfg.uses_lora and not flags.get("init_adapter"):
+        given = [f"--{k.replace('_', '-')}" + ("" if isinstance(flags[k], bool) else f" {flags[k]}")
+                 for k in LORA_ONLY_FLAGS if flags.get(k) is not None]
+        if given:
+            raise UserError(f"--method {cfg.method} trains no LoRA, so {' '.join(given)} would be ignored; drop "
+                            f"{'it' if len(given) == 1 else 'them'}, or use --method lora")
+
+
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The --config file, then the flags given; resuming starts from the resumed run's recorded settings."""
     given = given_train_values(args)
     cfg = TrainConfig.from_dict({**recorded_run_values(given), **given})
-    check_flag_contradictions(given_flags(args), cfg.method)
+    check_flag_contradictions(given_flags(args), cfg)
     return cfg

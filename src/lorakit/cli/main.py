@@ -44,27 +44,22 @@ from lorakit.training.config import TrainConfig
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lorakit.errors import RunInterrupted
-    from lorakit.training.runlock import RunLock
-
-    cfg = train_config_from_args(args)
     from lorakit.training.launch import env_rank
+    from lorakit.training.runlock import run_lock
 
-    lock = RunLock(cfg.output) if env_rank() == 0 else None  # taken before the slow imports: first come, first run
-    if lock is not None:
-        lock.acquire()
-    try:
-        from lorakit.training.run import TrainingDiverged, train
+    cfg = train_config_from_args(args)  # bad settings exit 2 before anything is written
+    with run_lock(cfg.output) as lock:  # the run's one lock, before torch is imported: of two runs, the first runs
+        use_threads(args)
+        try:
+            from lorakit.training.run import TrainingDiverged, train
 
-        metrics = train(cfg)
-    except TrainingDiverged as err:
-        print(f"lorakit train: error: {err}", file=sys.stderr)
-        return 1
-    except RunInterrupted as stopped:
-        print(f"lorakit train: interrupted by {stopped}", file=sys.stderr)
-        return stopped.exit_status
-    finally:
-        if lock is not None:
-            lock.release()
+            metrics = train(cfg, lock=lock)
+        except TrainingDiverged as err:
+            print(f"lorakit train: error: {err}", file=sys.stderr)
+            return 1
+        except RunInterrupted as stopped:
+            print(f"lorakit train: interrupted by {stopped}", file=sys.stderr)
+            return stopped.exit_status
 
     if env_rank() != 0:  # torchrun / accelerate: rank 0 alone reports (the process group is gone by now)
         return 0
@@ -338,34 +333,26 @@ def _params_defaults(args: argparse.Namespace) -> dict:
     return values
 
 
+def use_threads(args: argparse.Namespace) -> None:
+    """--threads N: torch's intra-op pool (train sets it once it holds the run lock, as this imports torch)."""
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from lorakit.training.runlock import early_train_lock
-
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        lock = early_train_lock(argv)  # before the parser: of two runs on one --output, the first runs
-    except (ValueError, OSError) as err:
-        print(f"lorakit train: error: {err}", file=sys.stderr)
-        return 2
-    try:
-        return _main(argv)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     missing = missing_extra(args.command)
     if missing is not None:
         print(missing, file=sys.stderr)
         return 2
     try:
-        if args.command in ("train", "eval", "predict") and args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            import torch
-            torch.set_num_threads(args.threads)
+        if args.command in ("train", "eval", "predict") and args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if args.command in ("eval", "predict"):
+            use_threads(args)
         if args.command == "params" and args.config:  # train, eval, merge, predict merge their files themselves
             args = build_parser(_params_defaults(args)).parse_args(argv)
         return args.func(args)

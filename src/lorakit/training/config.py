@@ -6,8 +6,11 @@
 
 Field names equal the `lorakit train` flag names (`--max-length` -> max_length; the exceptions are text_columns
 = --text-column, given once per column, and the booleans group_by_length / double_quant, switched off by
---no-group-by-length / --no-double-quant), so a run's `config.yaml` is also a valid `--config` file. The LoRA fields mirror LoraConfig (`lora_config()` builds it); the quant_*
-fields mirror QuantConfig (`quant_config()`, used by method "qlora").
+--no-group-by-length / --no-double-quant), so a run's `config.yaml` is also a valid `--config` file. Each LoRA field
+names the LoraConfig field it sets (metadata `lora`; LORA_FIELDS), and `lora_config()` is the one LoraConfig built
+from them, when the TrainConfig is created; those fields and LoRA+'s ratio are the LoRA-only settings
+(LORA_SETTINGS), which a method outside LORA_METHODS does not use. The quant_* fields mirror QuantConfig
+(`quant_config()`, used by method "qlora").
 
 Also here: the device and precision resolution (`resolve_device`, `resolve_precision`), so that the run
 prints and records what it actually used, and the two helpers that apply them (`to_device`, `autocast`).
@@ -23,6 +26,8 @@ from lorakit.validation import check_fields
 
 _LORA = {f.name: f.default for f in fields(LoraConfig)}  # the LoRA defaults live in LoraConfig alone
 METHODS = ("lora", "qlora", "lora+head", "head", "last-layers", "full")
+# the methods that train LoRA adapters; DoRA, PiSSA, OLoRA and LoftQ are settings of these (--dora, --lora-init)
+LORA_METHODS = ("lora", "qlora", "lora+head")
 # LoRA learns best at ~10x the learning rate of full fine-tuning (Hu et al. 2021 used 4e-4..5e-4 on RoBERTa).
 # Measured on MiniLM-L6 with the default init of A, PEFT's kaiming-uniform (all-linear, r 8, alpha 8;
 # benchmarks/results/accuracy.md): lr 1e-3 gave SST-2 on the full train set 88.30 / 88.76 / 87.96% over three seeds, the best
@@ -41,7 +46,9 @@ def setting(default, group: str, help: str, **cli) -> Field:
     """A TrainConfig field with what `lorakit train --help` says of it: the --help section `group`, the `help`
     text (the default is added from `default`), and optional cli keys: metavar, choices, flags (the flag names
     when they are not --field-name), default_text (said instead of the default), recorded (eval: the default is
-    the recorded run's), after (text after the default). lorakit.cli.flags builds the flags from these."""
+    the recorded run's), after (text after the default). lorakit.cli.flags builds the flags from these.
+    A LoRA-only setting says so in `cli` too: lora (the LoraConfig field it sets) or lora_only=True (one that is
+    not in LoraConfig)."""
     return field(default=default, metadata={"group": group, "help": help, **cli})
 
 
@@ -87,22 +94,23 @@ class TrainConfig(JsonMixin):
     init_adapter: str | None = setting(None, "method", "start from a saved adapter (e.g. LoRA first, then --method "
                                        "head trains the head on top of it); its LoRA settings replace the --lora-* "
                                        "flags", metavar="DIR")
-    lora_r: int = setting(_LORA["r"], "LoRA", "rank r of the update B·A")
-    lora_alpha: float = setting(_LORA["alpha"], "LoRA", "alpha; the update is scaled by alpha/r")
-    lora_dropout: float = setting(_LORA["dropout"], "LoRA", "dropout on the LoRA branch input")
+    lora_r: int = setting(_LORA["r"], "LoRA", "rank r of the update B·A", lora="r")
+    lora_alpha: float = setting(_LORA["alpha"], "LoRA", "alpha; the update is scaled by alpha/r", lora="alpha")
+    lora_dropout: float = setting(_LORA["dropout"], "LoRA", "dropout on the LoRA branch input", lora="dropout")
     # names/toggles, "all-linear", or one regex string (--target-regex)
     target_modules: tuple[str, ...] | str = setting(
         "all-linear", "LoRA", "module names ('.name' suffix match), or 'all-linear'; overrides the toggles",
-        metavar="NAME")
-    use_rslora: bool = setting(_LORA["use_rslora"], "LoRA", "scale by alpha/sqrt(r) instead of alpha/r")
-    # config.INITS; "gaussian" in a run config written before "normal_1_over_r" existed now means PEFT's gaussian
+        metavar="NAME", lora="target_modules")
+    use_rslora: bool = setting(_LORA["use_rslora"], "LoRA", "scale by alpha/sqrt(r) instead of alpha/r",
+                               lora="use_rslora")
+    # config.INITS or the LoRA family's (config.is_family_init)
     lora_init: str = setting(_LORA["init"], "LoRA", (
         "kaiming (PEFT's) | gaussian (PEFT's, std 1/r) | normal_1_over_r (std 1/sqrt(r)): A random, B = 0; pissa | "
         "pissa_niter_<N> | olora: A, B from W0, W0 keeps the residual; loftq (--method qlora): W0 quantized against "
-        "B·A"), metavar="INIT")
+        "B·A"), metavar="INIT", lora="init")
     dora: bool = setting(_LORA["use_dora"], "LoRA", "DoRA: also train a magnitude per output unit, "
-                         "W' = m·(W0 + s·B·A)/||W0 + s·B·A||")  # dora.py
-    loftq_iter: int = setting(_LORA["loftq_iter"], "LoRA", "LoftQ alternations", metavar="T")
+                         "W' = m·(W0 + s·B·A)/||W0 + s·B·A||", lora="use_dora")  # layers/dora.py
+    loftq_iter: int = setting(_LORA["loftq_iter"], "LoRA", "LoftQ alternations", metavar="T", lora="loftq_iter")
     quant_kind: str = setting("nf4", "QLoRA (--method qlora)", "", choices=("nf4", "fp4", "int8"))
     double_quant: bool = setting(True, "QLoRA (--method qlora)", "keep the absmax constants in fp32 (default: "
                                  "quantize them too)")
@@ -114,7 +122,7 @@ class TrainConfig(JsonMixin):
     lr: float | None = setting(None, "optimisation", "peak learning rate", default_text="per method: " + ", ".join(
         f"{m} {lr:g}" for m, lr in DEFAULT_LR.items()))  # None = DEFAULT_LR[method]
     loraplus_ratio: float | None = setting(None, "optimisation", "LoRA+: the B matrices learn at lr x R (e.g. 16; "
-                                           "default: off)", metavar="R")  # Hayou et al. 2024
+                                           "default: off)", metavar="R", lora_only=True)  # Hayou et al. 2024
     weight_decay: float = setting(0.0, "optimisation", "AdamW weight decay on matrices")  # never biases and norms
     batch_size: int = setting(32, "optimisation", "examples per micro-batch", metavar="N")
     grad_accum: int = setting(1, "optimisation", "micro-batches per optimizer step", metavar="K")
@@ -127,7 +135,7 @@ class TrainConfig(JsonMixin):
     gradient_checkpointing: bool = setting(False, "optimisation", "recompute activations in backward: less memory, "
                                            "~30%% slower")
     # the model's own dropout (hidden states, attention probabilities) from torch instead of lorakit's cheaper CPU
-    # one (fast_dropout.py: same distribution, another random stream; no change on CUDA)
+    # one (layers/dropout.py: same distribution, another random stream; no change on CUDA)
     torch_dropout: bool = setting(False, "optimisation", "the model's dropout as torch runs it (default: lorakit's "
                                   "cheaper CPU dropout, the same distribution from another random stream; on CUDA "
                                   "both are torch's)")
@@ -195,10 +203,11 @@ class TrainConfig(JsonMixin):
         unknown = [r for r in self.report_to if r not in REPORTERS]
         if unknown:
             raise ValueError(f"unknown --report-to {unknown}; accepted: {', '.join(REPORTERS)}")
-        if self.method in ("head", "last-layers", "full") and self.loraplus_ratio:
+        if not self.uses_lora and self.loraplus_ratio:
             raise ValueError(f"--loraplus-ratio applies to LoRA methods, not --method {self.method}; drop it or "
                              "use --method lora")
-        self.lora_config()  # validates the LoRA fields
+        # the LoRA fields checked by building their LoraConfig, which the run then uses (lora_config())
+        object.__setattr__(self, "_lora", LoraConfig(**{to: getattr(self, name) for name, to in LORA_FIELDS.items()}))
         if self.lora_init == "loftq" and self.method != "qlora":
             raise ValueError("--lora-init loftq quantizes the base: it needs --method qlora")
         if self.method == "qlora" and is_family_init(self.lora_init) and self.lora_init != "loftq":
@@ -207,18 +216,18 @@ class TrainConfig(JsonMixin):
         if self.method == "qlora":
             self.quant_config()
         if self.fsdp and not self.uses_lora:
-            raise ValueError(f"--fsdp shards LoRA training (--method lora, qlora or lora+head), not --method "
-                             f"{self.method}; drop --fsdp (data-parallel without it) or use a LoRA method")
+            raise ValueError(f"--fsdp shards LoRA training (--method {', '.join(LORA_METHODS[:-1])} or "
+                             f"{LORA_METHODS[-1]}), not --method {self.method}; drop --fsdp (data-parallel without "
+                             "it) or use a LoRA method")
 
     @property
     def uses_lora(self) -> bool:
-        return self.method in ("lora", "qlora", "lora+head")
+        return self.method in LORA_METHODS
 
-    def lora_config(self, modules_to_save: tuple[str, ...] | None = None) -> LoraConfig:
-        return LoraConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                          target_modules=self.target_modules, use_rslora=self.use_rslora, init=self.lora_init,
-                          use_dora=self.dora, loftq_iter=self.loftq_iter,
-                          modules_to_save=modules_to_save)
+    def lora_config(self) -> LoraConfig:
+        """The LoraConfig of the LoRA fields, built (and so checked) once, when this TrainConfig was created;
+        modules_to_save None: the task head alone (PEFT's default)."""
+        return self._lora
 
     def quant_config(self) -> QuantConfig:
         return QuantConfig(kind=self.quant_kind, double_quant=self.double_quant, compute_dtype=self.quant_compute_dtype)
@@ -233,6 +242,12 @@ class TrainConfig(JsonMixin):
         import yaml
 
         return cls.from_dict(yaml.safe_load(text) or {})
+
+
+# TrainConfig field -> the LoraConfig field it sets, from the fields' metadata (setting(..., lora=...))
+LORA_FIELDS = {f.name: f.metadata["lora"] for f in fields(TrainConfig) if "lora" in f.metadata}
+# the settings only a LoRA method uses: the LoRA fields and those tagged lora_only
+LORA_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name in LORA_FIELDS or f.metadata.get("lora_only"))
 
 
 def eval_sample_cap(max_eval_samples: int | None, instruction_data: bool) -> int | None:

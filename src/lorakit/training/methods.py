@@ -62,7 +62,7 @@ def load_base(name: str, spec: TaskSpec, new_head: bool = False,
 
     new_head: a saved head of another shape (a model fine-tuned for other labels) is replaced by a fresh one
     (training); otherwise that is an error (evaluation must not score a random head).
-    quant_config: the base for QLoRA, quantized while it is read when the checkpoint is safetensors (quant_load.py:
+    quant_config: the base for QLoRA, quantized while it is read when the checkpoint is safetensors (quant/load.py:
     the full-precision model never exists in memory), else quantized after a full load.
     """
     kind = kind_of(spec)
@@ -156,8 +156,9 @@ def train_in_full(model: nn.Module, names: tuple[str, ...]) -> None:
 
 def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Freeze, quantize or inject LoRA in place so exactly the parameters of cfg.method train."""
+    lora = cfg.lora_config()
     if uses_loftq(cfg):  # LoftQ quantizes W0 against B·A: LoRA first, on the full-precision model (run.py loads it so)
-        add_lora(model, cfg.lora_config(modules_to_save=None))
+        add_lora(model, lora)
         apply_loftq(model, cfg.quant_config())
         return model
     if cfg.method == "qlora" and not is_quantized(model):  # load_base(..., quant_config) quantizes while loading
@@ -172,8 +173,8 @@ def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         extra = head_modules(model, "last-layers") if cfg.method == "lora+head" else ()
         if lora_layers(model):
             train_in_full(model, extra)
-        else:  # modules_to_save None = the task head (PEFT's default)
-            add_lora(model, cfg.lora_config(modules_to_save=extra or None))
+        else:  # lora+head: the layers below the head train in full, so they get no LoRA inside
+            add_lora(model, dataclasses.replace(lora, modules_to_save=extra) if extra else lora)
     else:
         model.requires_grad_(False)
         train_in_full(model, head_modules(model, cfg.method))
@@ -181,7 +182,7 @@ def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 
 
 def uses_loftq(cfg: TrainConfig) -> bool:
-    """QLoRA with LoftQ's initialisation: the base is quantized against the adapter (lora_init.apply_loftq)."""
+    """QLoRA with LoftQ's initialisation: the base is quantized against the adapter (init/family.py apply_loftq)."""
     return cfg.method == "qlora" and cfg.lora_init == "loftq" and not cfg.init_adapter
 
 
@@ -263,7 +264,7 @@ def load_artifact(path: str | Path, spec: TaskSpec, base_model: str | None = Non
         loftq = run is not None and uses_loftq(run)  # the adapter was trained over LoftQ's Q_T, not q(W0)
         model, tokenizer = load_base(base, spec, quant_config=None if loftq else quant_config)
         if loftq:
-            loftq_quantized_base(model, run.lora_config(modules_to_save=None), quant_config)
+            loftq_quantized_base(model, run.lora_config(), quant_config)
         load_adapter(model, art)  # a damaged weights file: atomic.read_safetensors' UserError
     elif (art / TRAINABLE).is_file():
         base = _base_model(art, base_model, record.get("base_model"))

@@ -8,7 +8,7 @@
   1. seeds, device, precision; the data (load_splits, tokenized by the task kind), batched by length and padded
      per batch (PaddingCollator; --pad-to-max-length pads to max_length instead);
   2. the model for the method (methods.setup_method), gradient checkpointing, the cheap CPU dropout
-     (fast_dropout.py; --torch-dropout keeps torch's), and `wrap_model`: the one place
+     (layers/dropout.py; --torch-dropout keeps torch's), and `wrap_model`: the one place
      the model is wrapped for the device and, under torchrun / accelerate launch, in DistributedDataParallel
      (distributed.py: every rank builds the same seeded global batches of batch_size x world rows and trains
      on its shard; evaluation is sharded and gathered; only rank 0 writes), or with --fsdp sharded by FSDP2
@@ -50,10 +50,9 @@ from lorakit.training.estimate import RunClock, evaluation_steps
 from lorakit.training.evaluation import Evaluator, kind_of
 from lorakit.training.fsdp import gather_adapter, is_sharded, local_model_bytes, shard_model
 from lorakit.models.limits import check_max_length
-from lorakit.training.launch import is_main_process
 from lorakit.training.methods import load_base, save_artifact, setup_method, uses_loftq
 from lorakit.training.resume import adopt_best, note_changed_settings, resume_path, still_stopped
-from lorakit.training.runlock import RunLock
+from lorakit.training.runlock import RunLock, run_lock
 from lorakit.training.signals import stop_requests
 from lorakit.training.step import build_optimizer, linear_schedule, optimizer_step
 from lorakit.training.summary import divergence_message, final_metrics, print_settings, say, write_generations
@@ -101,23 +100,23 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     would then reach the LoRA weights inside the checkpointed blocks. enable_input_require_grads makes the
     embedding output require grad, which keeps LoRA training under either checkpoint variant.
     """
-    # transformers 5 renamed gradient_checkpointing_enable; the old name warns
+    # activation_checkpointing_enable where transformers has it, since there the other name warns
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable({"use_reentrant": False})
     model.enable_input_require_grads()
 
 
-def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = None) -> dict:
+def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = None,
+          lock: RunLock | None = None) -> dict:
     """Run one fine-tuning job (module docstring). Returns metrics.json's content.
 
     on_evaluate(state) is called after every evaluation (state.last_metric, best_metric, step); an exception it
     raises ends the run (a hyperparameter search prunes a trial so).
+    lock: the caller's lock of cfg.output, held for the whole run (`lorakit train` takes it before importing
+    torch); without it train holds the lock itself (one run per output directory, runlock.py).
     """
     check_reporters(cfg.report_to)
-    lock = RunLock(cfg.output) if is_main_process() else None  # one run per output directory (runlock.py)
-    if lock is not None:
-        lock.acquire()
-    try:
+    with run_lock(cfg.output, lock):
         set_seed(cfg.seed)
         device, started_group = distributed.setup(resolve_device(cfg.device))
         try:
@@ -125,9 +124,6 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
                 return Run(cfg, device, on_evaluate, stop).run()
         finally:
             distributed.cleanup(started_group)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 class Run:
@@ -194,7 +190,7 @@ class Run:
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         if not cfg.torch_dropout:
-            fast_dropout(self.model)  # the model's dropout layers cost more than LoRA's work on CPU (fast_dropout.py)
+            fast_dropout(self.model)  # the model's dropout layers cost more than LoRA's work on CPU (layers/dropout.py)
         self.model = wrap_model(self.model, self.device, cfg.fsdp)
         self.raw = unwrap_model(self.model)  # saved, loaded and evaluated without the DDP wrapper
         self.sharded = is_sharded(self.raw)  # FSDP: saving gathers, a collective every rank joins

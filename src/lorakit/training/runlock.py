@@ -1,13 +1,16 @@
 """One run per output directory: a lock file with the owner's pid and host.
 
-    with RunLock("runs/x"):          # UserError (exit 2) if a live process holds runs/x
-        ...                          # train; the lock file is removed on the way out
+    with run_lock("runs/x") as lock:   # UserError (exit 2) if a live process holds runs/x
+        train(cfg, lock=lock)          # train uses the lock it is given; the file is removed on the way out
 
 The lock is `<output>/.lock`, created with O_EXCL (one creator wins), holding {"pid", "host", "started"}. A lock
 whose process is gone (same host, pid not alive) is taken over with a message; a lock of another host is
 respected (its pid cannot be checked from here): delete the file by hand when that run is known to be dead.
 A directory the lock created is removed again if the run leaves nothing in it (a run that failed at once).
-Taking a lock this process already holds is a no-op (`lorakit train` locks before its heavy imports, then train()).
+A run takes its lock once: whoever starts it (`lorakit train`, before torch is imported, so that of two runs started
+together the first one runs; else train() itself) holds it and passes it down. A second lock on a directory this
+process holds is refused like any other; a lock file that names this process but is not held here was left by a
+dead process whose pid this one reuses, and is taken over.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lorakit.io.atomic import check_output_dir
@@ -23,6 +28,7 @@ from lorakit.errors import UserError
 from lorakit.training.launch import is_main_process
 
 LOCK = ".lock"
+_HELD: set[Path] = set()  # the directories whose lock this process holds
 
 
 def pid_alive(pid: int) -> bool:
@@ -35,10 +41,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-class _HeldHere(Exception):
-    pass
-
-
 class RunLock:
     def __init__(self, directory: str | os.PathLike, command: str = "train"):
         self.directory = Path(directory)
@@ -49,6 +51,10 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         check_output_dir(self.directory)
+        self.key = self.directory.resolve()
+        if self.key in _HELD:
+            raise UserError(f"--output {self.directory} is in use by another run of this process; wait for it to "
+                            "finish, or choose another --output")
         if not self.directory.exists():
             self.directory.mkdir(parents=True)
             self.created = True
@@ -58,16 +64,14 @@ class RunLock:
             try:
                 fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try:
-                    self._take_over_if_stale(me["host"])
-                except _HeldHere:
-                    return self  # nested: the outer holder releases it
+                self._take_over_if_stale(me["host"])
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(me) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             self.held = True
+            _HELD.add(self.key)
             return self
         raise UserError(f"--output {self.directory}: could not take its lock {self.file}; retry")
 
@@ -79,9 +83,8 @@ class RunLock:
         except ValueError:  # an empty or torn lock file: its writer died between create and write
             owner = {"pid": None, "host": host}
         pid, owner_host = owner.get("pid"), owner.get("host")
-        if owner_host == host and pid == os.getpid():  # this process holds it already (the CLI, then train())
-            raise _HeldHere
-        if owner_host == host and (pid is None or not pid_alive(pid)):
+        # this process's pid, not in _HELD: a dead process's lock, whose pid this one got again
+        if owner_host == host and (pid is None or pid == os.getpid() or not pid_alive(pid)):
             stale = self.file.with_name(f"{LOCK}.stale-{os.getpid()}")
             try:
                 os.replace(self.file, stale)  # one taker wins the rename
@@ -100,6 +103,7 @@ class RunLock:
             return
         self.file.unlink(missing_ok=True)
         self.held = False
+        _HELD.discard(self.key)
         if self.created and self.directory.is_dir() and not any(self.directory.iterdir()):
             self.directory.rmdir()
 
@@ -110,12 +114,17 @@ class RunLock:
         self.release()
 
 
-def early_train_lock(argv: list[str]) -> RunLock | None:
-    """`lorakit train ... --output DIR`: take DIR's lock before the command line is parsed and the heavy modules
-    are imported, so that of two runs started moments apart the first one runs. None for anything else (train
-    locks again, a no-op then, once the settings are resolved)."""
-    if not argv or argv[0] != "train" or "--output" not in argv[:-1] or "-h" in argv or "--help" in argv:
-        return None
-    if not is_main_process():  # torchrun: the global rank 0 alone holds the lock
-        return None
-    return RunLock(argv[argv.index("--output") + 1]).acquire()
+@contextmanager
+def run_lock(directory: str | os.PathLike, held: RunLock | None = None) -> Iterator[RunLock | None]:
+    """The lock of `directory` for the block: `held`, the caller's, when given (the caller releases it), else one
+    taken here and released on the way out. None on a launcher's other processes: global rank 0 holds it for all."""
+    if held is not None:
+        if not held.held or held.directory != Path(directory):
+            raise ValueError(f"run_lock({str(directory)!r}): the lock given is that of {held.directory}, "
+                             f"{'held' if held.held else 'not held'}")
+        yield held
+    elif not is_main_process():
+        yield None
+    else:
+        with RunLock(directory) as lock:
+            yield lock
