@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from helpers import SHARED_DATA, make_tiny_run_inputs, save_tiny_bert_classifier, tiny_classifier, trained_run
-from helpers import inputs, logits, randomize_lora, tiny_model  # noqa: F401  (test_readme.py reads them here)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -126,7 +126,7 @@ def test_lorakit_train_takes_the_run_lock_once(tmp_path, monkeypatch, capsys):
     import torch
 
     from lorakit.training import runlock
-    from test_train import make_tiny_run_inputs
+    from helpers import make_tiny_run_inputs
 
     tiny = make_tiny_run_inputs(tmp_path / "in")
     taken = []

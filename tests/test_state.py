@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from conftest import randomize_lora, tiny_model
+from helpers import randomize_lora, tiny_model
 from lorakit import (LoraConfig, active_adapters, adapter_config, adapter_names, add_lora, delete_adapter,
                      load_adapter, load_adapters, merge_and_unload, save_adapter, save_adapters, set_adapter)
 from lorakit.state import STATE_ATTRIBUTE, AdapterState, adapter_state

@@ -23,7 +23,6 @@ from lorakit.training.config import DEFAULT_LR, TrainConfig, resolve_device, res
 from lorakit.training.step import accumulate_gradients, build_optimizer, linear_schedule
 from helpers import WORDS, randomize_lora_b, step_losses, tiny_classifier, tiny_config, tiny_llama_config
 from helpers import word_tokenizer
-from helpers import make_tiny_run_inputs  # noqa: F401  (test_readme.py imports it from here)
 
 
 def test_seeded_run_repeats_and_resume_reproduces_the_curve(tiny_inputs, tmp_path):

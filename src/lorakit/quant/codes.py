@@ -16,7 +16,7 @@ mean, in blocks of 256, with bitsandbytes' signed 8-bit dynamic map; 32/64 bits 
 8/64 + 32/(64·256), so NF4 costs 4.127 instead of 4.5 bits.
 
 Codes, constants and dequantized values are bit-identical to bitsandbytes (0.50, CPU) for the same
-settings: its rounding is reproduced in the functions below and tested in tests/test_quant.py. One
+settings: its rounding is reproduced in the functions below and tested in tests/test_quant_codes.py. One
 caveat: bitsandbytes' C++ FP4 dequantizer returns -0.0 for code 8 where its table (and this module)
 has +0.0; the values compare equal.
 """

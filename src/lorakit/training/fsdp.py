@@ -12,7 +12,7 @@ base weights and trainable LoRA weights share a block's unit; only the LoRA grad
 QuantLinear keeps its codes as buffers, which FSDP would replicate on every rank; codes_as_parameters turns them
 into frozen parameters (uint8 packed codes, fp32 constants, requires_grad=False) so they shard like any weight.
 The 0-dimensional double-quantization offset stays a buffer (fully_shard rejects scalar parameters; 4 bytes).
-Tested on CPU with gloo (tests/test_fsdp.py): 2 ranks follow the single-process loss curve with the same global
+Tested on CPU with gloo (tests/test_training_fsdp.py): 2 ranks follow the single-process loss curve with the same global
 batch and hold about half of the parameter bytes each.
 
 `torchrun --nproc-per-node N -m lorakit train ... --fsdp` runs the training loop so (run.wrap_model): the loop's
