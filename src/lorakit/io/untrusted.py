@@ -34,6 +34,7 @@ from lorakit.quant import int8_adapters
 from lorakit.state import adapter_state
 
 PREFIX = "base_model.model."
+_INT8_CODES = (".lora_A.weight", ".lora_B.weight")  # the tensors an int8 adapter stores as int8 codes
 LORA_KEYS = "lora_A / lora_B / lora_embedding_A / lora_embedding_B / lora_magnitude_vector"
 # adapter_config.json fields lorakit reads itself (not through LoraConfig's checks): the types each may have
 _FREE_FIELDS = {"peft_type": (str,), "peft_version": (str, type(None)), "init_lora_weights": (bool, str, type(None)),
@@ -82,9 +83,10 @@ def check_config_data(data, file: Path) -> None:
 def checked_tensors(state: dict[str, torch.Tensor], adapter_dtype: str, file: Path) -> dict[str, torch.Tensor]:
     """The file's tensors, checked: floating point and finite. An int8 adapter's codes (int8) and scales (floating
     point, one per row) are checked and decoded to the trained A and B. UserError naming the first bad key."""
-    if adapter_dtype == "int8":
-        state = _decoded_int8(state, file)
+    int8 = adapter_dtype == "int8"
     for key, tensor in state.items():
+        if int8 and tensor.dtype == torch.int8 and key.endswith(_INT8_CODES):
+            continue  # codes, checked with their scales (which are checked here)
         if not tensor.is_floating_point():
             raise UserError(f"adapter file {file}: {key} is {str(tensor.dtype).removeprefix('torch.')}; adapter "
                             "tensors are floating point (float32, float16, bfloat16) (int8 codes only in "
@@ -92,7 +94,7 @@ def checked_tensors(state: dict[str, torch.Tensor], adapter_dtype: str, file: Pa
         if tensor.numel() and not bool(torch.isfinite(tensor.float()).all()):
             raise UserError(f"adapter file {file}: {key} holds NaN or infinite values; the adapter is broken (a "
                             "diverged run?): retrain it or load another checkpoint")
-    return state
+    return _decoded_int8(state, file) if int8 else state
 
 
 def _decoded_int8(state: dict[str, torch.Tensor], file: Path) -> dict[str, torch.Tensor]:
