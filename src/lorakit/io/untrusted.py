@@ -144,9 +144,9 @@ def check_ranks(model: nn.Module, config: LoraConfig, state: dict[str, torch.Ten
     for path in paths:
         r = pattern_value(path, config.rank_pattern, config.r)
         if path in ranks and ranks[path] != r:
-            raise UserError(f"adapter file {file}: {path} has rank {ranks[path]} but adapter_config.json gives it "
-                            f"rank {r} (r, rank_pattern); the config and the weights of this adapter do not belong "
-                            "together")
+            raise UserError(f"adapter file {file}: the LoRA tensors of {path}: its rank {ranks[path]} differs from "
+                            f"the rank {r} adapter_config.json gives it (r, rank_pattern); the config and the weights "
+                            "of this adapter do not belong together")
 
 
 def planned_copies(model: nn.Module, state: dict[str, torch.Tensor], config: LoraConfig, file: Path,
