@@ -268,7 +268,7 @@ def _load_checked(model: nn.Module, weights_file: Path, config: LoraConfig, sour
 def _copy_weights(model: nn.Module, state: dict, config: LoraConfig, source, weights_file: Path) -> None:
     """Copy the file's tensors into the adapter in use, once every key and shape has been checked."""
     copies = planned_copies(model, state, config, weights_file, source)
-    expected = set(adapter_state_dict(model))
+    expected = set(adapter_params(model))
     loaded = {file_name(key) for key in state}
     missing = sorted(k for k in expected - loaded if ".lora_" in k)
     if missing:
