@@ -16,7 +16,9 @@ share (`lorakit serve`). PEFT's ".original_module." copies of a saved module are
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import copy
 from pathlib import Path
 
 import torch
@@ -217,7 +219,8 @@ def shape_mismatch(name: str, saved: tuple, ours: tuple, config: LoraConfig, sou
 
 # --- undoing a failed load -----------------------------------------------------------------------------------------
 
-_CONTAINERS = ("_modules", "_parameters", "_buffers")
+# a module's own containers (children, parameters, buffers, hooks, ...): their contents are saved, not just the object
+_CONTAINERS = (dict, set, collections.OrderedDict)
 
 
 @contextlib.contextmanager
@@ -226,7 +229,8 @@ def undone_on_failure(model: nn.Module):
     (LoRA layers and copies of saved modules taken out, banks and slots as they were), each parameter's
     requires_grad, the adapters' record (AdapterState). Tensor values are not saved: the block must check
     everything before it copies a value (load_adapter does)."""
-    modules = [(m, dict(vars(m)), {k: dict(vars(m)[k]) for k in _CONTAINERS if k in vars(m)}) for m in model.modules()]
+    modules = [(m, dict(vars(m)), {k: copy.copy(v) for k, v in vars(m).items() if type(v) in _CONTAINERS})
+               for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
     state = adapter_state(model)
     record = (dict(state.configs), state.active) if state is not None else None
