@@ -340,3 +340,59 @@ def title_fits(fig, ax) -> bool:
     """Whether the axes' title lies within the figure's width."""
     box = ax.title.get_window_extent(fig.canvas.get_renderer())
     return box.x0 >= 0 and box.x1 <= fig.bbox.width
+
+
+# --- adapter files as untrusted input --------------------------------------------------------------------------------
+
+def model_fingerprint(model) -> dict:
+    """What a failed load_adapter must leave as it was: every tensor of the state dict (its bytes), the module tree
+    (paths, types, the module objects themselves), each parameter's requires_grad, the training flags, and the
+    adapters' record (the model's `lorakit` attribute: configs and the names in use)."""
+    from lorakit.state import STATE_ATTRIBUTE, adapter_state
+
+    state = adapter_state(model)
+    return {
+        "tensors": {k: (v.dtype, tuple(v.shape), v.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                        .numpy().tobytes()) for k, v in model.state_dict().items()},
+        "modules": [(path, type(m).__name__, id(m)) for path, m in model.named_modules()],
+        "requires_grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
+        "training": [m.training for m in model.modules()],
+        "record": (STATE_ATTRIBUTE in vars(model),
+                   None if state is None else (id(state), dict(state.configs), state.active)),
+    }
+
+
+def write_adapter_dir(directory: Path, config, tensors) -> Path:
+    """An adapter directory: config a dict (JSON-dumped) or str / bytes (written as is); tensors a dict (saved as
+    safetensors) or bytes (written as is)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config_file, weights_file = directory / "adapter_config.json", directory / "adapter_model.safetensors"
+    if isinstance(config, (str, bytes)):
+        config_file.write_bytes(config.encode() if isinstance(config, str) else config)
+    else:
+        config_file.write_text(json.dumps(config))
+    if isinstance(tensors, bytes):
+        weights_file.write_bytes(tensors)
+    else:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(weights_file))
+    return directory
+
+
+def saved_adapter(model, config) -> tuple[dict, dict]:
+    """(adapter_config.json as a dict, tensors by file key) of a copy of `model` with LoRA per `config`, its LoRA
+    weights random (seeded) so that a load changes the output."""
+    import copy
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from lorakit import add_lora, save_adapter
+
+    model = add_lora(copy.deepcopy(model), config)
+    randomize_lora(model, seed=3, scale=0.2)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_adapter(model, Path(tmp) / "a")
+        return (json.loads((Path(tmp) / "a" / "adapter_config.json").read_text()),
+                load_file(str(Path(tmp) / "a" / "adapter_model.safetensors")))

@@ -27,7 +27,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from lorakit.combine.config import MERGES, CombineConfig
+from lorakit.combine.config import MERGES, CombineConfig, checked_weights
 from lorakit.combine.math import combine_layer, unequal_ranks
 from lorakit.config import LoraConfig, is_family_init
 from lorakit.layers.saved_modules import HeadCopies
@@ -47,7 +47,7 @@ def add_weighted_adapter(model: nn.Module, adapters: list[str], weights: list[fl
     """Add adapter `adapter_name`, the combination of `adapters` with `weights` (see the module docstring and
     combine_math.py). Inactive until set_adapter(model, adapter_name). Returns `model`."""
     how = CombineConfig(combination_type, density, majority_sign_method, svd_rank, svd_clamp, svd_full_matrices)
-    return combine(model, list(adapters), [float(w) for w in weights], adapter_name, how, generator, modules_from)
+    return combine(model, list(adapters), list(weights), adapter_name, how, generator, modules_from)
 
 
 def combine(model: nn.Module, adapters: list[str], weights: list[float], name: str, how: CombineConfig,
@@ -57,6 +57,7 @@ def combine(model: nn.Module, adapters: list[str], weights: list[float], name: s
         raise ValueError("no adapters to combine: give the names of one or more adapters of the model")
     if len(weights) != len(adapters):
         raise ValueError(f"{len(weights)} weight(s) for {len(adapters)} adapter(s); give one weight per adapter")
+    weights = checked_weights(weights)
     configs = source_configs(model, adapters, name)
     kind = how.combination_type if len(adapters) > 1 else "linear"  # PEFT: one adapter is always linear
     rank = new_rank(kind, [config_rank(c) for c in configs], how.svd_rank)

@@ -3,8 +3,10 @@ dataclass that checks itself; `lorakit merge`'s combination flags are generated 
 the command line starts fast."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from lorakit.errors import UserError
 from lorakit.validation import check_fields
 
 # PEFT's combination types. MERGES combine the A and B matrices entry by entry (equal ranks needed); cat and the
@@ -14,6 +16,21 @@ SVD_TYPES = ("svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_p
 COMBINATION_TYPES = (*MERGES, "cat", *SVD_TYPES)
 PRUNING = ("ties", "dare_linear", "dare_ties", "magnitude_prune")  # need density (their _svd variants too)
 SIGN_METHODS = ("total", "frequency")
+
+
+def checked_weights(weights) -> list[float]:
+    """The adapters' weights as floats, each a finite number (a NaN or infinite weight makes every tensor of the
+    combined adapter NaN). UserError naming the first bad one."""
+    numbers = []
+    for i, weight in enumerate(weights):
+        try:
+            number = float(weight)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise UserError(f"weights[{i}] is {weight!r}; each adapter's weight must be a finite number")
+        numbers.append(number)
+    return numbers
 
 
 def base_merge(combination_type: str) -> str:

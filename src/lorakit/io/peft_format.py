@@ -27,15 +27,16 @@ from lorakit.quant import int8_adapters as adapter_int8
 from lorakit.io.atomic import atomic_dir, check_replaceable, read_json, read_safetensors
 from lorakit.config import PEFT_FORMAT_VERSION, LoraConfig, path_matches, saves_by_bare_suffix
 from lorakit.state import adapter_state
-from lorakit.layers.saved_modules import file_key, param_name
-from lorakit.inject.inject import add_lora, lora_layers, saved_in_full
+from lorakit.errors import UserError
+from lorakit.inject.inject import add_lora, lora_layers
+from lorakit.io.untrusted import (PREFIX, adapter_params, check_config_data, check_ranks, checked_tensors, file_name,
+                                  planned_copies, undone_on_failure)
 from lorakit.layers.lora import LoRALinear
 from lorakit.init.family import is_residual_init, plain_lora_fields, to_plain_lora
 from lorakit.adapters.api import active_adapters, adapter_names, using
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
@@ -96,26 +97,7 @@ def _base_name(model: nn.Module) -> str | None:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors of the adapter in use, under PEFT's key names (without the "base_model.model." prefix)."""
-    config = adapter_state(model).config
-    in_use = active_adapters(model)[0]
-    layers = lora_layers(model)
-    lora_paths = {p for p, _ in layers}
-    # the other adapters: banked ones, and the layers that do not hold the adapter in use
-    others = tuple(f"{p}.bank." for p, _ in layers) + tuple(f"{p}.lora_" for p, m in layers if m.adapter_name != in_use)
-    state = {}
-    for param_path, param in model.named_parameters():
-        name = file_key(param_path, in_use)  # a copy of a module trained in full: its PEFT key, None if not ours
-        if name is None or name.startswith(others):
-            continue
-        parts = name.split(".")
-        keep = any(part.startswith("lora_") for part in parts)
-        keep = keep or saved_in_full(name.rpartition(".")[0], config.modules_to_save)
-        keep = keep or (config.bias == "all" and name.endswith("bias"))
-        if config.bias == "lora_only" and name.endswith(".base_layer.bias"):
-            keep = keep or name[: -len(".base_layer.bias")] in lora_paths
-        if keep:
-            state[name] = param
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    return {k: v.detach().contiguous().cpu() for k, v in adapter_params(model).items()}
 
 
 def peft_config_dict(model: nn.Module) -> dict:
@@ -258,6 +240,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
         present = sorted(p.name for p in path.iterdir()) if path.is_dir() else "no such directory"
         raise FileNotFoundError(f"{path} is not an adapter directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME} (found: {present})")
     data = read_json(config_file, "adapter config")
+    check_config_data(data, config_file)
     config = config_from_peft(data)
     source = data.get("base_model_name_or_path")
     to_save = config.modules_to_save
@@ -266,53 +249,33 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     # PEFT lists both "classifier" and "score" for every SEQ_CLS model: keep the heads this model has.
     present = [name for name in to_save if _has_module(model, name)]
     config = dataclasses.replace(config, modules_to_save=tuple(present))
-    add_lora(model, config, name)
-    state = read_safetensors(weights_file, "adapter weights")  # safetensors: no pickle
-    with using(model, name):  # its tensors under PEFT's names
-        _copy_weights(model, state, config, source, path, name)
+    _load_checked(model, weights_file, config, source, name)
     return model
 
 
-def _copy_weights(model: nn.Module, state: dict, config: LoraConfig, source, path: Path, adapter: str) -> None:
-    if config.adapter_dtype == "int8":
-        state = adapter_int8.from_int8_state(state)  # int8 codes · scales: the trained A and B, exactly
-    params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name PEFT may use
-    expected = set(adapter_state_dict(model))
-    loaded = set()
-    with torch.no_grad():
-        for key, tensor in state.items():
-            name = key[len(PREFIX):] if key.startswith(PREFIX) else key
-            if ".original_module." in name:  # PEFT with bias="all" also writes the untouched copy of a saved module
-                continue
-            name = name.replace(".modules_to_save.default.", ".").replace(".modules_to_save.", ".")
-            name = param_name(name, adapter, params)  # this adapter's copy of a module several adapters train
-            if name not in params:
-                raise ValueError(
-                    f"adapter key {key} names no parameter of this model (adapter trained on {source!r}); "
-                    "is it the right base model?"
-                )
-            target = params[name]
-            if target.shape != tensor.shape:
-                raise ValueError(_shape_mismatch(name, tuple(tensor.shape), tuple(target.shape), config, source))
-            target.copy_(tensor.to(target.dtype))
-            loaded.add(name)
+def _load_checked(model: nn.Module, weights_file: Path, config: LoraConfig, source, name: str) -> None:
+    """The file checked whole (dtypes, finite values, ranks) before LoRA is injected, its keys and shapes checked
+    before a value is copied, and the injection undone on any failure: a failed load leaves the model as it was."""
+    state = read_safetensors(weights_file, "adapter weights")  # safetensors: no pickle
+    state = checked_tensors(state, config.adapter_dtype, weights_file)  # int8 codes · scales: the trained A and B
+    with undone_on_failure(model):
+        check_ranks(model, config, state, weights_file)
+        add_lora(model, config, name)
+        with using(model, name):  # its tensors under PEFT's names
+            _copy_weights(model, state, config, source, weights_file)
+
+
+def _copy_weights(model: nn.Module, state: dict, config: LoraConfig, source, weights_file: Path) -> None:
+    """Copy the file's tensors into the adapter in use, once every key and shape has been checked."""
+    copies = planned_copies(model, state, config, weights_file, source)
+    expected = set(adapter_params(model))
+    loaded = {file_name(key) for key in state}
     missing = sorted(k for k in expected - loaded if ".lora_" in k)
     if missing:
-        raise ValueError(f"adapter at {path} lacks {len(missing)} LoRA tensors, e.g. {missing[:3]}")
-
-
-
-def _shape_mismatch(name: str, saved: tuple, ours: tuple, config: LoraConfig, source) -> str:
-    """Why an adapter tensor does not fit: the task head's labels, the rank, or really another base model."""
-    shown = f"adapter tensor {name} has shape {saved} but the model's is {ours}"
-    if any(name.startswith(m + ".") or f".{m}." in name for m in config.modules_to_save) and saved[1:] == ours[1:]:
-        return (f"{shown}: the adapter's task head has {saved[0]} outputs and this task {ours[0]}; evaluate it on "
-                "the task (labels) it was trained on")
-    rank_dim = 0 if "_A" in name.rsplit(".", 2)[-2] else 1  # lora_A: (r, in); lora_B: (out, r)
-    if ".lora_" in name and len(saved) == 2 and saved[1 - rank_dim] == ours[1 - rank_dim]:
-        return (f"{shown}: its rank {saved[rank_dim]} differs from the rank {ours[rank_dim]} adapter_config.json "
-                "gives it (r, rank_pattern); the config and the weights of this adapter do not belong together")
-    return f"{shown}: the adapter was trained on {source!r}, a different base model; pass that one as --model"
+        raise UserError(f"adapter at {weights_file.parent} lacks {len(missing)} LoRA tensors, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for target, tensor in copies:
+            target.copy_(tensor.to(target.dtype))
 
 
 def _has_module(model: nn.Module, name: str) -> bool:
