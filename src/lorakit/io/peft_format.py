@@ -215,17 +215,18 @@ def is_adapters_dir(path: Path) -> bool:
         (path / CONFIG_NAME).is_file() or bool(subdirs))
 
 
-def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_adapters(model: nn.Module, path: str | os.PathLike, is_trainable: bool = False) -> nn.Module:
     """The reverse of save_adapters: `path` itself as "default" (when it holds an adapter), each sub-directory
-    with an adapter_config.json as the adapter of that name. The first one loaded is in use."""
+    with an adapter_config.json as the adapter of that name. The first one loaded is in use. is_trainable: as
+    load_adapter's (default: eval mode, frozen)."""
     path = Path(path)
     subdirs = sorted(p for p in path.iterdir() if (p / CONFIG_NAME).is_file()) if path.is_dir() else []
     if not (path / CONFIG_NAME).is_file() and not subdirs:
         raise FileNotFoundError(f"{path} holds no adapter: neither {CONFIG_NAME} nor sub-directories with one")
     if (path / CONFIG_NAME).is_file():
-        load_adapter(model, path, "default")
+        load_adapter(model, path, "default", is_trainable)
     for sub in subdirs:
-        load_adapter(model, sub, sub.name)
+        load_adapter(model, sub, sub.name, is_trainable)
     return model
 
 
@@ -249,9 +250,13 @@ def config_from_peft(data: dict) -> LoraConfig:
     return LoraConfig(**kwargs)
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> nn.Module:
+def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default",
+                 is_trainable: bool = False) -> nn.Module:
     """Inject LoRA into `model` per `path/adapter_config.json` and load `path/adapter_model.safetensors`.
-    On a model that holds adapters already, it joins them as adapter `name`, not yet in use."""
+    On a model that holds adapters already, it joins them as adapter `name`, not yet in use.
+
+    As PEFT's from_pretrained: the model comes back in eval mode (dropout off) with the adapter frozen, for
+    inference; is_trainable=True leaves the adapter's tensors trainable (continued training) and the mode as it was."""
     path = Path(path)
     config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not config_file.is_file() or not weights_file.is_file():
@@ -270,7 +275,17 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     state = read_safetensors(weights_file, "adapter weights")  # safetensors: no pickle
     with using(model, name):  # its tensors under PEFT's names
         _copy_weights(model, state, config, source, path, name)
+    if not is_trainable:
+        _for_inference(model, name)
     return model
+
+
+def _for_inference(model: nn.Module, name: str) -> None:
+    """PEFT's inference_mode: the adapter `name` frozen, the model in eval mode. The first adapter of a model owns
+    every trainable tensor (add_lora froze the rest); one that joins others starts frozen, not yet in use."""
+    if adapter_names(model) == [name]:
+        model.requires_grad_(False)
+    model.eval()
 
 
 def _copy_weights(model: nn.Module, state: dict, config: LoraConfig, source, path: Path, adapter: str) -> None:
