@@ -64,3 +64,28 @@ def test_load_adapter_is_trainable_like_peft(tmp_path):
     ours = load_adapter(tiny_classifier("bert"), tmp_path / "a", is_trainable=True)
     assert trainable(ours) == trainable(theirs) and trainable(ours)
     assert sum(trainable(ours).values()) == theirs.get_nb_trainable_parameters()[0]
+
+
+# --- 6: disable_lora also puts the base model's head back --------------------------------------------------------
+
+def test_disable_lora_computes_the_base_head_like_peft(tmp_path):
+    ours = bert_adapter(tmp_path / "a", dropout=0.0).eval()
+    theirs = peft.PeftModel.from_pretrained(tiny_classifier("bert").eval(), tmp_path / "a")
+    batch = inputs()
+    base = logits(tiny_classifier("bert").eval(), batch)
+    with disable_lora(ours):
+        disabled = logits(ours, batch)
+    with theirs.disable_adapter():
+        peft_disabled = logits(theirs, batch)
+    assert (peft_disabled - base).abs().max() <= 1e-6
+    assert (disabled - base).abs().max() <= 1e-6
+    assert (logits(ours, batch) - logits(theirs, batch)).abs().max() <= 1e-5  # the trained head is back after
+
+
+def test_disable_lora_with_two_adapters_computes_the_base_head(tmp_path):
+    ours = bert_adapter(tmp_path / "a", dropout=0.0).eval()
+    add_lora(ours, LoraConfig(r=2, target_modules=["value"]), name="b")
+    batch = inputs()
+    with disable_lora(ours):
+        disabled = logits(ours, batch)
+    assert (disabled - logits(tiny_classifier("bert").eval(), batch)).abs().max() <= 1e-6

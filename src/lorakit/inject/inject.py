@@ -16,6 +16,7 @@ writes it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 
@@ -91,6 +92,7 @@ def add_lora(model: nn.Module, config: LoraConfig, name: str = "default") -> nn.
         compact = compact_targets(model, paths)
     if not present:
         model.requires_grad_(False)
+        originals = original_modules(model, to_save)
     for path in paths:
         current = model.get_submodule(path)
         base = current.base_layer if isinstance(current, LORA_LAYERS) else current
@@ -114,8 +116,15 @@ def add_lora(model: nn.Module, config: LoraConfig, name: str = "default") -> nn.
     if present:
         state.configs[name] = resolved
     else:
-        setattr(model, STATE_ATTRIBUTE, AdapterState({name: resolved}, (name,)))
+        setattr(model, STATE_ATTRIBUTE, AdapterState({name: resolved}, (name,), originals))
     return model
+
+
+def original_modules(model: nn.Module, to_save: tuple[str, ...]) -> dict[str, nn.Module]:
+    """A frozen copy of every module `to_save` names, before the first adapter trains it in place (PEFT keeps the
+    base model's module as original_module; disable_lora computes with it)."""
+    return {p: copy.deepcopy(m).requires_grad_(False) for p, m in model.named_modules()
+            if p and any(path_matches(p, name) for name in to_save)}
 
 
 def resolve_targets(model: nn.Module, config: LoraConfig) -> tuple[list[str], tuple[str, ...]]:
@@ -183,19 +192,42 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def disable_lora(model: nn.Module):
-    """Within the block the model computes as its base model (merged layers are unmerged, then re-merged)."""
+    """Within the block the model computes as its base model (merged layers are unmerged, then re-merged), the
+    modules trained in full (modules_to_save) included: their base model's module computes, as in PEFT's
+    disable_adapter()."""
     layers = [layer for _, layer in lora_layers(model)]
     state = [(layer.disabled, layer.merged) for layer in layers]
     for layer in layers:
         layer.unmerge()
         layer.disabled = True
+    trained = _swap_in_originals(model)
     try:
         yield model
     finally:
+        for path, module in trained.items():
+            set_submodule(model, path, module)
         for layer, (disabled, merged) in zip(layers, state):
             layer.disabled = disabled
             if merged:
                 layer.merge()
+
+
+def _swap_in_originals(model: nn.Module) -> dict[str, nn.Module]:
+    """Put the base model's module in place of each module trained in full; returns {path: the trained module}."""
+    state = adapter_state(model)
+    originals = dict(state.originals) if state is not None else {}
+    for path, module in model.named_modules():
+        if isinstance(module, HeadCopies) and module.original_module is not None:
+            originals[path] = module.original_module
+    trained = {}
+    for path, original in originals.items():
+        current = model.get_submodule(path)
+        weight = next(current.parameters(), None)
+        if weight is not None:
+            original.to(device=weight.device, dtype=weight.dtype)
+        trained[path] = current
+        set_submodule(model, path, original)
+    return trained
 
 
 def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
