@@ -89,3 +89,73 @@ def test_disable_lora_with_two_adapters_computes_the_base_head(tmp_path):
     with disable_lora(ours):
         disabled = logits(ours, batch)
     assert (disabled - logits(tiny_classifier("bert").eval(), batch)).abs().max() <= 1e-6
+
+
+# --- the same spec in both, compared both ways -------------------------------------------------------------------
+
+V = 64
+BERTISH = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+               max_position_embeddings=72)
+DEC = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+           intermediate_size=24, head_dim=8, max_position_embeddings=64)
+MODELS = {
+    "camembert": lambda: tf.CamembertModel(tf.CamembertConfig(**BERTISH)),
+    "albert": lambda: tf.AlbertModel(tf.AlbertConfig(embedding_size=8, **BERTISH)),
+    "longformer": lambda: tf.LongformerModel(tf.LongformerConfig(attention_window=4, **BERTISH)),
+    "wav2vec2": lambda: tf.Wav2Vec2Model(tf.Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)),
+}
+
+
+def build(kind: str):
+    torch.manual_seed(0)
+    return MODELS[kind]().eval()
+
+
+def batch_for(kind: str) -> dict:
+    g = torch.Generator().manual_seed(1)
+    if kind.startswith("wav2vec2"):
+        return {"input_values": torch.randn(2, 400, generator=g)}
+    return {"input_ids": torch.randint(3, V, (2, 8), generator=g), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+
+
+def output(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**batch)
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+def both_ways(kind: str, tmp_path, peft_kwargs: dict, ours: LoraConfig | None = None, task_type=None):
+    """The PEFT config and lorakit's (the same fields unless `ours` is given) on the same model: equal trainable
+    names and counts; lorakit's adapter in PEFT and PEFT's in lorakit give the saving model's outputs to 1e-5."""
+    ours_config = ours or LoraConfig(r=4, alpha=8, target_modules=peft_kwargs["target_modules"])
+    theirs = peft.get_peft_model(build(kind), peft.LoraConfig(r=4, lora_alpha=8, task_type=task_type, **peft_kwargs))
+    model = add_lora(build(kind), ours_config)
+    assert trainable(model) == trainable(theirs)
+    assert sum(trainable(model).values()) == theirs.get_nb_trainable_parameters()[0]
+    batch = batch_for(kind)
+    perturb(model)
+    save_adapter(model, tmp_path / "ours")
+    loaded = peft.PeftModel.from_pretrained(build(kind), tmp_path / "ours")
+    assert (output(loaded, batch) - output(model.eval(), batch)).abs().max() <= 1e-5
+    perturb(theirs, seed=4)
+    theirs.save_pretrained(tmp_path / "theirs")
+    again = load_adapter(build(kind), tmp_path / "theirs")
+    assert (output(again, batch) - output(theirs.eval(), batch)).abs().max() <= 1e-5
+    return model, again
+
+
+# --- 2: a toggle name that names a module keeps PEFT's meaning ---------------------------------------------------
+
+@pytest.mark.parametrize("kind, targets", [("camembert", ["query", "value"]), ("albert", ["query", "value"]),
+                                           ("longformer", ["query", "value"]), ("wav2vec2", ["projection"])])
+def test_toggle_names_that_name_modules_mean_those_modules(kind, targets, tmp_path):
+    both_ways(kind, tmp_path, {"target_modules": targets})
+
+
+def test_a_regex_round_trips_where_its_leaves_are_toggle_names(tmp_path):
+    ours, _ = both_ways("camembert", tmp_path, {"target_modules": r".*\.(query|value)"})
+    again = load_adapter(build("camembert"), tmp_path / "ours")  # lorakit reads its own compacted targets back
+    assert (output(again, batch_for("camembert")) - output(ours, batch_for("camembert"))).abs().max() <= 1e-6
+

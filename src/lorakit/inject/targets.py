@@ -5,7 +5,8 @@ A target specification is one of
   * one regex string: a module matches when the regex matches its whole path (re.fullmatch, PEFT's rule),
   * "all-linear": every Linear / Conv1D layer except the output heads (lm_head, classifier, qa_outputs, score,
     pre_classifier and anything inside them),
-  * toggles, mixed freely into the list: "query", "key", "value", "projection", "mlp", "head", resolved per
+  * toggles, mixed freely into the list: "query", "key", "value", "projection", "mlp", "head" (each only where it
+    names no module of the model itself, else PEFT's meaning of the name wins), resolved per
     architecture by `TOGGLES` below (BERT, DistilBERT, RoBERTa, ELECTRA, GPT-2, OPT, BART, T5, Llama / Qwen2 /
     Mistral / Gemma / Phi-3 / SmolLM). On classification and QA models the task head trains in full, so "head"
     adapts something only on language models (lm_head).
@@ -103,9 +104,13 @@ def is_head(path: str) -> bool:
     return any(part in HEAD_NAMES for part in path.split("."))
 
 
-def resolve_toggles(model_type: str | None, targets: list[str]) -> list[str]:
-    """Replace toggle names in `targets` with this architecture's module names; other names pass through."""
-    toggles = [t for t in targets if t in TOGGLE_NAMES]
+def resolve_toggles(model_type: str | None, targets: list[str], paths: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Replace toggle names in `targets` with this architecture's module names; other names pass through.
+
+    paths: the model's adaptable modules. A toggle name that selects one of them (CamemBERT's "query", Wav2Vec2's
+    feature_projection.projection) keeps PEFT's meaning, a module whose path ends with it: toggles resolve only
+    names that match no module."""
+    toggles = [t for t in targets if t in TOGGLE_NAMES and not any(path_matches(p, t) for p in paths)]
     if not toggles:
         return list(targets)
     table = TOGGLES.get(model_type or "")
@@ -116,7 +121,7 @@ def resolve_toggles(model_type: str | None, targets: list[str]) -> list[str]:
         )
     out: list[str] = []
     for t in targets:
-        for name in table[t] if t in TOGGLE_NAMES else [t]:
+        for name in table[t] if t in toggles else [t]:
             if name not in out:
                 out.append(name)
     return out
@@ -160,10 +165,12 @@ def find_targets(
     """Paths of the modules to adapt, in model order. Raises ValueError when nothing matches."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     all_linear = targets == "all-linear" or (not isinstance(targets, str) and "all-linear" in targets)
+    kinds = (nn.Linear, Conv1D, QuantLinear, nn.Embedding)
+    paths = [p for p, m in model.named_modules() if p and isinstance(m, kinds)]
     if not isinstance(targets, str):
-        targets = resolve_toggles(model_type, [t for t in targets if t != "all-linear"])
+        targets = resolve_toggles(model_type, [t for t in targets if t != "all-linear"], paths)
     if isinstance(exclude, (tuple, list)):
-        exclude = resolve_toggles(model_type, list(exclude))
+        exclude = resolve_toggles(model_type, list(exclude), paths)
     found = []
     for path, module in model.named_modules():
         if not path or not isinstance(module, (nn.Linear, Conv1D, QuantLinear, nn.Embedding)):
