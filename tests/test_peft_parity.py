@@ -99,6 +99,7 @@ BERTISH = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_
 DEC = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
            intermediate_size=24, head_dim=8, max_position_embeddings=64)
 MODELS = {
+    "gemma": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(tie_word_embeddings=False, **DEC)),
     "camembert": lambda: tf.CamembertModel(tf.CamembertConfig(**BERTISH)),
     "albert": lambda: tf.AlbertModel(tf.AlbertConfig(embedding_size=8, **BERTISH)),
     "longformer": lambda: tf.LongformerModel(tf.LongformerConfig(attention_window=4, **BERTISH)),
@@ -159,3 +160,17 @@ def test_a_regex_round_trips_where_its_leaves_are_toggle_names(tmp_path):
     again = load_adapter(build("camembert"), tmp_path / "ours")  # lorakit reads its own compacted targets back
     assert (output(again, batch_for("camembert")) - output(ours, batch_for("camembert"))).abs().max() <= 1e-6
 
+
+def merged_exactly(model, batch) -> None:
+    """merge_and_unload leaves the model's outputs as they were (to 1e-5)."""
+    before = output(model.eval(), batch)
+    assert (output(merge_and_unload(model), batch) - before).abs().max() <= 1e-5
+
+
+# --- 1: a scaled word embedding scales the adapter's term too ----------------------------------------------------
+
+def test_scaled_word_embedding_matches_peft_and_merges_exactly(tmp_path):
+    ours, again = both_ways("gemma", tmp_path, {"target_modules": ["q_proj", "embed_tokens"]})
+    assert ours.model.embed_tokens.base_layer.embed_scale.item() == pytest.approx(4.0)
+    merged_exactly(ours, batch_for("gemma"))
+    merged_exactly(again, batch_for("gemma"))
