@@ -174,3 +174,22 @@ def test_scaled_word_embedding_matches_peft_and_merges_exactly(tmp_path):
     assert ours.model.embed_tokens.base_layer.embed_scale.item() == pytest.approx(4.0)
     merged_exactly(ours, batch_for("gemma"))
     merged_exactly(again, batch_for("gemma"))
+
+
+# --- 8: every field of PEFT's LoraConfig is known ----------------------------------------------------------------
+
+def test_every_field_of_peft_lora_config_is_known():
+    import dataclasses
+
+    from lorakit.io.peft_format import _FIELD_MAP, _IGNORED, _MUST_BE_OFF
+
+    fields = {f.name for f in dataclasses.fields(peft.LoraConfig)}
+    assert fields - set(_FIELD_MAP) - _IGNORED - _MUST_BE_OFF == set()
+
+
+def test_a_plain_peft_adapter_loads_without_a_warning(tmp_path, caplog):
+    theirs = peft.get_peft_model(build("camembert"), peft.LoraConfig(r=4, target_modules=["query"]))
+    theirs.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="lorakit"):
+        load_adapter(build("camembert"), tmp_path)
+    assert not [r for r in caplog.records if r.name.startswith("lorakit") and r.levelno >= logging.WARNING]

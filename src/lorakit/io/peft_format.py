@@ -58,13 +58,14 @@ _FIELD_MAP = {
 _IGNORED = {
     "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping",
     "fan_in_fan_out", "init_lora_weights", "layers_pattern", "megatron_core",
+    "runtime_config",  # PEFT's settings of one run (ephemeral GPU offload), not part of the adapter
 }
 # PEFT features lorakit does not implement: accepted only at their "off" value.
 _MUST_BE_OFF = {
     "lora_bias", "layer_replication", "target_parameters", "trainable_token_indices", "use_qalora",
     "loftq_config", "eva_config", "corda_config", "megatron_config", "alora_invocation_tokens", "arrow_config",
     "kasa_config", "lora_ga_config", "monteclora_config", "velora_config", "use_bdlora", "qalora_group_size",
-    "ensure_weight_tying",
+    "ensure_weight_tying", "astra_config",
 }
 _OFF_VALUES = (None, False, {}, [], 16)  # 16: PEFT's qalora_group_size default, unused unless use_qalora
 # init_lora_weights as PEFT reads it. lorakit's own N(0, 1/r) has no PEFT name: false ("A and B are not PEFT's
