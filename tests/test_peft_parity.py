@@ -98,7 +98,15 @@ BERTISH = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_
                max_position_embeddings=72)
 DEC = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
            intermediate_size=24, head_dim=8, max_position_embeddings=64)
+WHISPER = dict(vocab_size=V, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+               decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, num_mel_bins=8,
+               max_source_positions=8, max_target_positions=16, decoder_start_token_id=1, pad_token_id=0)
 MODELS = {
+    "whisper": lambda: tf.WhisperForConditionalGeneration(tf.WhisperConfig(**WHISPER)),
+    "llava": lambda: tf.LlavaForConditionalGeneration(tf.LlavaConfig(
+        vision_config=tf.CLIPVisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=8, patch_size=4),
+        text_config=tf.LlamaConfig(**{**DEC, "vocab_size": V + 8}), image_token_index=V + 1)),
     "gemma": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(tie_word_embeddings=False, **DEC)),
     "camembert": lambda: tf.CamembertModel(tf.CamembertConfig(**BERTISH)),
     "albert": lambda: tf.AlbertModel(tf.AlbertConfig(embedding_size=8, **BERTISH)),
@@ -118,6 +126,8 @@ def batch_for(kind: str) -> dict:
     g = torch.Generator().manual_seed(1)
     if kind.startswith("wav2vec2"):
         return {"input_values": torch.randn(2, 400, generator=g)}
+    if kind == "whisper":
+        return {"input_features": torch.randn(2, 8, 16, generator=g), "decoder_input_ids": torch.tensor([[1, 5, 6]] * 2)}
     return {"input_ids": torch.randint(3, V, (2, 8), generator=g), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
 
 
@@ -193,3 +203,25 @@ def test_a_plain_peft_adapter_loads_without_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="lorakit"):
         load_adapter(build("camembert"), tmp_path)
     assert not [r for r in caplog.records if r.name.startswith("lorakit") and r.levelno >= logging.WARNING]
+
+
+# --- 7: task_type from the model, None when unsure ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, task", [("whisper", None), ("llava", None), ("gemma", "CAUSAL_LM"),
+                                        ("camembert", None)])
+def test_task_type_is_decided_from_the_model(kind, task, tmp_path):
+    import json
+
+    both_ways(kind, tmp_path, {"target_modules": ["q_proj", "v_proj"] if kind != "camembert" else ["query"]})
+    assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text())["task_type"] == task
+
+
+@pytest.mark.parametrize("cls, task", [(tf.BertForSequenceClassification, "SEQ_CLS"),
+                                       (tf.BertForTokenClassification, "TOKEN_CLS"),
+                                       (tf.BertForQuestionAnswering, "QUESTION_ANS"), (tf.GPT2LMHeadModel, "CAUSAL_LM"),
+                                       (tf.T5ForConditionalGeneration, "SEQ_2_SEQ_LM"), (tf.BertModel, None)])
+def test_task_types_of_the_usual_heads(cls, task):
+    from lorakit.io.peft_format import _task_type
+
+    config = cls.config_class(vocab_size=V, num_hidden_layers=1, num_layers=1, n_layer=1)
+    assert _task_type(cls(config)) == task

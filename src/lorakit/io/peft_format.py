@@ -75,17 +75,27 @@ _OFF_VALUES = (None, False, {}, [], 16)  # 16: PEFT's qalora_group_size default,
 INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "normal_1_over_r": False}
 
 
+# PEFT's task types by the transformers auto-class a model is of (modeling_auto's *_MAPPING_NAMES, by model_type)
+_TASK_MAPPINGS = (
+    ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "SEQ_CLS"),
+    ("MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", "QUESTION_ANS"),
+    ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "TOKEN_CLS"),
+    ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "CAUSAL_LM"),
+    ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "SEQ_2_SEQ_LM"),
+)
+
+
 def _task_type(model: nn.Module) -> str | None:
+    """PEFT's task_type for this model, decided from the model: the transformers auto-mapping its config's
+    model_type lists its class in. None when unsure (Whisper, Llava, a bare encoder, a custom class): PEFT's
+    from_pretrained then wraps it in a plain PeftModel, whose forward passes every input through."""
+    from transformers.models.auto import modeling_auto
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
     name = type(model).__name__
-    for suffix, task in (
-        ("ForSequenceClassification", "SEQ_CLS"),
-        ("ForQuestionAnswering", "QUESTION_ANS"),
-        ("ForTokenClassification", "TOKEN_CLS"),
-        ("ForCausalLM", "CAUSAL_LM"),
-        ("LMHeadModel", "CAUSAL_LM"),
-        ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
-    ):
-        if name.endswith(suffix):
+    for mapping, task in _TASK_MAPPINGS:
+        classes = getattr(modeling_auto, mapping, {}).get(model_type, ())
+        if name in ((classes,) if isinstance(classes, str) else tuple(classes)):
             return task
     return None
 
