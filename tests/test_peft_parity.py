@@ -101,7 +101,14 @@ DEC = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_head
 WHISPER = dict(vocab_size=V, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, num_mel_bins=8,
                max_source_positions=8, max_target_positions=16, decoder_start_token_id=1, pad_token_id=0)
+VIT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24, image_size=8, patch_size=4)
+W2V = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, conv_dim=(8, 8),
+           conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 MODELS = {
+    "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(num_labels=3, **VIT)),
+    "convnext": lambda: tf.ConvNextForImageClassification(tf.ConvNextConfig(
+        num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3, image_size=8)),
+    "wav2vec2-ctc": lambda: tf.Wav2Vec2ForCTC(tf.Wav2Vec2Config(vocab_size=12, **W2V)),
     "whisper": lambda: tf.WhisperForConditionalGeneration(tf.WhisperConfig(**WHISPER)),
     "llava": lambda: tf.LlavaForConditionalGeneration(tf.LlavaConfig(
         vision_config=tf.CLIPVisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=1,
@@ -111,9 +118,7 @@ MODELS = {
     "camembert": lambda: tf.CamembertModel(tf.CamembertConfig(**BERTISH)),
     "albert": lambda: tf.AlbertModel(tf.AlbertConfig(embedding_size=8, **BERTISH)),
     "longformer": lambda: tf.LongformerModel(tf.LongformerConfig(attention_window=4, **BERTISH)),
-    "wav2vec2": lambda: tf.Wav2Vec2Model(tf.Wav2Vec2Config(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, conv_dim=(8, 8),
-        conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)),
+    "wav2vec2": lambda: tf.Wav2Vec2Model(tf.Wav2Vec2Config(**W2V)),
 }
 
 
@@ -126,6 +131,8 @@ def batch_for(kind: str) -> dict:
     g = torch.Generator().manual_seed(1)
     if kind.startswith("wav2vec2"):
         return {"input_values": torch.randn(2, 400, generator=g)}
+    if kind in ("vit", "convnext"):
+        return {"pixel_values": torch.randn(2, 3, 8, 8, generator=g)}
     if kind == "whisper":
         return {"input_features": torch.randn(2, 8, 16, generator=g), "decoder_input_ids": torch.tensor([[1, 5, 6]] * 2)}
     return {"input_ids": torch.randint(3, V, (2, 8), generator=g), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
@@ -151,7 +158,7 @@ def both_ways(kind: str, tmp_path, peft_kwargs: dict, ours: LoraConfig | None = 
     loaded = peft.PeftModel.from_pretrained(build(kind), tmp_path / "ours")
     assert (output(loaded, batch) - output(model.eval(), batch)).abs().max() <= 1e-5
     perturb(theirs, seed=4)
-    theirs.save_pretrained(tmp_path / "theirs")
+    theirs.save_pretrained(tmp_path / "theirs", save_embedding_layers=False)  # PEFT fails on Wav2Vec2-CTC else
     again = load_adapter(build(kind), tmp_path / "theirs")
     assert (output(again, batch) - output(theirs.eval(), batch)).abs().max() <= 1e-5
     return model, again
@@ -225,3 +232,14 @@ def test_task_types_of_the_usual_heads(cls, task):
 
     config = cls.config_class(vocab_size=V, num_hidden_layers=1, num_layers=1, n_layer=1)
     assert _task_type(cls(config)) == task
+
+
+# --- 4: "all-linear" leaves out the output layer PEFT finds from the model ---------------------------------------
+
+@pytest.mark.parametrize("kind, head, adapted", [("whisper", "proj_out", False), ("gemma", "lm_head", False),
+                                                 ("vit", "classifier", True), ("convnext", "classifier", True),
+                                                 ("wav2vec2-ctc", "lm_head", True)])
+def test_all_linear_follows_peft(kind, head, adapted, tmp_path):
+    ours, _ = both_ways(kind, tmp_path, {"target_modules": "all-linear"})
+    assert any(name.startswith(head + ".lora_") for name in trainable(ours)) == adapted
+    merged_exactly(ours, batch_for(kind))

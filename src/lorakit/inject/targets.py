@@ -3,8 +3,8 @@
 A target specification is one of
   * a list of names: a module matches when its path equals a name or ends with "." + name (PEFT's rule),
   * one regex string: a module matches when the regex matches its whole path (re.fullmatch, PEFT's rule),
-  * "all-linear": every Linear / Conv1D layer except the output heads (lm_head, classifier, qa_outputs, score,
-    pre_classifier and anything inside them),
+  * "all-linear": every Linear / Conv1D layer except the model's output layer, found from the model as PEFT 0.22
+    does (`output_layers`); a task head that trains in full gets no LoRA anyway (inject.resolve_targets),
   * toggles, mixed freely into the list: "query", "key", "value", "projection", "mlp", "head" (each only where it
     names no module of the model itself, else PEFT's meaning of the name wins), resolved per
     architecture by `TOGGLES` below (BERT, DistilBERT, RoBERTa, ELECTRA, GPT-2, OPT, BART, T5, Llama / Qwen2 /
@@ -21,9 +21,10 @@ from __future__ import annotations
 import re
 
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from lorakit.config import HEAD_NAMES, TOGGLE_NAMES, path_matches
+from lorakit.config import TOGGLE_NAMES, path_matches
 from lorakit.quant.linear import QuantLinear
 
 
@@ -99,9 +100,17 @@ def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D, QuantLinear))
 
 
-def is_head(path: str) -> bool:
-    """True for output heads and anything inside them (roberta's classifier.dense, ...)."""
-    return any(part in HEAD_NAMES for part in path.split("."))
+def output_layers(model: nn.Module) -> set[str]:
+    """The paths "all-linear" leaves out, by PEFT 0.22's rule (tuners_utils._maybe_include_all_linear_layers): the
+    model's output embeddings (get_output_embeddings: lm_head, Whisper's proj_out, BERT-MLM's decoder; None for a
+    speech or vision backbone's head, which is adapted, as ViT's classifier and Wav2Vec2-CTC's lm_head are), else on
+    a sequence classifier its top-level score / classifier. Nothing for a model that is not a PreTrainedModel."""
+    if not isinstance(model, PreTrainedModel):
+        return set()
+    found = model.get_output_embeddings()
+    if found is None and type(model).__name__.endswith("ForSequenceClassification"):
+        found = next((getattr(model, n) for n in ("score", "classifier") if getattr(model, n, None) is not None), None)
+    return {p for p, m in model.named_modules() if m is found} if found is not None else set()
 
 
 def resolve_toggles(model_type: str | None, targets: list[str], paths: list[str] | tuple[str, ...] = ()) -> list[str]:
@@ -172,11 +181,12 @@ def find_targets(
     if isinstance(exclude, (tuple, list)):
         exclude = resolve_toggles(model_type, list(exclude), paths)
     found = []
+    outputs = output_layers(model) if all_linear else set()
     for path, module in model.named_modules():
         if not path or not isinstance(module, (nn.Linear, Conv1D, QuantLinear, nn.Embedding)):
             continue
         if all_linear:
-            chosen = is_linear_like(module) and not is_head(path)
+            chosen = is_linear_like(module) and path not in outputs
             chosen = chosen or (not isinstance(targets, str) and bool(targets) and name_matches(path, targets))
         else:
             chosen = name_matches(path, targets)
