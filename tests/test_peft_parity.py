@@ -243,3 +243,28 @@ def test_all_linear_follows_peft(kind, head, adapted, tmp_path):
     ours, _ = both_ways(kind, tmp_path, {"target_modules": "all-linear"})
     assert any(name.startswith(head + ".lora_") for name in trainable(ours)) == adapted
     merged_exactly(ours, batch_for(kind))
+
+
+# --- 3: PiSSA / OLoRA files saved PEFT's default way -------------------------------------------------------------
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_peft_residual_init_adapter_loads_as_peft_loads_it(init, tmp_path):
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=init)
+    theirs = peft.get_peft_model(build("gemma"), config)
+    perturb(theirs, seed=5)
+    theirs.save_pretrained(tmp_path / "theirs")  # A, B relative to the residual base, init_lora_weights=init
+    batch = batch_for("gemma")
+    reloaded = peft.PeftModel.from_pretrained(build("gemma"), tmp_path / "theirs")
+    ours = load_adapter(build("gemma"), tmp_path / "theirs")
+    assert (output(reloaded, batch) - output(theirs.eval(), batch)).abs().max() <= 1e-5
+    assert (output(ours, batch) - output(theirs, batch)).abs().max() <= 1e-5
+    save_adapter(ours, tmp_path / "ours")  # lorakit writes it as a plain rank-2r LoRA on the original base
+    plain = peft.PeftModel.from_pretrained(build("gemma"), tmp_path / "ours")
+    assert (output(plain, batch) - output(theirs, batch)).abs().max() <= 1e-5
+
+
+def test_randomized_pissa_adapter_is_refused_in_one_line(tmp_path):
+    config = peft.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights="pissa_niter_2")
+    peft.get_peft_model(build("gemma"), config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="init_lora_weights='pissa_niter_2'.*path_initial_model_for_weight_conversion"):
+        load_adapter(build("gemma"), tmp_path)

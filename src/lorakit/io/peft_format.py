@@ -70,8 +70,7 @@ _MUST_BE_OFF = {
 _OFF_VALUES = (None, False, {}, [], 16)  # 16: PEFT's qalora_group_size default, unused unless use_qalora
 # init_lora_weights as PEFT reads it. lorakit's own N(0, 1/r) has no PEFT name: false ("A and B are not PEFT's
 # zero-product init", which PEFT accepts and which only matters before the file's weights are loaded) rather than an
-# extra field, which PEFT would warn about. Reading: PEFT's other inits ("pissa", "olora", ...) leave trained
-# weights in the file too, so they load as kaiming (the init is only used before the weights are copied in).
+# extra field, which PEFT would warn about. Reading: see _init_from_peft (PiSSA / OLoRA rebuild their residual base).
 INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "normal_1_over_r": False}
 
 
@@ -253,12 +252,25 @@ def config_from_peft(data: dict) -> LoraConfig:
     if unknown:
         logger.warning("adapter_config.json: ignoring fields lorakit does not know: %s", ", ".join(unknown))
     kwargs = {ours: data[theirs] for theirs, ours in _FIELD_MAP.items() if data.get(theirs) is not None}
-    kwargs["init"] = {value: name for name, value in INIT_TO_PEFT.items()}.get(data.get("init_lora_weights", True),
-                                                                                 "kaiming")
+    kwargs["init"] = _init_from_peft(data.get("init_lora_weights", True))
     if "modules_to_save" not in kwargs:
         kwargs["modules_to_save"] = ()
     kwargs["adapter_dtype"] = "int8" if peft_type == adapter_int8.PEFT_TYPE else "float32"
     return LoraConfig(**kwargs)
+
+
+def _init_from_peft(value) -> str:
+    """lorakit's init for PEFT's init_lora_weights. PiSSA / OLoRA files saved PEFT's default way hold A, B trained
+    from the residual base W0 - s·B0·A0, which PEFT's from_pretrained rebuilds by running the init again on the
+    fresh base (an exact SVD / QR): lorakit does the same. A randomized SVD (pissa_niter_N), CorDA and ASTRA cannot
+    be rebuilt exactly from the base alone; any other init only set A and B before training: kaiming."""
+    if value in ("pissa", "olora"):
+        return value
+    if isinstance(value, str) and (value.startswith("pissa_niter_") or value in ("corda", "astra")):
+        raise ValueError(f"adapter_config.json has init_lora_weights={value!r}: its weights are relative to a residual "
+                         "base that cannot be rebuilt exactly from the base model; save it with PEFT's "
+                         "save_pretrained(..., path_initial_model_for_weight_conversion=...) as a plain LoRA adapter")
+    return {peft: ours for ours, peft in INIT_TO_PEFT.items()}.get(value, "kaiming")
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default",
