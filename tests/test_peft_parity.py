@@ -115,6 +115,7 @@ MODELS = {
                                           num_attention_heads=2, image_size=8, patch_size=4),
         text_config=tf.LlamaConfig(**{**DEC, "vocab_size": V + 8}), image_token_index=V + 1)),
     "gemma": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(tie_word_embeddings=False, **DEC)),
+    "gemma-tied": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(tie_word_embeddings=True, **DEC)),
     "camembert": lambda: tf.CamembertModel(tf.CamembertConfig(**BERTISH)),
     "albert": lambda: tf.AlbertModel(tf.AlbertConfig(embedding_size=8, **BERTISH)),
     "longformer": lambda: tf.LongformerModel(tf.LongformerConfig(attention_window=4, **BERTISH)),
@@ -268,3 +269,19 @@ def test_randomized_pissa_adapter_is_refused_in_one_line(tmp_path):
     peft.get_peft_model(build("gemma"), config).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="init_lora_weights='pissa_niter_2'.*path_initial_model_for_weight_conversion"):
         load_adapter(build("gemma"), tmp_path)
+
+
+# --- 9: merging into a tied embedding unties it first ------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, embedding", [("gemma-tied", "embed_tokens"), ("whisper", "embed_tokens")])
+def test_merging_a_tied_embedding_keeps_the_outputs(kind, embedding, tmp_path, caplog):
+    model = add_lora(build(kind), LoraConfig(r=4, alpha=8, target_modules=[embedding, "q_proj"]))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().base_layer.weight  # tied
+    perturb(model)
+    batch = batch_for(kind)
+    save_adapter(model, tmp_path)
+    theirs = peft.PeftModel.from_pretrained(build(kind), tmp_path)
+    assert (output(theirs, batch) - output(model.eval(), batch)).abs().max() <= 1e-5
+    with caplog.at_level(logging.INFO, logger="lorakit"):
+        merged_exactly(model, batch)
+    assert "untied" in caplog.text and model.config.tie_word_embeddings is False

@@ -176,8 +176,32 @@ def train_first_adapter(model: nn.Module, config: LoraConfig, to_save: tuple[str
                 param.requires_grad_(True)
 
 
+def untie_before_merge(model: nn.Module) -> None:
+    """Give each unmerged LoRA layer whose base weight is tied to another parameter (an embedding and the tied
+    lm_head of Gemma, BLOOM, Falcon, Whisper; encoder and decoder embeddings sharing one table) its own copy, so a
+    merge changes that layer only and the merged model computes what the adapted one did (PEFT's merge also moves
+    the tied head). Logged; the config stops asking transformers to tie them again."""
+    owners: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name)
+    for path, layer in lora_layers(model):
+        base = layer.base_layer
+        weight = getattr(base, "weight", None)
+        if layer.merged or isinstance(base, QuantLinear) or not isinstance(weight, nn.Parameter):
+            continue
+        tied = [n for n in owners.get(id(weight), []) if not n.startswith(path + ".")]
+        if tied:
+            base.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+            owners[id(weight)] = tied
+            logger.info("merging into %s: its weight was tied to %s; untied it first, so the merge changes %s only",
+                        path, ", ".join(tied), path)
+            if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+                model.config.tie_word_embeddings = False
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
-    """W0 <- W0 + (alpha/r)·B·A in every LoRA layer. Idempotent."""
+    """W0 <- W0 + (alpha/r)·B·A in every LoRA layer (tied weights untied first). Idempotent."""
+    untie_before_merge(model)
     for _, layer in lora_layers(model):
         layer.merge()
     return model
@@ -241,6 +265,7 @@ def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
     kept in `model.requantize_errors` ({path: {"max_abs": ..., "rel_fro": ...}}).
     """
     errors = {}
+    untie_before_merge(model)
     for path, layer in lora_layers(model):
         base = layer.base_layer
         if isinstance(base, QuantLinear):
