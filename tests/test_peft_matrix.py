@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import collections
 import copy
-import re
 import warnings
 
 import pytest
 import torch
 import transformers as tf
 
+from helpers import peft_name, perturb_trainable
 from lorakit import LoraConfig, add_lora, load_adapter, save_adapter
 from lorakit.inject.targets import TOGGLES, find_targets
 
@@ -172,24 +172,8 @@ def peft_config(family: str, head: str, spec: str, kwargs: dict):
                            bias=kwargs.get("bias", "none"), modules_to_save=kwargs.get("modules_to_save"))
 
 
-def normalize(name: str) -> str:
-    """PEFT's parameter name as lorakit names it."""
-    name = name.removeprefix("base_model.model.")
-    name = name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
-    return re.sub(r"\.default$", "", name)
-
-
 def trainable(model) -> dict[str, int]:
     return {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def perturb(model, seed: int = 3) -> None:
-    """Every trainable tensor gets seeded noise: adapters, heads saved in full, trained biases."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters(), key=lambda item: normalize(item[0])):
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
 
 
 def batch_for(head: str) -> dict:
@@ -241,11 +225,11 @@ def test_cell(family, head, spec, tmp_path):
         theirs = None
     ours = add_lora(base_model(family, head), ours_config)
     if theirs is not None:
-        expected = {normalize(n): c for n, c in trainable(theirs).items()}
+        expected = {peft_name(n): c for n, c in trainable(theirs).items()}
         assert trainable(ours) == expected
         assert sum(trainable(ours).values()) == theirs.get_nb_trainable_parameters()[0]
     # lorakit's adapter in PEFT
-    perturb(ours)
+    perturb_trainable(ours)
     save_adapter(ours, tmp_path / "ours")
     loaded = peft.PeftModel.from_pretrained(base_model(family, head), tmp_path / "ours").eval()
     assert (outputs(loaded, batch) - outputs(ours.eval(), batch)).abs().max() <= 1e-5
@@ -253,7 +237,7 @@ def test_cell(family, head, spec, tmp_path):
         OUTCOMES["PEFT crashes, lorakit's adapter loads in PEFT"] += 1
         return
     # PEFT's adapter in lorakit
-    perturb(theirs, seed=4)
+    perturb_trainable(theirs, seed=4)
     theirs.save_pretrained(tmp_path / "theirs", save_embedding_layers=False)  # "auto" fails on Wav2Vec2-CTC
     again = load_adapter(base_model(family, head), tmp_path / "theirs").eval()
     assert (outputs(again, batch) - outputs(theirs.eval(), batch)).abs().max() <= 1e-5

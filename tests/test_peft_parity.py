@@ -4,42 +4,25 @@ mode and trainability a loaded adapter comes back in, what a disabled adapter co
 from __future__ import annotations
 
 import logging
-import re
 
 import pytest
 import torch
 import transformers as tf
 
-from helpers import inputs, logits, tiny_classifier
+from helpers import inputs, logits, peft_name, perturb_trainable, tiny_classifier
 from lorakit import LoraConfig, add_lora, disable_lora, load_adapter, merge_and_unload, save_adapter
 
 peft = pytest.importorskip("peft")
 
 
-def normalized(name: str) -> str:
-    """PEFT's parameter name as lorakit names it."""
-    name = name.removeprefix("base_model.model.")
-    name = name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
-    return re.sub(r"\.default$", "", name)
-
-
 def trainable(model) -> dict[str, int]:
-    return {normalized(n): p.numel() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def perturb(model, seed: int = 3) -> None:
-    """Seeded noise on every trainable tensor (in name order, so lorakit and PEFT models get the same)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters(), key=lambda item: normalized(item[0])):
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return {peft_name(n): p.numel() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def bert_adapter(path, dropout: float = 0.1):
     """A saved lorakit adapter on the tiny BERT classifier (dropout live in training), trainable tensors perturbed."""
     model = add_lora(tiny_classifier("bert"), LoraConfig(r=4, alpha=8, dropout=dropout, target_modules=["query"]))
-    perturb(model)
+    perturb_trainable(model)
     save_adapter(model, path)
     return model
 
@@ -154,11 +137,11 @@ def both_ways(kind: str, tmp_path, peft_kwargs: dict, ours: LoraConfig | None = 
     assert trainable(model) == trainable(theirs)
     assert sum(trainable(model).values()) == theirs.get_nb_trainable_parameters()[0]
     batch = batch_for(kind)
-    perturb(model)
+    perturb_trainable(model)
     save_adapter(model, tmp_path / "ours")
     loaded = peft.PeftModel.from_pretrained(build(kind), tmp_path / "ours")
     assert (output(loaded, batch) - output(model.eval(), batch)).abs().max() <= 1e-5
-    perturb(theirs, seed=4)
+    perturb_trainable(theirs, seed=4)
     theirs.save_pretrained(tmp_path / "theirs", save_embedding_layers=False)  # PEFT fails on Wav2Vec2-CTC else
     again = load_adapter(build(kind), tmp_path / "theirs")
     assert (output(again, batch) - output(theirs.eval(), batch)).abs().max() <= 1e-5
@@ -252,7 +235,7 @@ def test_all_linear_follows_peft(kind, head, adapted, tmp_path):
 def test_peft_residual_init_adapter_loads_as_peft_loads_it(init, tmp_path):
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=init)
     theirs = peft.get_peft_model(build("gemma"), config)
-    perturb(theirs, seed=5)
+    perturb_trainable(theirs, seed=5)
     theirs.save_pretrained(tmp_path / "theirs")  # A, B relative to the residual base, init_lora_weights=init
     batch = batch_for("gemma")
     reloaded = peft.PeftModel.from_pretrained(build("gemma"), tmp_path / "theirs")
@@ -277,7 +260,7 @@ def test_randomized_pissa_adapter_is_refused_in_one_line(tmp_path):
 def test_merging_a_tied_embedding_keeps_the_outputs(kind, embedding, tmp_path, caplog):
     model = add_lora(build(kind), LoraConfig(r=4, alpha=8, target_modules=[embedding, "q_proj"]))
     assert model.get_output_embeddings().weight is model.get_input_embeddings().base_layer.weight  # tied
-    perturb(model)
+    perturb_trainable(model)
     batch = batch_for(kind)
     save_adapter(model, tmp_path)
     theirs = peft.PeftModel.from_pretrained(build(kind), tmp_path)
