@@ -10,7 +10,8 @@ import torch
 import transformers as tf
 
 from helpers import inputs, logits, peft_name, perturb_trainable, tiny_classifier
-from lorakit import LoraConfig, add_lora, disable_lora, load_adapter, merge_and_unload, save_adapter
+from lorakit import LoraConfig, add_lora, disable_lora, load_adapter, lora_layers, merge_and_unload, save_adapter
+from lorakit.layers.lora import LoRAEmbedding
 
 peft = pytest.importorskip("peft")
 
@@ -99,6 +100,11 @@ MODELS = {
         text_config=tf.LlamaConfig(**{**DEC, "vocab_size": V + 8}), image_token_index=V + 1)),
     "gemma": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(tie_word_embeddings=False, **DEC)),
     "gemma-tied": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(tie_word_embeddings=True, **DEC)),
+    # one scaled table shared by the encoder, the decoder and lm_head
+    "m2m100": lambda: tf.M2M100ForConditionalGeneration(tf.M2M100Config(
+        vocab_size=V, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, max_position_embeddings=32,
+        scale_embedding=True, pad_token_id=1, decoder_start_token_id=2)),
     "camembert": lambda: tf.CamembertModel(tf.CamembertConfig(**BERTISH)),
     "albert": lambda: tf.AlbertModel(tf.AlbertConfig(embedding_size=8, **BERTISH)),
     "longformer": lambda: tf.LongformerModel(tf.LongformerConfig(attention_window=4, **BERTISH)),
@@ -119,6 +125,8 @@ def batch_for(kind: str) -> dict:
         return {"pixel_values": torch.randn(2, 3, 8, 8, generator=g)}
     if kind == "whisper":
         return {"input_features": torch.randn(2, 8, 16, generator=g), "decoder_input_ids": torch.tensor([[1, 5, 6]] * 2)}
+    if kind == "m2m100":
+        return {"input_ids": torch.randint(3, V, (2, 6), generator=g), "decoder_input_ids": torch.tensor([[2, 5, 6]] * 2)}
     return {"input_ids": torch.randint(3, V, (2, 8), generator=g), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
 
 
@@ -256,10 +264,12 @@ def test_randomized_pissa_adapter_is_refused_in_one_line(tmp_path):
 
 # --- 9: merging into a tied embedding unties it first ------------------------------------------------------------
 
-@pytest.mark.parametrize("kind, embedding", [("gemma-tied", "embed_tokens"), ("whisper", "embed_tokens")])
+@pytest.mark.parametrize("kind, embedding", [("gemma-tied", "embed_tokens"), ("whisper", "embed_tokens"),
+                                             ("m2m100", "embed_tokens")])
 def test_merging_a_tied_embedding_keeps_the_outputs(kind, embedding, tmp_path, caplog):
     model = add_lora(build(kind), LoraConfig(r=4, alpha=8, target_modules=[embedding, "q_proj"]))
-    assert model.get_output_embeddings().weight is model.get_input_embeddings().base_layer.weight  # tied
+    tables = [layer.base_layer.weight for _, layer in lora_layers(model) if isinstance(layer, LoRAEmbedding)]
+    assert any(model.get_output_embeddings().weight is table for table in tables)  # tied
     perturb_trainable(model)
     batch = batch_for(kind)
     save_adapter(model, tmp_path)
