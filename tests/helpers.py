@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shlex
 import socket
 import threading
@@ -114,6 +115,24 @@ def randomize_lora_b(model, std: float = 0.1) -> None:
 
 
 # --- peft's adapters -------------------------------------------------------------------------------------------------
+
+def peft_name(name: str) -> str:
+    """PEFT's parameter name as lorakit names it: no "base_model.model." prefix, no ".default" adapter name, no
+    "modules_to_save.default." wrapper."""
+    name = name.removeprefix("base_model.model.")
+    name = name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
+    return re.sub(r"\.default$", "", name)
+
+
+def perturb_trainable(model, seed: int = 3) -> None:
+    """Every trainable tensor gets seeded noise (adapters, heads saved in full, trained biases), in PEFT-name order,
+    so a lorakit model and a PEFT model of the same spec get the same."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters(), key=lambda item: peft_name(item[0])):
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+
 
 PEFT_TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "bert": ["query", "value"]}
 

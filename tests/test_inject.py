@@ -106,10 +106,15 @@ def test_toggles_resolve_per_architecture():
 
 
 def test_all_linear_excludes_heads():
-    for kind, head in [("bert", "classifier"), ("gpt2", "lm_head"), ("llama", "lm_head"), ("roberta", "classifier")]:
+    for kind, head in [("bert", "classifier"), ("gpt2", "lm_head"), ("llama", "lm_head")]:
         paths = find_targets(tiny_model(kind), "all-linear")
         assert paths and not any(p == head or p.startswith(head + ".") for p in paths)
     assert "bert.pooler.dense" in find_targets(tiny_model("bert"), "all-linear")
+    # PEFT's rule leaves out the output layer itself; the layers inside RoBERTa's head, which trains in full, get
+    # no LoRA from add_lora
+    assert "classifier.dense" in find_targets(tiny_model("roberta"), "all-linear")
+    model = add_lora(tiny_model("roberta"), LoraConfig(target_modules="all-linear"))
+    assert not any(p.startswith("classifier") for p, _ in lora_layers(model))
 
 
 def test_regex_exclude_layers_and_patterns():

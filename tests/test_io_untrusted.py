@@ -171,3 +171,13 @@ def test_add_weighted_adapter_refuses_weights_that_are_not_finite_numbers(llama,
         add_weighted_adapter(model, ["a", "b"], [0.5, weight], "both", combination_type="linear")
     assert "weights[1]" in str(err.value) and "\n" not in str(err.value)
     assert "both" not in model.lorakit.configs
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_a_refused_residual_init_file_leaves_the_base_weights_as_they_were(llama, llama_adapter, tmp_path, init):
+    """PiSSA / OLoRA files are loaded by rebuilding the residual base W0 - s·B0·A0 in place: a file refused after
+    that point (an undeclared key) must give the base its weights back."""
+    config, tensors = llama_adapter
+    directory = write_adapter_dir(tmp_path / init, {**config, "init_lora_weights": init},
+                                  {**tensors, NORM: torch.zeros(32)})
+    assert NORM in refused(copy.deepcopy(llama), directory)

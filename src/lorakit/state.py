@@ -1,7 +1,7 @@
 """AdapterState: the adapters of one model and the names in use, kept on the model as one attribute."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lorakit.config import LoraConfig
@@ -18,6 +18,9 @@ class AdapterState:
 
     configs: dict[str, LoraConfig]  # name -> the resolved config (targets as paths, modules_to_save found)
     active: tuple[str, ...]  # the adapters in use, summed; never empty while the state is on a model
+    # path -> a frozen copy of the base model's module at that path, for each module the first adapter trains in
+    # full in place (PEFT's original_module): disable_lora computes with it
+    originals: dict[str, Any] = field(default_factory=dict)
 
     @property
     def config(self) -> LoraConfig:

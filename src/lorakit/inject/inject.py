@@ -16,6 +16,7 @@ writes it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 
@@ -91,6 +92,7 @@ def add_lora(model: nn.Module, config: LoraConfig, name: str = "default") -> nn.
         compact = compact_targets(model, paths)
     if not present:
         model.requires_grad_(False)
+        originals = original_modules(model, to_save)
     for path in paths:
         current = model.get_submodule(path)
         base = current.base_layer if isinstance(current, LORA_LAYERS) else current
@@ -114,8 +116,15 @@ def add_lora(model: nn.Module, config: LoraConfig, name: str = "default") -> nn.
     if present:
         state.configs[name] = resolved
     else:
-        setattr(model, STATE_ATTRIBUTE, AdapterState({name: resolved}, (name,)))
+        setattr(model, STATE_ATTRIBUTE, AdapterState({name: resolved}, (name,), originals))
     return model
+
+
+def original_modules(model: nn.Module, to_save: tuple[str, ...]) -> dict[str, nn.Module]:
+    """A frozen copy of every module `to_save` names, before the first adapter trains it in place (PEFT keeps the
+    base model's module as original_module; disable_lora computes with it)."""
+    return {p: copy.deepcopy(m).requires_grad_(False) for p, m in model.named_modules()
+            if p and any(path_matches(p, name) for name in to_save)}
 
 
 def resolve_targets(model: nn.Module, config: LoraConfig) -> tuple[list[str], tuple[str, ...]]:
@@ -167,8 +176,32 @@ def train_first_adapter(model: nn.Module, config: LoraConfig, to_save: tuple[str
                 param.requires_grad_(True)
 
 
+def untie_before_merge(model: nn.Module) -> None:
+    """Give each unmerged LoRA layer whose base weight is tied to another parameter (an embedding and the tied
+    lm_head of Gemma, BLOOM, Falcon, Whisper; encoder and decoder embeddings sharing one table) its own copy, so a
+    merge changes that layer only and the merged model computes what the adapted one did (PEFT's merge also moves
+    the tied head). Logged; the config stops asking transformers to tie them again."""
+    owners: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name)
+    for path, layer in lora_layers(model):
+        base = layer.base_layer
+        weight = getattr(base, "weight", None)
+        if layer.merged or isinstance(base, QuantLinear) or not isinstance(weight, nn.Parameter):
+            continue
+        tied = [n for n in owners.get(id(weight), []) if not n.startswith(path + ".")]
+        if tied:
+            base.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+            owners[id(weight)] = tied
+            logger.info("merging into %s: its weight was tied to %s; untied it first, so the merge changes %s only",
+                        path, ", ".join(tied), path)
+            if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+                model.config.tie_word_embeddings = False
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
-    """W0 <- W0 + (alpha/r)·B·A in every LoRA layer. Idempotent."""
+    """W0 <- W0 + (alpha/r)·B·A in every LoRA layer (tied weights untied first). Idempotent."""
+    untie_before_merge(model)
     for _, layer in lora_layers(model):
         layer.merge()
     return model
@@ -183,19 +216,42 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def disable_lora(model: nn.Module):
-    """Within the block the model computes as its base model (merged layers are unmerged, then re-merged)."""
+    """Within the block the model computes as its base model (merged layers are unmerged, then re-merged), the
+    modules trained in full (modules_to_save) included: their base model's module computes, as in PEFT's
+    disable_adapter()."""
     layers = [layer for _, layer in lora_layers(model)]
     state = [(layer.disabled, layer.merged) for layer in layers]
     for layer in layers:
         layer.unmerge()
         layer.disabled = True
+    trained = _swap_in_originals(model)
     try:
         yield model
     finally:
+        for path, module in trained.items():
+            set_submodule(model, path, module)
         for layer, (disabled, merged) in zip(layers, state):
             layer.disabled = disabled
             if merged:
                 layer.merge()
+
+
+def _swap_in_originals(model: nn.Module) -> dict[str, nn.Module]:
+    """Put the base model's module in place of each module trained in full; returns {path: the trained module}."""
+    state = adapter_state(model)
+    originals = dict(state.originals) if state is not None else {}
+    for path, module in model.named_modules():
+        if isinstance(module, HeadCopies) and module.original_module is not None:
+            originals[path] = module.original_module
+    trained = {}
+    for path, original in originals.items():
+        current = model.get_submodule(path)
+        weight = next(current.parameters(), None)
+        if weight is not None:
+            original.to(device=weight.device, dtype=weight.dtype)
+        trained[path] = current
+        set_submodule(model, path, original)
+    return trained
 
 
 def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
@@ -209,6 +265,7 @@ def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
     kept in `model.requantize_errors` ({path: {"max_abs": ..., "rel_fro": ...}}).
     """
     errors = {}
+    untie_before_merge(model)
     for path, layer in lora_layers(model):
         base = layer.base_layer
         if isinstance(base, QuantLinear):

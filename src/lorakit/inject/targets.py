@@ -3,9 +3,10 @@
 A target specification is one of
   * a list of names: a module matches when its path equals a name or ends with "." + name (PEFT's rule),
   * one regex string: a module matches when the regex matches its whole path (re.fullmatch, PEFT's rule),
-  * "all-linear": every Linear / Conv1D layer except the output heads (lm_head, classifier, qa_outputs, score,
-    pre_classifier and anything inside them),
-  * toggles, mixed freely into the list: "query", "key", "value", "projection", "mlp", "head", resolved per
+  * "all-linear": every Linear / Conv1D layer except the model's output layer, found from the model as PEFT 0.22
+    does (`output_layers`); a task head that trains in full gets no LoRA anyway (inject.resolve_targets),
+  * toggles, mixed freely into the list: "query", "key", "value", "projection", "mlp", "head" (each only where it
+    names no module of the model itself, else PEFT's meaning of the name wins), resolved per
     architecture by `TOGGLES` below (BERT, DistilBERT, RoBERTa, ELECTRA, GPT-2, OPT, BART, T5, Llama / Qwen2 /
     Mistral / Gemma / Phi-3 / SmolLM). On classification and QA models the task head trains in full, so "head"
     adapts something only on language models (lm_head).
@@ -20,9 +21,10 @@ from __future__ import annotations
 import re
 
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from lorakit.config import HEAD_NAMES, TOGGLE_NAMES, path_matches
+from lorakit.config import TOGGLE_NAMES, path_matches
 from lorakit.quant.linear import QuantLinear
 
 
@@ -98,14 +100,26 @@ def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D, QuantLinear))
 
 
-def is_head(path: str) -> bool:
-    """True for output heads and anything inside them (roberta's classifier.dense, ...)."""
-    return any(part in HEAD_NAMES for part in path.split("."))
+def output_layers(model: nn.Module) -> set[str]:
+    """The paths "all-linear" leaves out, by PEFT 0.22's rule (tuners_utils._maybe_include_all_linear_layers): the
+    model's output embeddings (get_output_embeddings: lm_head, Whisper's proj_out, BERT-MLM's decoder; None for a
+    speech or vision backbone's head, which is adapted, as ViT's classifier and Wav2Vec2-CTC's lm_head are), else on
+    a sequence classifier its top-level score / classifier. Nothing for a model that is not a PreTrainedModel."""
+    if not isinstance(model, PreTrainedModel):
+        return set()
+    found = model.get_output_embeddings()
+    if found is None and type(model).__name__.endswith("ForSequenceClassification"):
+        found = next((getattr(model, n) for n in ("score", "classifier") if getattr(model, n, None) is not None), None)
+    return {p for p, m in model.named_modules() if m is found} if found is not None else set()
 
 
-def resolve_toggles(model_type: str | None, targets: list[str]) -> list[str]:
-    """Replace toggle names in `targets` with this architecture's module names; other names pass through."""
-    toggles = [t for t in targets if t in TOGGLE_NAMES]
+def resolve_toggles(model_type: str | None, targets: list[str], paths: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Replace toggle names in `targets` with this architecture's module names; other names pass through.
+
+    paths: the model's adaptable modules. A toggle name that selects one of them (CamemBERT's "query", Wav2Vec2's
+    feature_projection.projection) keeps PEFT's meaning, a module whose path ends with it: toggles resolve only
+    names that match no module."""
+    toggles = [t for t in targets if t in TOGGLE_NAMES and not any(path_matches(p, t) for p in paths)]
     if not toggles:
         return list(targets)
     table = TOGGLES.get(model_type or "")
@@ -116,7 +130,7 @@ def resolve_toggles(model_type: str | None, targets: list[str]) -> list[str]:
         )
     out: list[str] = []
     for t in targets:
-        for name in table[t] if t in TOGGLE_NAMES else [t]:
+        for name in table[t] if t in toggles else [t]:
             if name not in out:
                 out.append(name)
     return out
@@ -160,16 +174,19 @@ def find_targets(
     """Paths of the modules to adapt, in model order. Raises ValueError when nothing matches."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     all_linear = targets == "all-linear" or (not isinstance(targets, str) and "all-linear" in targets)
+    kinds = (nn.Linear, Conv1D, QuantLinear, nn.Embedding)
+    paths = [p for p, m in model.named_modules() if p and isinstance(m, kinds)]
     if not isinstance(targets, str):
-        targets = resolve_toggles(model_type, [t for t in targets if t != "all-linear"])
+        targets = resolve_toggles(model_type, [t for t in targets if t != "all-linear"], paths)
     if isinstance(exclude, (tuple, list)):
-        exclude = resolve_toggles(model_type, list(exclude))
+        exclude = resolve_toggles(model_type, list(exclude), paths)
     found = []
+    outputs = output_layers(model) if all_linear else set()
     for path, module in model.named_modules():
         if not path or not isinstance(module, (nn.Linear, Conv1D, QuantLinear, nn.Embedding)):
             continue
         if all_linear:
-            chosen = is_linear_like(module) and not is_head(path)
+            chosen = is_linear_like(module) and path not in outputs
             chosen = chosen or (not isinstance(targets, str) and bool(targets) and name_matches(path, targets))
         else:
             chosen = name_matches(path, targets)

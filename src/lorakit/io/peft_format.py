@@ -59,33 +59,43 @@ _FIELD_MAP = {
 _IGNORED = {
     "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping",
     "fan_in_fan_out", "init_lora_weights", "layers_pattern", "megatron_core",
+    "runtime_config",  # PEFT's settings of one run (ephemeral GPU offload), not part of the adapter
 }
 # PEFT features lorakit does not implement: accepted only at their "off" value.
 _MUST_BE_OFF = {
     "lora_bias", "layer_replication", "target_parameters", "trainable_token_indices", "use_qalora",
     "loftq_config", "eva_config", "corda_config", "megatron_config", "alora_invocation_tokens", "arrow_config",
     "kasa_config", "lora_ga_config", "monteclora_config", "velora_config", "use_bdlora", "qalora_group_size",
-    "ensure_weight_tying",
+    "ensure_weight_tying", "astra_config",
 }
 _OFF_VALUES = (None, False, {}, [], 16)  # 16: PEFT's qalora_group_size default, unused unless use_qalora
 # init_lora_weights as PEFT reads it. lorakit's own N(0, 1/r) has no PEFT name: false ("A and B are not PEFT's
 # zero-product init", which PEFT accepts and which only matters before the file's weights are loaded) rather than an
-# extra field, which PEFT would warn about. Reading: PEFT's other inits ("pissa", "olora", ...) leave trained
-# weights in the file too, so they load as kaiming (the init is only used before the weights are copied in).
+# extra field, which PEFT would warn about. Reading: see _init_from_peft (PiSSA / OLoRA rebuild their residual base).
 INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "normal_1_over_r": False}
 
 
+# PEFT's task types by the transformers auto-class a model is of (modeling_auto's *_MAPPING_NAMES, by model_type)
+_TASK_MAPPINGS = (
+    ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "SEQ_CLS"),
+    ("MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", "QUESTION_ANS"),
+    ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "TOKEN_CLS"),
+    ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "CAUSAL_LM"),
+    ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "SEQ_2_SEQ_LM"),
+)
+
+
 def _task_type(model: nn.Module) -> str | None:
+    """PEFT's task_type for this model, decided from the model: the transformers auto-mapping its config's
+    model_type lists its class in. None when unsure (Whisper, Llava, a bare encoder, a custom class): PEFT's
+    from_pretrained then wraps it in a plain PeftModel, whose forward passes every input through."""
+    from transformers.models.auto import modeling_auto
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
     name = type(model).__name__
-    for suffix, task in (
-        ("ForSequenceClassification", "SEQ_CLS"),
-        ("ForQuestionAnswering", "QUESTION_ANS"),
-        ("ForTokenClassification", "TOKEN_CLS"),
-        ("ForCausalLM", "CAUSAL_LM"),
-        ("LMHeadModel", "CAUSAL_LM"),
-        ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
-    ):
-        if name.endswith(suffix):
+    for mapping, task in _TASK_MAPPINGS:
+        classes = getattr(modeling_auto, mapping, {}).get(model_type, ())
+        if name in ((classes,) if isinstance(classes, str) else tuple(classes)):
             return task
     return None
 
@@ -197,17 +207,18 @@ def is_adapters_dir(path: Path) -> bool:
         (path / CONFIG_NAME).is_file() or bool(subdirs))
 
 
-def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_adapters(model: nn.Module, path: str | os.PathLike, is_trainable: bool = False) -> nn.Module:
     """The reverse of save_adapters: `path` itself as "default" (when it holds an adapter), each sub-directory
-    with an adapter_config.json as the adapter of that name. The first one loaded is in use."""
+    with an adapter_config.json as the adapter of that name. The first one loaded is in use. is_trainable: as
+    load_adapter's (default: eval mode, frozen)."""
     path = Path(path)
     subdirs = sorted(p for p in path.iterdir() if (p / CONFIG_NAME).is_file()) if path.is_dir() else []
     if not (path / CONFIG_NAME).is_file() and not subdirs:
         raise FileNotFoundError(f"{path} holds no adapter: neither {CONFIG_NAME} nor sub-directories with one")
     if (path / CONFIG_NAME).is_file():
-        load_adapter(model, path, "default")
+        load_adapter(model, path, "default", is_trainable)
     for sub in subdirs:
-        load_adapter(model, sub, sub.name)
+        load_adapter(model, sub, sub.name, is_trainable)
     return model
 
 
@@ -223,17 +234,34 @@ def config_from_peft(data: dict) -> LoraConfig:
     if unknown:
         logger.warning("adapter_config.json: ignoring fields lorakit does not know: %s", ", ".join(unknown))
     kwargs = {ours: data[theirs] for theirs, ours in _FIELD_MAP.items() if data.get(theirs) is not None}
-    kwargs["init"] = {value: name for name, value in INIT_TO_PEFT.items()}.get(data.get("init_lora_weights", True),
-                                                                                 "kaiming")
+    kwargs["init"] = _init_from_peft(data.get("init_lora_weights", True))
     if "modules_to_save" not in kwargs:
         kwargs["modules_to_save"] = ()
     kwargs["adapter_dtype"] = "int8" if peft_type == adapter_int8.PEFT_TYPE else "float32"
     return LoraConfig(**kwargs)
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> nn.Module:
+def _init_from_peft(value) -> str:
+    """lorakit's init for PEFT's init_lora_weights. PiSSA / OLoRA files saved PEFT's default way hold A, B trained
+    from the residual base W0 - s·B0·A0, which PEFT's from_pretrained rebuilds by running the init again on the
+    fresh base (an exact SVD / QR): lorakit does the same. A randomized SVD (pissa_niter_N), CorDA and ASTRA cannot
+    be rebuilt exactly from the base alone; any other init only set A and B before training: kaiming."""
+    if value in ("pissa", "olora"):
+        return value
+    if isinstance(value, str) and (value.startswith("pissa_niter_") or value in ("corda", "astra")):
+        raise ValueError(f"adapter_config.json has init_lora_weights={value!r}: its weights are relative to a residual "
+                         "base that cannot be rebuilt exactly from the base model; save it with PEFT's "
+                         "save_pretrained(..., path_initial_model_for_weight_conversion=...) as a plain LoRA adapter")
+    return {peft: ours for ours, peft in INIT_TO_PEFT.items()}.get(value, "kaiming")
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default",
+                 is_trainable: bool = False) -> nn.Module:
     """Inject LoRA into `model` per `path/adapter_config.json` and load `path/adapter_model.safetensors`.
-    On a model that holds adapters already, it joins them as adapter `name`, not yet in use."""
+    On a model that holds adapters already, it joins them as adapter `name`, not yet in use.
+
+    As PEFT's from_pretrained: the model comes back in eval mode (dropout off) with the adapter frozen, for
+    inference; is_trainable=True leaves the adapter's tensors trainable (continued training) and the mode as it was."""
     path = Path(path)
     config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not config_file.is_file() or not weights_file.is_file():
@@ -250,7 +278,17 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     present = [name for name in to_save if _has_module(model, name)]
     config = dataclasses.replace(config, modules_to_save=tuple(present))
     _load_checked(model, weights_file, config, source, name)
+    if not is_trainable:
+        _for_inference(model, name)
     return model
+
+
+def _for_inference(model: nn.Module, name: str) -> None:
+    """PEFT's inference_mode: the adapter `name` frozen, the model in eval mode. The first adapter of a model owns
+    every trainable tensor (add_lora froze the rest); one that joins others starts frozen, not yet in use."""
+    if adapter_names(model) == [name]:
+        model.requires_grad_(False)
+    model.eval()
 
 
 def _load_checked(model: nn.Module, weights_file: Path, config: LoraConfig, source, name: str) -> None:
@@ -258,7 +296,7 @@ def _load_checked(model: nn.Module, weights_file: Path, config: LoraConfig, sour
     before a value is copied, and the injection undone on any failure: a failed load leaves the model as it was."""
     state = read_safetensors(weights_file, "adapter weights")  # safetensors: no pickle
     state = checked_tensors(state, config.adapter_dtype, weights_file)  # int8 codes · scales: the trained A and B
-    with undone_on_failure(model):
+    with undone_on_failure(model, values=is_residual_init(config.init)):
         check_ranks(model, config, state, weights_file)
         add_lora(model, config, name)
         with using(model, name):  # its tensors under PEFT's names

@@ -224,16 +224,17 @@ _CONTAINERS = (dict, set, collections.OrderedDict)
 
 
 @contextlib.contextmanager
-def undone_on_failure(model: nn.Module):
+def undone_on_failure(model: nn.Module, values: bool = False):
     """If the block raises, the model is put back as it was before it: every module's attributes and children
     (LoRA layers and copies of saved modules taken out, banks and slots as they were), each parameter's
-    requires_grad, the adapters' record (AdapterState). Tensor values are not saved: the block must check
-    everything before it copies a value (load_adapter does)."""
+    requires_grad, the adapters' record (AdapterState). Tensor values are saved only with values=True (an init
+    that rewrites the base, PiSSA / OLoRA); otherwise the block must check everything before it copies a value."""
     modules = [(m, dict(vars(m)), {k: copy.copy(v) for k, v in vars(m).items() if type(v) in _CONTAINERS})
                for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
+    tensors = [(p, p.detach().clone()) for p in model.parameters()] if values else []
     state = adapter_state(model)
-    record = (dict(state.configs), state.active) if state is not None else None
+    record = (dict(state.configs), state.active, dict(state.originals)) if state is not None else None
     try:
         yield model
     except BaseException:
@@ -245,9 +246,14 @@ def undone_on_failure(model: nn.Module):
                 attributes[key].update(saved)
         for param, flag in grads:
             param.requires_grad_(flag)
+        with torch.no_grad():
+            for param, value in tensors:
+                param.copy_(value)
         if state is not None:
             state.configs.clear()
             state.configs.update(record[0])
             state.active = record[1]
+            state.originals.clear()
+            state.originals.update(record[2])
         raise
 

@@ -212,7 +212,8 @@ class LoRALinear(Mergeable, Slots, nn.Module):
 
 
 class LoRAEmbedding(Mergeable, Slots, nn.Module):
-    """h = W0[x] + (alpha/r)·(A^T[x])·B^T around a frozen nn.Embedding.
+    """h = W0[x] + (alpha/r)·(A^T[x])·B^T around a frozen nn.Embedding (both terms times embed_scale where the base
+    is a scaled word embedding, as in PEFT).
 
     A: (r, num_embeddings) starts at zero and B: (embedding_dim, r) is random, the paper's choice for embeddings
     (and PEFT's): the lookup A^T[x] selects columns of A, so a random B with zero A still starts at B·A = 0.
@@ -248,10 +249,20 @@ class LoRAEmbedding(Mergeable, Slots, nn.Module):
         return h + self.adapter_output(x, self.adapter_name).to(h.dtype)
 
     def adapter_output(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """s·(A^T[x])·B^T of adapter `name`: (B, T) ids -> (B, T, dim)."""
+        """s·(A^T[x])·B^T of adapter `name`: (B, T) ids -> (B, T, dim), times the base's embed_scale if it has one."""
         a, b, s = self.low_rank(name)
         after_a = F.embedding(x, a.t(), padding_idx=self.base_layer.padding_idx)  # (B, T, r)
-        return after_a @ b.t() * s
+        out = after_a @ b.t() * s
+        scale = self.embed_scale()
+        return out if scale is None else out * scale.to(out.dtype)
+
+    def embed_scale(self) -> torch.Tensor | None:
+        """The scale a *ScaledWordEmbedding (Gemma, M2M100, ...) multiplies its lookup by, as PEFT reads it: the
+        adapter's term is scaled alike, so W0·s + ΔW·s is exactly what the merged table (W0 + ΔW)·s computes."""
+        scale = getattr(self.base_layer, "embed_scale", None)
+        if isinstance(scale, (int, float)):
+            return torch.tensor(scale, device=self.base_layer.weight.device, dtype=self.base_layer.weight.dtype)
+        return scale if isinstance(scale, torch.Tensor) and scale.numel() == 1 else None
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:

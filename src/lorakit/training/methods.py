@@ -164,7 +164,7 @@ def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     if cfg.method == "qlora" and not is_quantized(model):  # load_base(..., quant_config) quantizes while loading
         quantize_model(model, cfg.quant_config())
     if cfg.init_adapter:
-        load_adapter(model, cfg.init_adapter)  # its LoRA weights and modules_to_save train
+        load_adapter(model, cfg.init_adapter, is_trainable=True)  # its LoRA weights and modules_to_save train
     if cfg.method == "full":
         if lora_layers(model):
             merge_and_unload(model)
