@@ -14,7 +14,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorakit.config import LoraConfig as CoreConfig
+from lorakit.config import PEFT_FORMAT_VERSION, LoraConfig as CoreConfig
 from lorakit.errors import UserError
 
 
@@ -85,6 +85,7 @@ class LoraConfig(UnimplementedFields):
     peft_version: str | None = None
 
     def __post_init__(self):
+        self.peft_version = self.peft_version or PEFT_FORMAT_VERSION  # the file format lorakit writes
         if isinstance(self.task_type, str) and self.task_type in TaskType.__members__:
             self.task_type = TaskType(self.task_type)
         if isinstance(self.layers_to_transform, int):
