@@ -133,6 +133,9 @@ class PeftModel(PreTrainedModel):
         peft_config.base_model_name_or_path = peft_config.base_model_name_or_path or getattr(
             getattr(model, "config", None), "_name_or_path", None)
         add_lora(model, peft_config.to_lorakit(), adapter_name)
+        if peft_config.target_modules is None:  # as PEFT records the model type's default: the module names
+            peft_config.target_modules = {path.rsplit(".", 1)[-1] for path, layer in lora_layers(model)
+                                          if adapter_name in layer.adapter_names()}
         self._peft_config[adapter_name] = peft_config
         if peft_config.inference_mode:
             self._freeze(adapter_name)
