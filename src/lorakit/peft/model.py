@@ -97,7 +97,7 @@ class PeftModel(PreTrainedModel):
         self.base_model = LoraModel(model)
         self.config = getattr(model, "config", None)
         self._peft_config: dict[str, LoraConfig] = {}
-        self._disabled = contextlib.ExitStack()
+        self._disabled: contextlib.ExitStack | None = None  # disable_adapter_layers() until enable_adapter_layers()
         if peft_config is not None:
             self.add_adapter(adapter_name, peft_config)
 
@@ -229,11 +229,14 @@ class PeftModel(PreTrainedModel):
             yield
 
     def disable_adapter_layers(self) -> None:
-        if not self._disabled._exit_callbacks:
+        if self._disabled is None:
+            self._disabled = contextlib.ExitStack()
             self._disabled.enter_context(disable_lora(self.get_base_model()))
 
     def enable_adapter_layers(self) -> None:
-        self._disabled.close()
+        if self._disabled is not None:
+            self._disabled.close()
+            self._disabled = None
 
     # --- counts -----------------------------------------------------------------------------------------------------
 
