@@ -1,7 +1,8 @@
 """Parameter counts as PEFT's get_nb_trainable_parameters gives them.
 
 PEFT keeps the base model's copy of every module trained in full (ModulesToSaveWrapper.original_module) beside the
-adapters' copies; lorakit trains a module of one adapter in place. The counts add the copy PEFT would hold.
+adapters' copies; lorakit trains a module of one adapter in place. The counts add the copy PEFT would hold, and
+count a bitsandbytes 4-bit weight (Params4bit: two values per byte of storage) as the values it holds, as PEFT does.
 """
 from __future__ import annotations
 
@@ -30,4 +31,6 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
         elif path and any(path_matches(path, n) for n in names) and not any(
                 path == w or path.startswith(w + ".") for w in wrapped):
             extra += _size(module)
+    packed = {id(p): p for p in model.parameters() if type(p).__name__ == "Params4bit"}
+    extra += sum(p.numel() * (2 * p.element_size() - 1) for p in packed.values())
     return report.trainable, report.total + extra
