@@ -111,16 +111,15 @@ def test_from_pretrained_is_eval_and_frozen_unless_trainable(tmp_path, is_traina
 
 
 def test_a_hub_id_is_read_from_the_cache_offline(tmp_path, monkeypatch):
-    import huggingface_hub.constants as constants
-
     theirs, _ = both("llama", r=4, target_modules=["q_proj"])
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--someone--tiny-adapter"
     theirs.save_pretrained(repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    # HF_HOME's hub cache, offline (huggingface_hub, transformers' own dependency, read these at its import)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loaded = lp.PeftModel.from_pretrained(tiny_model("llama"), "someone/tiny-adapter", revision="main")
     torch.testing.assert_close(logits(loaded, inputs()), logits(theirs, inputs()), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Where an adapter is: a local directory, or a hub id fetched with huggingface_hub (the adapter files only).
+"""Where an adapter is: a local directory, or a hub id whose two adapter files transformers fetches (cached_file:
+huggingface_hub's download and cache, offline from the cache; lorakit declares transformers, not huggingface_hub).
 
     path = adapter_dir("me/my-adapter", revision="main")   # offline (HF_HUB_OFFLINE=1): the cached snapshot
 """
@@ -18,13 +19,12 @@ def adapter_dir(model_id: str | os.PathLike, revision: str | None = None, subfol
     local = Path(model_id) / (subfolder or "")
     if local.is_dir():
         return local
-    from huggingface_hub import snapshot_download
+    from transformers.utils import cached_file
 
-    prefix = f"{subfolder}/" if subfolder else ""
     kwargs = {k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "token", "local_files_only")}
-    root = snapshot_download(str(model_id), revision=revision, allow_patterns=[prefix + CONFIG_NAME, prefix + WEIGHTS_NAME],
-                             **kwargs)
-    return Path(root) / (subfolder or "")
+    config = cached_file(str(model_id), CONFIG_NAME, revision=revision, subfolder=subfolder or "", **kwargs)
+    cached_file(str(model_id), WEIGHTS_NAME, revision=revision, subfolder=subfolder or "", **kwargs)
+    return Path(config).parent
 
 
 def read_config(path: Path) -> dict:
