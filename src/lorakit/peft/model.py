@@ -26,7 +26,8 @@ from transformers import PreTrainedModel
 from lorakit.adapters.api import (active_adapters, adapter_config, adapter_names, delete_adapter, mixed_batch,
                                   set_adapter)
 from lorakit.combine.api import add_weighted_adapter
-from lorakit.inject.inject import add_lora, disable_lora, merge_and_unload, merge_lora, unmerge_lora
+from lorakit.inject.inject import (add_lora, disable_lora, merge_and_unload, merge_lora, train_first_adapter,
+                                   unmerge_lora)
 from lorakit.io.peft_format import load_adapter, save_adapter
 from lorakit.layers.lora import lora_layers
 from lorakit.peft.config import LoraConfig
@@ -144,13 +145,19 @@ class PeftModel(PreTrainedModel):
                      revision: str | None = None, subfolder: str | None = None, **kwargs):
         """PEFT's load_adapter: eval mode and frozen unless is_trainable."""
         path = adapter_dir(model_id, revision=revision, subfolder=subfolder, **kwargs)
-        load_adapter(self.get_base_model(), path, adapter_name)
+        model = self.get_base_model()
+        training = model.training
+        load_adapter(model, path, adapter_name)
         config = LoraConfig.from_dict(read_config(path))
         config.inference_mode = not is_trainable
         self._peft_config[adapter_name] = config
         if not is_trainable:
             self._freeze(adapter_name)
             self.eval()
+        elif active_adapters(model)[:1] == (adapter_name,):  # trainable and in use, in the mode it was in, whether
+            resolved = adapter_config(model, adapter_name)  # or not lorakit's load_adapter froze it (is_trainable)
+            train_first_adapter(model, resolved, resolved.modules_to_save)
+            self.train(training)
         return self
 
     def _freeze(self, adapter_name: str) -> None:
