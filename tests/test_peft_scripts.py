@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,9 @@ CASES = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if "BitsAndBytesCon
 
 
 @pytest.mark.parametrize("path", CASES)
-def test_a_peft_script_runs_the_same_on_lorakit_peft(path):
+def test_a_peft_script_runs_the_same_on_lorakit_peft(path, tmp_path, monkeypatch):
     pytest.importorskip("peft")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the scripts' tempfile.mkdtemp() directories
     source = path.read_text()
     if "BitsAndBytesConfig" in source:
         pytest.importorskip("bitsandbytes")
