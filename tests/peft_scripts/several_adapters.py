@@ -44,6 +44,9 @@ out["rows_match"] = [torch.allclose(mixed[0], math_logits[0], atol=1e-5), torch.
 out["math"] = math_logits[0, -1, :6].tolist()
 out["code"] = code_logits[1, -1, :6].tolist()
 out["mixed"] = mixed[:, -1, :4].tolist()
+prompt = ids[:, :4]
+out["generated"] = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4,
+                                  do_sample=False, pad_token_id=0, adapter_names=["code", "__base__", "math"]).tolist()
 model.delete_adapter("math")
 out["after_delete"] = sorted(model.peft_config)
 print(json.dumps(out))
