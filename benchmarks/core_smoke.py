@@ -1,7 +1,8 @@
 """The library as `pip install lorakit` (no extras) installs it: run by check_core_install.sh inside that venv.
 
-add_lora / save_adapter / load_adapter / merge_and_unload / quantize_model on a tiny random BERT, then the
-`lorakit` script: --help works, `params` works, `train` names its extra. Exits non-zero on the first failure.
+add_lora / save_adapter / load_adapter / merge_and_unload / quantize_model / lorakit.peft's get_peft_model (peft not
+installed) on a tiny random BERT, then the `lorakit` script: --help works, `params` works, `train` names its extra.
+Exits non-zero on the first failure.
 """
 from __future__ import annotations
 
@@ -57,6 +58,9 @@ torch.testing.assert_close(logits(reloaded), adapted)
 torch.testing.assert_close(logits(merge_and_unload(reloaded)), adapted, rtol=1e-4, atol=1e-5)
 qlora = add_lora(quantize_model(fresh(), QuantConfig(kind="nf4")), LoraConfig(target_modules=["query", "value"]))
 assert logits(qlora).shape == (3, 2)
+import lorakit.peft  # noqa: E402  PEFT's names on lorakit, peft itself not installed
+assert importlib.util.find_spec("peft") is None and lorakit.peft.get_peft_model(
+    fresh(), lorakit.peft.LoraConfig(task_type="SEQ_CLS", r=4)).get_nb_trainable_parameters()[0] > 0
 print(f"add_lora / save_adapter / load_adapter / merge_and_unload / quantize_model: ok "
       f"({parameter_report(model).summary()})")
 

@@ -2,6 +2,7 @@
 modules, short functions and modules, a docstring atop each module, and docs/architecture.md's tree equal to src/.
 
     cli  ->  experiments, export, serve  ->  training  ->  models, core        tasks/: data only, no LoRA
+    peft  ->  models, core                                                   (PEFT's names on lorakit)
 
 Inside the core, each subsystem imports only those before it in CORE_ORDER.
 """
@@ -27,6 +28,7 @@ ALLOWED = {
     "experiments": {"core", "tasks", "models", "training", "experiments"},
     "export": {"core", "tasks", "models", "training", "export"},
     "serve": {"core", "tasks", "models", "training", "serve"},
+    "peft": {"core", "models", "peft"},
     "cli": {"core", "tasks", "models", "training", "experiments", "export", "serve", "cli"},
 }
 # the core's subsystems (a subpackage or a top-level module), lowest first
