@@ -19,9 +19,9 @@ A target specification is one of
 from __future__ import annotations
 
 import re
+import sys
 
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from lorakit.config import TOGGLE_NAMES, path_matches
@@ -105,7 +105,10 @@ def output_layers(model: nn.Module) -> set[str]:
     model's output embeddings (get_output_embeddings: lm_head, Whisper's proj_out, BERT-MLM's decoder; None for a
     speech or vision backbone's head, which is adapted, as ViT's classifier and Wav2Vec2-CTC's lm_head are), else on
     a sequence classifier its top-level score / classifier. Nothing for a model that is not a PreTrainedModel."""
-    if not isinstance(model, PreTrainedModel):
+    # a PreTrainedModel exists only once transformers.modeling_utils is imported; importing it here would pull in
+    # transformers' loss modules (and scipy) for plain nn.Modules
+    modeling = sys.modules.get("transformers.modeling_utils")
+    if modeling is None or not isinstance(model, modeling.PreTrainedModel):
         return set()
     found = model.get_output_embeddings()
     if found is None and type(model).__name__.endswith("ForSequenceClassification"):
