@@ -81,7 +81,10 @@ def test_compare_runs_methods_writes_table_chart_and_reuses_runs(tiny_base, tmp_
     assert head["trainable_params"] < best["trainable_params"] < lora["trainable_params"]
     assert all(0 < r["adapter_bytes"] and 0 < r["trainable_percent"] < 100 and r["peak_memory_mb"] > 0 for r in rows)
     assert lora["adapter_bytes"] > head["adapter_bytes"]
+    assert head["total_params"] == lora["total_params"] == best["total_params"]  # the base model's, every method
+    assert lora["trainable_percent"] == pytest.approx(100 * lora["trainable_params"] / lora["total_params"])
     table = paths["table"].read_text()
+    assert "total params: the base model's parameters, one definition for every method" in table
     assert table.startswith("# tiny")
     assert "| method | validation_accuracy | validation_loss | trainable params | total params |" in table
     assert "% of total" in table and "adapter size" in table and "peak memory (MB)" in table

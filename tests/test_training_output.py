@@ -51,6 +51,8 @@ def test_qlora_and_lora_report_the_same_total():
     assert reports["qlora"].percent == pytest.approx(reports["lora"].percent)
     lora_only = reports["lora"].total - sum(p.numel() for p in plain.parameters())
     assert lora_only == sum(r.count for r in reports["lora"].rows if "lora_" in r.name)
+    # the base model's parameters, LoRA's added ones left out: the same for lora, qlora and the plain model
+    assert reports["lora"].base == reports["qlora"].base == sum(p.numel() for p in plain.parameters())
 
 
 def test_run_clock_estimates_once_from_the_steps_after_the_first():

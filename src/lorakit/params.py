@@ -29,6 +29,12 @@ class ParameterReport:
     rows: tuple[ParamRow, ...]
 
     @property
+    def base(self) -> int:
+        """The base model's parameters: the total less the tensors LoRA adds (lora_A, lora_B, lora_embedding_*,
+        DoRA's lora_magnitude_vector); the same for every method on one model."""
+        return self.total - sum(r.count for r in self.rows if "lora_" in r.name)
+
+    @property
     def percent(self) -> float:
         return 100.0 * self.trainable / self.total if self.total else 0.0
 
