@@ -76,3 +76,14 @@ def is_causal_lm(name: str) -> bool:
     except (OSError, ValueError):
         return False
     return any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in config.architectures or ())
+
+
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+           "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def hub_id(name: str) -> str | None:
+    """The hub id behind `name`: a packaged alias's, a hub id itself; None for a local directory."""
+    if name.lower() in HUB_IDS:
+        return HUB_IDS[name.lower()]
+    return None if Path(name).exists() else name

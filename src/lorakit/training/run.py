@@ -55,6 +55,7 @@ from lorakit.training.resume import adopt_best, note_changed_settings, resume_pa
 from lorakit.training.runlock import RunLock, run_lock
 from lorakit.training.signals import stop_requests
 from lorakit.training.step import build_optimizer, linear_schedule, optimizer_step
+from lorakit.training.model_card import write_model_card
 from lorakit.training.summary import divergence_message, final_metrics, print_settings, say, write_generations
 
 
@@ -394,5 +395,6 @@ class Run:
         if self.before is not None:
             metrics["eval_before_training"] = self.before
         out.write_json("metrics.json", metrics)
+        write_model_card(artifact, cfg, metrics, main=out.main)  # adapter/README.md
         distributed.barrier()  # every file is written before any rank returns
         return metrics
