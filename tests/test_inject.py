@@ -205,6 +205,24 @@ def test_parameter_report():
     assert "lora_A" in rep.table() and "trainable%" in rep.summary()
 
 
+def test_default_targets_are_logged_as_lorakits_default(caplog):
+    """No target_modules: the one default (config.DEFAULT_TARGETS) is used and a log line names it; targets given,
+    or read back from a file, log nothing."""
+    import logging
+
+    from lorakit.config import DEFAULT_TARGETS
+
+    with caplog.at_level(logging.INFO, logger="lorakit.config"):
+        default = LoraConfig()
+        assert default.target_modules == DEFAULT_TARGETS == ("query", "value")
+        (line,) = [r.getMessage() for r in caplog.records]
+        assert "('query', 'value')" in line and "lorakit's default" in line
+        caplog.clear()
+        LoraConfig(target_modules=["query", "value"])
+        LoraConfig.from_json(default.to_json())
+        assert not caplog.records
+
+
 def test_parameter_report_prints_peft_line():
     """str(report) is PEFT's print_trainable_parameters line, what a PEFT user prints."""
     rep = parameter_report(add_lora(tiny_model("bert"), LoraConfig(r=4, target_modules=["query", "value"])))
