@@ -444,5 +444,6 @@ def test_saved_adapter_has_a_model_card(tiny_inputs, tmp_path):
     assert "method: lora (r 4, alpha 8, targets query, value)" in body and "task csv" in body
     assert f"validation accuracy {accuracy:.4f}" in body and str(tiny_inputs / "train.csv") in body
     command = next(line for line in body.splitlines() if line.startswith("lorakit train"))
+    assert command.startswith(f"lorakit train --model {tiny_inputs / 'model'} --task csv ")
     again = train_config_from_args(build_parser().parse_args(shlex.split(command)[1:]))
     assert again == cfg

@@ -19,11 +19,13 @@ from lorakit.training.config import LORA_METHODS, TrainConfig
 
 
 def train_command(cfg: TrainConfig) -> str:
-    """`lorakit train` with a flag for every setting of cfg that differs from its default (resume left out)."""
+    """`lorakit train` with --model, --task and a flag for every other setting of cfg that differs from its default
+    (resume left out)."""
     words = ["lorakit", "train"]
     for f in dataclasses.fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if f.name == "resume" or value is None or value == f.default or value == () and f.default is None:
+        if f.name == "resume" or value is None or value == () and f.default is None or \
+                value == f.default and f.name not in ("model", "task"):
             continue
         flags = f.metadata.get("flags", (f"--{f.name.replace('_', '-')}",))
         if isinstance(value, bool):
