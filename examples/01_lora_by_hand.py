@@ -99,7 +99,8 @@ print("after LoRA training:", train(mlp, steps))
 from lorakit import LoraConfig, add_lora, merge_and_unload, parameter_report
 
 model = add_lora(make_mlp(), LoraConfig(r=4, alpha=8, target_modules=["0", "2"]))
-print(parameter_report(model))
+print(parameter_report(model).table())  # one row per trainable tensor
+print(parameter_report(model))  # PEFT's line: trainable params || all params || trainable%
 accuracy = train(model, steps)
 print("lorakit LoRA accuracy:", accuracy)
 with torch.no_grad():

@@ -14,6 +14,9 @@
 # instead of the whole model. This notebook trains a small one (or uses `LORAKIT_ADAPTER=dir`), loads it into a
 # fresh base model, checks the accuracy, and times inference unmerged, merged, and as a plain merged model.
 #
+# Run again, it loads the adapter trained before with the same settings (LORAKIT_EXAMPLE_OUT/adapter-run, default
+# runs/examples) and trains afresh where the settings differ or the run did not finish.
+#
 # Size and time: LoRA on 2,000 SST-2 sentences (one epoch, 63 steps), then accuracy and timing on the first 256
 # dev sentences (LORAKIT_DEV_SENTENCES=872 for all of them: about 3x the timing part). 14 minutes measured on one
 # CPU thread of a 2-core machine shared with other jobs (load average 16: 6 min training, 5 min timing), so
@@ -21,6 +24,7 @@
 
 # %%
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -39,11 +43,16 @@ torch.manual_seed(0)
 
 # %%
 adapter = os.environ.get("LORAKIT_ADAPTER")
-if adapter is None:
-    cfg = TrainConfig(model="minilm", task="sst2", data_dir=str(DATA), max_train_samples=64 if SMALL else 2000,
-                      max_eval_samples=64 if SMALL else None, max_length=64, epochs=1, output=str(OUT / "adapter-run"))
+run = OUT / "adapter-run"
+cfg = TrainConfig(model="minilm", task="sst2", data_dir=str(DATA), max_train_samples=64 if SMALL else 2000,
+                  max_eval_samples=64 if SMALL else None, max_length=64, epochs=1, output=str(run))
+earlier = TrainConfig.from_yaml((run / "config.yaml").read_text()).to_dict() if (run / "metrics.json").is_file() else {}
+if adapter is None and earlier and TrainConfig.from_dict({**earlier, "output": str(run)}).to_yaml() == cfg.to_yaml():
+    adapter = run / "adapter"  # run again: the adapter trained before, with the same settings
+elif adapter is None:
+    shutil.rmtree(run, ignore_errors=True)  # an earlier or interrupted run's checkpoints would refuse a fresh run
     train(cfg)
-    adapter = OUT / "adapter-run" / "adapter"
+    adapter = run / "adapter"
 print(sorted(p.name for p in Path(adapter).iterdir()), sum(p.stat().st_size for p in Path(adapter).iterdir()), "bytes")
 
 # %% [markdown]

@@ -35,6 +35,20 @@ def test_help_of_every_command(command, capsys):
     assert f"usage: lorakit {command}" in capsys.readouterr().out
 
 
+def test_serve_says_it_samples_where_predict_is_greedy(capsys):
+    """serve --help and docs/serving.md, before its curl examples, say that a request without temperature is sampled
+    (OpenAI's default, 1) while predict is greedy."""
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "samples by default (temperature 1, OpenAI's default)" in text and "`lorakit predict` is greedy" in text
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    before_curl = doc.split("curl -s http://127.0.0.1:8000/v1/chat/completions")[0].split("```bash")[-2]
+    assert re.search(r"temperature.{0,10}1", before_curl) and "greedy" in before_curl
+
+
 def test_train_help_names_every_setting(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])

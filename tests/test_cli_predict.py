@@ -49,6 +49,17 @@ def test_predict_prints_answers_as_generated(instruct_run, capsys):
     assert capsys.readouterr().out == f"{answer}\n\n{answer}\n"  # newlines kept, a blank line between answers
 
 
+def test_predict_with_a_causal_lm_model_follows_prompts(instruct_run, tiny_inputs, capsys):
+    """--model alone, a causal LM: the task is instruct (not the default sst2, which refused --max-new-tokens)."""
+    from lorakit.models.loading import is_causal_lm
+
+    base = instruct_run.parent / "model"
+    assert is_causal_lm(str(base)) and not is_causal_lm(str(tiny_inputs / "model"))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(base), "--prompt", "say hi", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out == " ".join([MULTILINE] * 2) + "\n"  # the base's logits are all 0: token 0
+
+
 def test_predict_sampling_flags_and_seed(instruct_run, capsys):
     def sampled(*flags: str) -> str:
         capsys.readouterr()

@@ -81,7 +81,10 @@ def test_compare_runs_methods_writes_table_chart_and_reuses_runs(tiny_base, tmp_
     assert head["trainable_params"] < best["trainable_params"] < lora["trainable_params"]
     assert all(0 < r["adapter_bytes"] and 0 < r["trainable_percent"] < 100 and r["peak_memory_mb"] > 0 for r in rows)
     assert lora["adapter_bytes"] > head["adapter_bytes"]
+    assert head["total_params"] == lora["total_params"] == best["total_params"]  # the base model's, every method
+    assert lora["trainable_percent"] == pytest.approx(100 * lora["trainable_params"] / lora["total_params"])
     table = paths["table"].read_text()
+    assert "total params: the base model's parameters, one definition for every method" in table
     assert table.startswith("# tiny")
     assert "| method | validation_accuracy | validation_loss | trainable params | total params |" in table
     assert "% of total" in table and "adapter size" in table and "peak memory (MB)" in table
@@ -118,3 +121,21 @@ def test_comparison_table_and_chart_agree(tmp_path, captured_figures):
     shown = [t.get_text() for t in fig.axes[0].texts]
     assert shown == ["0.6560", "0.8165"]  # the table's cells
     assert [t.get_text() for t in fig.axes[2].texts] == ["291 s", "364 s"]
+
+
+def test_comparison_chart_axes_follow_the_data(tmp_path, captured_figures):
+    """0.7947 against 0.8016 shows (the accuracy axis does not start at 0), and a 22.7M-parameter model's parameter
+    axis ends below 10^9."""
+    from lorakit.experiments import compare
+
+    rows = [{"method": m, "status": "complete", "validation_accuracy": acc, "main_metric": "validation_accuracy",
+             "trainable_params": params, "total_params": 22_713_986, "trainable_percent": 100 * params / 22_713_986,
+             "train_seconds": 50.0, "peak_memory_mb": 1200.0, "adapter_bytes": 4 * params, "artifact": "x"}
+            for m, acc, params in (("lora", 0.7947, 338_690), ("qlora", 0.8016, 338_690), ("full", 0.8016, 22_713_986))]
+    compare.write_comparison(rows, tmp_path)
+    accuracy, params = captured_figures[-1].axes[:2]
+    low, high = accuracy.get_xlim()
+    assert 0.7 < low < 0.7947 and 0.8016 < high < 0.85
+    assert 0.7947 - low > (high - low) / 5  # the smaller bar is a visible length, not a sliver
+    low, high = params.get_xlim()
+    assert low < 338_690 and 22_713_986 < high < 1e9

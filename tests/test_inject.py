@@ -1,6 +1,8 @@
 """Injection into tiny random models: the invariants of DESIGN.md, target matching, trainability, errors."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -205,7 +207,32 @@ def test_parameter_report():
     head = 32 * 3 + 3
     assert rep.trainable == lora + head
     assert rep.total == sum(p.numel() for p in model.parameters())
-    assert "lora_A" in str(rep) and "trainable%" in str(rep)
+    assert "lora_A" in rep.table() and "trainable%" in rep.summary()
+
+
+def test_default_targets_are_logged_as_lorakits_default(caplog):
+    """No target_modules: the one default (config.DEFAULT_TARGETS) is used and a log line names it; targets given,
+    or read back from a file, log nothing."""
+    import logging
+
+    from lorakit.config import DEFAULT_TARGETS
+
+    with caplog.at_level(logging.INFO, logger="lorakit.config"):
+        default = LoraConfig()
+        assert default.target_modules == DEFAULT_TARGETS == ("query", "value")
+        (line,) = [r.getMessage() for r in caplog.records]
+        assert "('query', 'value')" in line and "lorakit's default" in line
+        caplog.clear()
+        LoraConfig(target_modules=["query", "value"])
+        LoraConfig.from_json(default.to_json())
+        assert not caplog.records
+
+
+def test_parameter_report_prints_peft_line():
+    """str(report) is PEFT's print_trainable_parameters line, what a PEFT user prints."""
+    rep = parameter_report(add_lora(tiny_model("bert"), LoraConfig(r=4, target_modules=["query", "value"])))
+    assert str(rep) == f"{rep}" == rep.summary()
+    assert re.fullmatch(r"trainable params: [\d,]+ \|\| all params: [\d,]+ \|\| trainable%: \d+\.\d{4}", str(rep))
 
 
 def test_one_set_of_lora_defaults():

@@ -255,6 +255,16 @@ def test_every_linked_file_exists(name):
             assert anchor in anchors(target.read_text()), f"{name} links to a missing section: {link}"
 
 
+def test_export_doc_says_how_to_get_llama_cpp_and_what_ran():
+    """docs/export.md's llama-cli lines can be followed: where llama.cpp comes from (a release binary, a package,
+    the benchmark's venv script for the Python library), and which of its commands were run here."""
+    doc = TEXTS["docs/export.md"]
+    how = doc.split("llama-cli -m")[0]  # said before the first llama-cli line
+    assert "github.com/ggml-org/llama.cpp/releases" in how and "brew install llama.cpp" in how
+    assert "benchmarks/llamacpp_venv.sh" in how and (ROOT / "benchmarks" / "llamacpp_venv.sh").is_file()
+    assert "What was run here" in how and "lines themselves were not" in how
+
+
 def test_readme_is_a_front_door():
     """README stays short and leads to every page of docs/."""
     assert len(README.splitlines()) <= 250

@@ -422,3 +422,28 @@ def test_causal_lm_accumulation_weights_by_labelled_tokens():
     assert loss_accumulated == pytest.approx(whole.item(), rel=1e-5)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert all(torch.allclose(accumulated[n], p.grad, atol=1e-6) for n, p in trained)
+
+
+def test_saved_adapter_has_a_model_card(tiny_inputs, tmp_path):
+    """adapter/README.md: the hub's YAML front matter, base model, method, data, metrics, and a `lorakit train`
+    command that makes the same run (parsed back, it gives the run's settings)."""
+    import shlex
+
+    import yaml
+
+    from lorakit.cli.flags import train_config_from_args
+    from lorakit.cli.main import build_parser
+
+    cfg = tiny_config(tiny_inputs, tmp_path / "run", lora_r=4, target_modules=("query", "value"), use_rslora=True)
+    metrics = train(cfg)
+    card = (tmp_path / "run" / "adapter" / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "lorakit" and meta["tags"] == ["lora"] and meta["base_model"]
+    accuracy = metrics["eval"]["validation"]["accuracy"]
+    assert "method: lora (r 4, alpha 8, targets query, value)" in body and "task csv" in body
+    assert f"validation accuracy {accuracy:.4f}" in body and str(tiny_inputs / "train.csv") in body
+    command = next(line for line in body.splitlines() if line.startswith("lorakit train"))
+    assert command.startswith(f"lorakit train --model {tiny_inputs / 'model'} --task csv ")
+    again = train_config_from_args(build_parser().parse_args(shlex.split(command)[1:]))
+    assert again == cfg

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from lorakit.validation import check_fields, check_regex
+
+logger = logging.getLogger(__name__)
+# LoraConfig's targets when none are given: lorakit's default (PEFT has per-model defaults), the architecture toggles
+# of each attention block's query and value projections, resolved per model type
+DEFAULT_TARGETS = ("query", "value")
 
 # Init of A (B starts at 0 in all three). "kaiming": kaiming-uniform with a=sqrt(5), PEFT's and loralib's default
 # (bound 1/sqrt(in_features)); "gaussian": PEFT's init_lora_weights="gaussian", N(0, 1/r^2) (std 1/r);
@@ -108,7 +114,7 @@ class LoraConfig(JsonMixin):
     dropout: float = 0.0  # dropout on the LoRA branch's input, in [0, 1)
     # which modules: a list of names (exact or ".suffix"), one regex string (full match), "all-linear",
     # or the architecture toggles "query", "key", "value", "projection", "mlp", "head" (resolved per model)
-    target_modules: tuple[str, ...] | str = ("query", "value")
+    target_modules: tuple[str, ...] | str = DEFAULT_TARGETS  # none given: logged (INFO), lorakit's default
     exclude_modules: tuple[str, ...] | str | None = None  # same syntax; matches are never adapted
     layers_to_transform: tuple[int, ...] | None = None  # only these transformer block indices
     rank_pattern: dict[str, int] = field(default_factory=dict)  # regex on module path -> r
@@ -125,6 +131,10 @@ class LoraConfig(JsonMixin):
     loftq_iter: int = 1  # init="loftq": alternations of quantize / rank-r SVD (LoftQ alg. 1, T); PEFT's default 1
 
     def __post_init__(self):
+        if self.target_modules is DEFAULT_TARGETS:  # the default itself: no targets were given
+            logger.info("LoraConfig: no target_modules given: LoRA goes into %s, lorakit's default (the query and "
+                        "value projections of each attention block, per model type; PEFT's per-model defaults may "
+                        "differ); give target_modules to choose, e.g. 'all-linear'", DEFAULT_TARGETS)
         for name in ("target_modules", "exclude_modules", "layers_to_transform", "modules_to_save"):
             object.__setattr__(self, name, tupled(getattr(self, name)))
         check_fields(self, lambda name: f"LoraConfig: {name}")  # types, finite numbers (validation.py)

@@ -1,8 +1,9 @@
 """Counting parameters: total, trainable, and the per-tensor listing the seeds printed.
 
     report = parameter_report(model)
-    print(report)                  # table of trainable tensors, then the totals
-    report.trainable, report.total, report.percent
+    print(report)                  # PEFT's line: "trainable params: X || all params: Y || trainable%: Z"
+    print(report.table())          # one row per trainable tensor (only_trainable=False: every tensor)
+    report.trainable, report.total, report.percent, report.base
 """
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ class ParameterReport:
     rows: tuple[ParamRow, ...]
 
     @property
+    def base(self) -> int:
+        """The base model's parameters: the total less the tensors LoRA adds (lora_A, lora_B, lora_embedding_*,
+        DoRA's lora_magnitude_vector); the same for every method on one model."""
+        return self.total - sum(r.count for r in self.rows if "lora_" in r.name)
+
+    @property
     def percent(self) -> float:
         return 100.0 * self.trainable / self.total if self.total else 0.0
 
@@ -44,7 +51,8 @@ class ParameterReport:
         return f"trainable params: {self.trainable:,} || all params: {self.total:,} || trainable%: {self.percent:.4f}"
 
     def __str__(self) -> str:
-        return self.table() + "\n" + self.summary()
+        """The summary line, as PEFT's print_trainable_parameters prints it."""
+        return self.summary()
 
 
 def parameter_report(model: nn.Module) -> ParameterReport:

@@ -257,10 +257,21 @@ def _print_generations(args: argparse.Namespace, cfg: TrainConfig, model, tokeni
             print(answer, flush=True)
 
 
+def _predict_task(args: argparse.Namespace) -> None:
+    """--model without an adapter or a task: a causal LM (SmolLM2, GPT-2, ...) follows prompts (task instruct);
+    other models keep the default task."""
+    from lorakit.models.loading import is_causal_lm
+
+    if args.task is None and args.adapter is None and args.model is not None \
+            and "task" not in read_config_file(args) and is_causal_lm(args.model):
+        args.task = "instruct"
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from lorakit.tasks.base import CAUSAL_LM, SEQUENCE_CLASSIFICATION
 
     texts = _predict_inputs(args)
+    _predict_task(args)
     cfg, spec, _, model, tokenizer = _inference_setup(args)
     given = [f"--{name.replace('_', '-')}" for name in GENERATION_FLAGS if getattr(args, name) is not None]
     if given and spec.kind != CAUSAL_LM:

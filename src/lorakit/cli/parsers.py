@@ -18,13 +18,15 @@ examples:
 PREDICT_DESCRIPTION = """\
 Classification: one line per text: label, probability (or score), text.
 Question answering: the answer, one line per input. Instruction tuning: each answer as generated, a blank line
-between answers (streamed on a terminal).
+between answers (streamed on a terminal). --model alone (no --adapter, no --task): a causal LM such as smollm2
+follows prompts (task instruct), greedy unless --temperature; another model classifies (task sst2).
 
 examples:
   lorakit predict --adapter runs/sst2-lora "a gripping film" "flat and dull"
   lorakit predict --adapter runs/mrpc-lora --file pairs.txt  # TAB-separated
   lorakit predict --adapter runs/squad --question "Who wrote it?" --context "It was written by Ann."
   lorakit predict --adapter runs/instruct --prompt "Name three colours."
+  lorakit predict --model smollm2 --prompt "Name three colours." --max-new-tokens 32
   lorakit predict --adapter runs/instruct --prompt "Write a haiku." --temperature 0.7 --top-p 0.9 --seed 1"""
 
 EXPORT_DESCRIPTION = """\

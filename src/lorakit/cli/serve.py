@@ -18,6 +18,8 @@ base model's name: no adapter). Causal LMs: POST /v1/completions, /v1/chat/compl
 server-sent events); classifiers: POST /v1/classify {"model", "input": [texts]}. GET /v1/models, GET /health.
 With --adapter-root, POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter
 {"lora_name"} change the adapters at run time. Concurrent requests run together as mixed-adapter batches.
+Generation samples by default (temperature 1, OpenAI's default), while `lorakit predict` is greedy: send
+"temperature": 0 for predict's answers, or a "seed" to repeat a sampled one.
 
 examples:
   lorakit serve --model smollm2 --adapter sql=runs/sql --adapter chat=runs/chat

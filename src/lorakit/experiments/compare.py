@@ -39,6 +39,9 @@ SHARED = ("model", "task", "data_dir", "train_file", "eval_file", "text_columns"
           "max_steps", "batch_size", "grad_accum", "eval_batch_size", "eval_steps", "seed", "device", "precision",
           "torch_dropout")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+TOTAL_PARAMS = ("total params: the base model's parameters, one definition for every method: each weight counted "
+                "once, a quantized (qlora) weight as the values it encodes, LoRA's added A and B not counted; "
+                "% of total: trainable params (LoRA's A and B included) over it.")
 NOT_METRICS = ("method", "status", "main_metric", "trainable_params", "total_params", "trainable_percent",
                "train_seconds", "peak_memory_mb", "adapter_bytes", "artifact", "lr", "error")
 
@@ -75,8 +78,10 @@ def comparison_row(method: str, result: dict) -> dict:
         return {**row, "error": result.get("error")}
     m = result["metrics"]
     row.update({f"{split}_{name}": value for split, values in m["eval"].items() for name, value in values.items()})
+    base = m.get("base_params")  # TOTAL_PARAMS; runs before it was recorded keep their own total and percent
     row.update(main_metric=f"{next(iter(m['eval']))}_{m['main_metric']}", trainable_params=m["trainable_params"],
-               total_params=m["total_params"], trainable_percent=m["trainable_percent"],
+               total_params=base or m["total_params"],
+               trainable_percent=100 * m["trainable_params"] / base if base else m["trainable_percent"],
                train_seconds=m["train_seconds"], peak_memory_mb=m["peak_memory_mb"],
                adapter_bytes=artifact_bytes(m["artifact"]), artifact=m["artifact"])
     return row
@@ -126,9 +131,7 @@ def comparison_markdown(rows: list[dict]) -> str:
                                                   "trainable_percent": lambda v: f"{v:.3f}%",
                                                   "train_seconds": lambda v: f"{v:.0f}",
                                                   "peak_memory_mb": lambda v: f"{v:,.0f}"})
-    notes = []
-    if any(r["method"] == "qlora" for r in done):
-        notes.append("totals count every weight once; qlora's quantized weights as the values they encode.")
+    notes = [TOTAL_PARAMS] if done else []
     notes += [f"{r['method']}: {r['status']}: {r.get('error')}" for r in rows if r["status"] != "complete"]
     return table + ("\n" + "".join(f"\n- {note}" for note in notes) if notes else "") + "\n"
 

@@ -66,3 +66,24 @@ def load_classifier(name: str, num_labels: int) -> tuple[tf.PreTrainedModel, tf.
     with quiet_transformers():  # the new head is the point: no report of it as missing
         model = tf.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     return model, tokenizer
+
+
+def is_causal_lm(name: str) -> bool:
+    """Whether the model `name` (an alias, a directory or a hub id) is a causal LM by its config's architectures
+    (GPT-2, Llama, SmolLM2, ...); False when its config cannot be read."""
+    try:
+        config = tf.AutoConfig.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError):
+        return False
+    return any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in config.architectures or ())
+
+
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+           "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def hub_id(name: str) -> str | None:
+    """The hub id behind `name`: a packaged alias's, a hub id itself; None for a local directory."""
+    if name.lower() in HUB_IDS:
+        return HUB_IDS[name.lower()]
+    return None if Path(name).exists() else name

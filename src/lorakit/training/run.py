@@ -46,7 +46,7 @@ from lorakit.training import distributed
 from lorakit.training.checkpoint import (BEST, CHECKPOINTS, RunDir, TrainState, check_reporters, load_checkpoint, load_trainable,
                          versions)
 from lorakit.training.config import TrainConfig, eval_sample_cap, resolve_device, resolve_precision
-from lorakit.training.estimate import RunClock, evaluation_steps
+from lorakit.training.estimate import RunClock, evaluation_steps, token_count
 from lorakit.training.evaluation import Evaluator, kind_of
 from lorakit.training.fsdp import gather_adapter, is_sharded, local_model_bytes, shard_model
 from lorakit.models.limits import check_max_length
@@ -55,6 +55,7 @@ from lorakit.training.resume import adopt_best, note_changed_settings, resume_pa
 from lorakit.training.runlock import RunLock, run_lock
 from lorakit.training.signals import stop_requests
 from lorakit.training.step import build_optimizer, linear_schedule, optimizer_step
+from lorakit.training.model_card import write_model_card
 from lorakit.training.summary import divergence_message, final_metrics, print_settings, say, write_generations
 
 
@@ -222,9 +223,11 @@ class Run:
                              mininterval=0.2 if sys.stderr.isatty() else 30)  # log files: sparse
         self.stop_reason = still_stopped(self.state, cfg)
         n_eval = sum(len(rows) for rows, _ in self.eval_sets.values())
+        tokens = [token_count(features) for _, features in self.eval_sets.values()]  # this rank: 1/world of them
         self.clock = RunClock(self.total_steps, self.state.step,
                               evaluation_steps(self.total_steps, self.steps_per_epoch, cfg.eval_steps,
-                                               self.state.step), n_eval)
+                                               self.state.step), n_eval,
+                              eval_tokens=None if None in tokens else sum(tokens) // self.world)
         if self.resume_from is None and self.kind.generate is not None:
             self.evaluate_before_training(n_eval)
 
@@ -313,18 +316,18 @@ class Run:
         out.log({"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / self.steps_per_epoch, 4),
                  "loss": loss, "lr": lr, "grad_norm": grad_norm, "examples_per_s": rows / seconds,
                  "padded_tokens": padded, "elapsed_s": round(state.train_seconds, 3)})
-        self.show_progress(loss, lr, seconds, rows)
+        self.show_progress(loss, lr, seconds, rows, padded)
         if epoch_end:
             state.epoch += 1
             state.step_in_epoch = 0
         return epoch_end
 
-    def show_progress(self, loss: float, lr: float, seconds: float, rows: int) -> None:
+    def show_progress(self, loss: float, lr: float, seconds: float, rows: int, padded: int) -> None:
         progress, state = self.progress, self.state
         if state.step >= self.total_steps and not sys.stderr.isatty():
             progress.mininterval = math.inf  # a log: the finished bar is printed once, when it closes
         progress.update(1)
-        note = self.clock.after_step(seconds, rows)
+        note = self.clock.after_step(seconds, rows, padded)
         if note and self.out.main:
             say(progress, note)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
@@ -392,5 +395,6 @@ class Run:
         if self.before is not None:
             metrics["eval_before_training"] = self.before
         out.write_json("metrics.json", metrics)
+        write_model_card(artifact, cfg, metrics, main=out.main)  # adapter/README.md
         distributed.barrier()  # every file is written before any rank returns
         return metrics

@@ -61,6 +61,7 @@ def final_metrics(cfg, spec, state, best, report, device, precision, total_steps
         "steps": state.step, "planned_steps": total_steps, "epochs": round(state.step / steps_per_epoch, 4),
         "stopped_early": stop_reason,
         "trainable_params": report.trainable, "total_params": report.total,
+        "base_params": report.base,
         "trainable_percent": round(report.percent, 4),
         "train_seconds": round(state.train_seconds, 3), "examples_seen": state.examples_seen,
         "train_examples_per_s": round(state.examples_seen / max(state.train_seconds, 1e-9), 2),
