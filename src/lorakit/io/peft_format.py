@@ -92,10 +92,10 @@ def _task_type(model: nn.Module) -> str | None:
     from transformers.models.auto import modeling_auto
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    name = type(model).__name__
+    names = {cls.__name__ for cls in type(model).__mro__}  # FSDP2 makes a subclass FSDP<Class> of the model's class
     for mapping, task in _TASK_MAPPINGS:
         classes = getattr(modeling_auto, mapping, {}).get(model_type, ())
-        if name in ((classes,) if isinstance(classes, str) else tuple(classes)):
+        if names & set((classes,) if isinstance(classes, str) else classes):
             return task
     return None
 
