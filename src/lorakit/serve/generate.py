@@ -138,6 +138,8 @@ def cache_keyword(model) -> str:
 def generate_rows(served, rows: list[Row], stop_ids: list[int]) -> None:
     """Decode every row to its end, in one batch (served: serve.registry.Served; adapters per row)."""
     tokenizer, model = served.tokenizer, served.model
+    for row in rows:  # afresh (a failed batch's rows run again alone); text already streamed is not sent again
+        row.tokens, row.text, row.finish_reason, row.error = [], "", None, None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     ids, mask = left_pad([row.prompt for row in rows], pad_id)
     ids, mask = ids.to(served.device), mask.to(served.device)

@@ -92,6 +92,7 @@ class Served:
             raise UserError(f"an adapter named {name!r} is already loaded; unload it first or choose another name")
         art = adapter_dir(directory)
         adapter = self.describe(art)
+        check_finite(art)
         try:
             load_adapter(self.model, art, name=name)
         except Exception:
@@ -132,6 +133,19 @@ class Served:
             raise KeyError(name)
         delete_adapter(self.model, name)
         del self.adapters[name]
+
+
+def check_finite(art: Path) -> None:
+    """A UserError when the adapter's weights hold NaN or infinity: in a mixed batch the masked low-rank product
+    (0 x NaN = NaN) would reach the other adapters' rows too."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(art / WEIGHTS_NAME), framework="pt") as f:
+        for key in f.keys():
+            tensor = f.get_tensor(key)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise UserError(f"{art}: the adapter's weights hold NaN or infinite values; it is not served")
 
 
 def adapter_dir(directory: str | Path) -> Path:
