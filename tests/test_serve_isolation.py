@@ -215,6 +215,7 @@ def test_unloading_an_adapter_fails_only_its_queued_requests(server):
             wait_until(lambda: waiting() >= 1)  # the unload waits for the model thread; c is still loaded
             futures = [pool.submit(post, server, "/v1/completions", g) for g in goods]
             gone = pool.submit(post, server, "/v1/completions", {**OK, "model": "c"})
+            time.sleep(0.5)  # all six arrived while c was still loaded
             wait_until(lambda: waiting() >= 2)  # the batch waits behind the unload
         assert unload.result(timeout=60).status_code == 200
         answers = [f.result(timeout=60) for f in futures]
@@ -280,14 +281,16 @@ def test_an_adapter_config_that_is_not_an_object_is_a_json_400(server, dirs, con
     openai_error(post(server, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": name}), 400)
 
 
-def test_a_malformed_run_record_is_a_json_400(server, dirs):
-    shutil.copytree(dirs["a"], dirs["root"] / "record")
-    (dirs["root"] / "record" / "lorakit.json").write_text('{"task": ')
-    openai_error(post(server, "/v1/load_lora_adapter", {"lora_name": "record", "lora_path": "record"}), 400)
+@pytest.mark.parametrize("content", ['{"task": ', '{"config": []}', '{"task": 5}', '{"config": {"max_length": "x"}}'])
+def test_a_malformed_run_record_is_a_json_400(server, dirs, content):
+    name = f"record-{len(content)}"
+    shutil.copytree(dirs["a"], dirs["root"] / name)
+    (dirs["root"] / name / "lorakit.json").write_text(content)
+    openai_error(post(server, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": name}), 400)
 
 
 @pytest.mark.parametrize("route,body", [
-    ("/v1/completions", b'{"model": "a", "prompt": ""}'),
+    ("/v1/completions", b'{"model": "a", "prompt": "", "max_tokens": 1}'),
     ("/v1/completions", b'{"model": "a", "prompt": "a \\ud800 b", "max_tokens": 1}'),
     ("/v1/chat/completions", b'{"model": "a", "messages": [{"role": "user", "content": "hi"}, '
                              b'{"role": "assistant", "content": "hello"}], "max_tokens": 1}'),

@@ -106,7 +106,7 @@ class Served:
     def describe(self, art: Path) -> Adapter:
         """An Adapter for the directory `art`; a UserError when its task does not fit the served model."""
         record = read_record(art)
-        config = record.get("config") or {}
+        config = {} if record.get("config") is None else record["config"]
         max_length = config.get("max_length", DEFAULT_MAX_LENGTH) if isinstance(config, dict) else None
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise UserError(f"{art}: its run record's config.max_length must be a positive integer (tokens per "
