@@ -57,7 +57,7 @@ class Steady(threading.Thread):
             "text"]
 
     def run(self):
-        while not self.stop.wait(0.05):  # steady, not flooding: the fuzz's requests share the model thread
+        while not self.stop.wait(0.1):  # steady, not flooding: the fuzz's requests share the model thread
             answer = self.ask()
             self.answers += 1
             if answer != self.expected:
