@@ -195,6 +195,16 @@ def test_an_adapter_with_nan_weights_is_refused_at_load(server, dirs):
     openai_error(post(server, "/v1/load_lora_adapter", {"lora_name": "nan", "lora_path": "nan"}), 400)
 
 
+def test_a_dora_adapter_is_refused_at_load_not_failing_every_batch(server, dirs):
+    random_adapter(dirs["base"], dirs["root"] / "dora", tf.AutoModelForCausalLM,
+                   LoraConfig(r=2, target_modules=["k_proj"], use_dora=True), 5, "instruct")  # no other adapter there
+    response = post(server, "/v1/load_lora_adapter", {"lora_name": "dora", "lora_path": "dora"})
+    if response.status_code == 200:  # loaded: then its requests and every batch they join fail
+        batch_with(server, {**OK, "model": "dora"}, 400)
+    assert "DoRA" in openai_error(response, 400)["message"], response.text
+    assert alone(server, OK)  # the others go on
+
+
 def test_unloading_an_adapter_fails_only_its_queued_requests(server):
     assert post(server, "/v1/load_lora_adapter", {"lora_name": "c", "lora_path": "c"}).status_code == 200
     goods = [{**OK, "prompt": f"Once upon a time {i}"} for i in range(5)]

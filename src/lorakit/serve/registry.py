@@ -86,7 +86,7 @@ class Served:
 
     def add(self, name: str, directory: str | Path) -> Adapter:
         """Load the adapter in `directory` (a `lorakit train` output or an adapter directory) under `name`."""
-        from lorakit import adapter_names, delete_adapter, load_adapter
+        from lorakit import adapter_config, adapter_names, delete_adapter, load_adapter
 
         if name in self.adapters or name == self.base_name:
             raise UserError(f"an adapter named {name!r} is already loaded; unload it first or choose another name")
@@ -95,6 +95,9 @@ class Served:
         check_finite(art)
         try:
             load_adapter(self.model, art, name=name)
+            if adapter_config(self.model, name).use_dora:  # mixed batches take plain LoRA only: every batch would fail
+                raise UserError(f"{art} is a DoRA adapter; lorakit serve mixes plain LoRA adapters in one batch only: "
+                                "serve its merged model (lorakit merge) as --model instead")
         except Exception:
             if name in adapter_names(self.model):  # half loaded (tensors of another base model): taken out again
                 delete_adapter(self.model, name)
