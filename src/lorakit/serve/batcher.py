@@ -10,7 +10,8 @@ The collector takes the first waiting request, then more until the batch holds m
 arrives within wait_s; `run` gets all their rows (mixed adapters) and returns one result per row. While a batch
 runs on the worker thread, new requests queue up (at most max_queue; one more gets QueueFull, HTTP 503), so under
 load batches fill without waiting. `call` runs on the same single worker thread: nothing changes the adapters
-during a forward pass.
+during a forward pass. When a batch of several requests fails, each request runs again alone: only the one that
+fails by itself answers the error.
 """
 from __future__ import annotations
 
@@ -87,14 +88,34 @@ class Batcher:
             rows = [row for job in jobs for row in job.rows]
             try:
                 results = await self.call(self.run, rows)
-            except Exception as err:  # the batch failed: each of its requests answers 500, the server goes on
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(err)
+            except Exception as err:  # the batch failed: each request again alone, so only the culprit fails
+                if len(jobs) == 1:
+                    self.answer(jobs[0], err=err)
+                else:
+                    await self.run_alone(jobs)
                 continue
             self.batches, self.rows = self.batches + 1, self.rows + len(rows)
             start = 0
             for job in jobs:
-                if not job.future.done():  # a cancelled request (client gone) is not answered
-                    job.future.set_result(results[start:start + len(job.rows)])
+                self.answer(job, results[start:start + len(job.rows)])
                 start += len(job.rows)
+
+    async def run_alone(self, jobs: list[Job]) -> None:
+        """After a failed batch: each job as a batch of its own (`run` starts its rows afresh)."""
+        for job in jobs:
+            try:
+                results = await self.call(self.run, job.rows)
+            except Exception as err:
+                self.answer(job, err=err)
+                continue
+            self.batches, self.rows = self.batches + 1, self.rows + len(job.rows)
+            self.answer(job, results)
+
+    @staticmethod
+    def answer(job: Job, results: list | None = None, err: Exception | None = None) -> None:
+        if job.future.done():  # a cancelled request (client gone) is not answered
+            return
+        if err is not None:
+            job.future.set_exception(err)
+        else:
+            job.future.set_result(results)

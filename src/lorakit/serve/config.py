@@ -43,11 +43,17 @@ class ServeConfig:
                               flags=("--max-tokens-limit",))
     max_request_bytes: int = setting(1_000_000, GROUP, "the largest request body (413 above it)", metavar="N")
     max_inputs: int = setting(64, GROUP, "texts per /v1/classify request", metavar="N")
+    max_prompts: int = setting(32, GROUP, "prompts per /v1/completions request (400 above it)", metavar="N")
+    max_request_tokens: int = setting(16384, GROUP, "tokens one generation request may cost: its prompts' tokens plus "
+                                      "max_tokens per prompt (400 above it)", metavar="N")
+    body_timeout_s: float = setting(30.0, GROUP, "how long a request body may take to arrive (408 after it)",
+                                    metavar="S")
     device: str = setting("auto", GROUP, "cpu, cuda, mps or auto")
     threads: int | None = setting(None, GROUP, "CPU threads of torch (default: torch's choice)", metavar="N")
 
     def __post_init__(self):
-        for name in ("max_batch_size", "max_queue", "max_tokens", "max_request_bytes", "max_inputs"):
+        for name in ("max_batch_size", "max_queue", "max_tokens", "max_request_bytes", "max_inputs", "max_prompts",
+                     "max_request_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -55,6 +61,8 @@ class ServeConfig:
             raise UserError(f"--port must be in 0..65535, got {self.port}")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise UserError(f"--batch-wait-ms must be in 0..10000, got {self.batch_wait_ms}")
+        if not 0 < self.body_timeout_s <= 3600:
+            raise UserError(f"--body-timeout-s must be in (0, 3600], got {self.body_timeout_s}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
         if self.model is None and not self.adapter:

@@ -9,7 +9,8 @@ Left padding keeps every row's last prompt token in the last column, so one step
     ids   (B, L)   [pad pad p0 p1 p2]      mask (B, L) [0 0 1 1 1]      positions = cumsum(mask) - 1 (clamped at 0)
     step t: logits (B, V) of the last column -> next token per row -> ids (B, 1), mask grows by one column of 1s
 
-A finished row is fed the pad token until the batch ends (its outputs are ignored). Greedy rows take argmax of the
+A row whose sampling fails (non-finite probabilities) ends with finish_reason "error" and row.error set; the other
+rows go on. A finished row is fed the pad token until the batch ends (its outputs are ignored). Greedy rows take argmax of the
 logits, as transformers' generate does; sampled rows draw from softmax(logits / temperature) cut to the smallest
 set of tokens whose probability reaches top_p (nucleus sampling, Holtzman et al. 2020), with their own seeded
 torch.Generator, so a seeded request makes the same random draws whatever else is in its batch.
@@ -24,7 +25,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-FINISH_STOP, FINISH_LENGTH = "stop", "length"
+FINISH_STOP, FINISH_LENGTH, FINISH_ERROR = "stop", "length", "error"  # error: that row alone failed
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Row:
     text: str = ""
     sent: int = 0  # characters of text passed to on_text so far
     finish_reason: str | None = None
+    error: str | None = None  # why this row alone failed (its request answers an error; the batch goes on)
 
     @property
     def done(self) -> bool:
@@ -71,6 +73,8 @@ def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generat
     """One token from softmax(logits / T) restricted to the nucleus: the most likely tokens whose cumulative
     probability first reaches top_p (the token that crosses it included). logits: (V,)."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
+    if not bool(torch.isfinite(probs).all()):
+        raise FloatingPointError("the probabilities are not finite (NaN or infinite logits)")
     sorted_probs, order = probs.sort(descending=True)
     before = sorted_probs.cumsum(-1) - sorted_probs  # probability mass above each token
     sorted_probs[before >= top_p] = 0.0  # outside the nucleus (the top token always stays: before = 0)
@@ -83,8 +87,15 @@ def choose(logits: torch.Tensor, rows: list[Row], generators: list[torch.Generat
     picks = logits.argmax(-1)  # (B,)
     for i, row in enumerate(rows):
         if row.sampling.temperature > 0 and not row.done:
-            picks[i] = sample_top_p(logits[i], row.sampling.temperature, row.sampling.top_p, generators[i])
+            try:
+                picks[i] = sample_top_p(logits[i], row.sampling.temperature, row.sampling.top_p, generators[i])
+            except (RuntimeError, ValueError, FloatingPointError) as err:  # this row fails, the others go on
+                fail(row, f"sampling failed: {err}")
     return picks
+
+
+def fail(row: Row, message: str) -> None:
+    row.error, row.finish_reason = message, FINISH_ERROR
 
 
 def advance(row: Row, token: int, tokenizer, stop_ids: set[int]) -> None:
@@ -127,6 +138,8 @@ def cache_keyword(model) -> str:
 def generate_rows(served, rows: list[Row], stop_ids: list[int]) -> None:
     """Decode every row to its end, in one batch (served: serve.registry.Served; adapters per row)."""
     tokenizer, model = served.tokenizer, served.model
+    for row in rows:  # afresh (a failed batch's rows run again alone); text already streamed is not sent again
+        row.tokens, row.text, row.finish_reason, row.error = [], "", None, None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     ids, mask = left_pad([row.prompt for row in rows], pad_id)
     ids, mask = ids.to(served.device), mask.to(served.device)

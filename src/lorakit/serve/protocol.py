@@ -17,6 +17,7 @@ from lorakit.serve.generate import Sampling
 
 MAX_STOPS = 4  # OpenAI's limit on `stop` strings
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+MIN_TEMPERATURE = 1e-5  # temperature is 0 (greedy) or in [1e-5, 2]: below, logits / T overflow to inf
 
 
 class APIError(Exception):
@@ -71,9 +72,14 @@ def read_max_tokens(body: dict, limit: int, default: int) -> int:
 def read_sampling(body: dict, max_tokens_limit: int, default_max_tokens: int) -> Sampling:
     if body.get("n") not in (None, 1):
         raise bad("n", f"only n = 1 is served, got {body['n']!r}; send the request again for another answer")
-    return Sampling(max_tokens=read_max_tokens(body, max_tokens_limit, default_max_tokens),
-                    temperature=float(number(body, "temperature", 1.0, 0.0, 2.0)),
-                    top_p=float(number(body, "top_p", 1.0, 0.0, 1.0)),
+    temperature = float(number(body, "temperature", 1.0, 0.0, 2.0))
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise bad("temperature", f"expected 0 (greedy) or a number in [{MIN_TEMPERATURE}, 2], got {temperature!r}")
+    top_p = float(number(body, "top_p", 1.0, 0.0, 1.0))
+    if top_p <= 0:
+        raise bad("top_p", f"expected a number in (0, 1], got {top_p!r}")
+    return Sampling(max_tokens=read_max_tokens(body, max_tokens_limit, default_max_tokens), temperature=temperature,
+                    top_p=top_p,
                     seed=number(body, "seed", None, -2**63, 2**63 - 1, integer=True),
                     stop=read_stop(body.get("stop")))
 
@@ -92,12 +98,16 @@ def read_model(body: dict) -> str:
     return value
 
 
-def read_prompts(body: dict) -> list[str]:
-    """/v1/completions' prompt: a string or a list of strings (one choice each)."""
+def read_prompts(body: dict, limit: int) -> list[str]:
+    """/v1/completions' prompt: a string or a list of up to `limit` non-empty strings (one choice each)."""
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise bad("prompt", "expected a string or a non-empty list of strings (token-id prompts are not served)")
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise bad("prompt", "expected a non-empty string or a non-empty list of them (token-id prompts are not "
+                  "served)")
+    if len(prompts) > limit:
+        raise bad("prompt", f"{len(prompts)} prompts; this server takes up to {limit} per request (--max-prompts)",
+                  code="too_many_prompts")
     return prompts
 
 
@@ -113,6 +123,9 @@ def read_messages(body: dict) -> list[dict[str, str]]:
             raise bad(f"messages[{i}]", f"expected {{\"role\": one of {', '.join(ROLES)}, \"content\": a string}}, "
                       f"got {message!r}")
         out.append({"role": message["role"], "content": message["content"]})
+    if out[-1]["role"] == "assistant":
+        raise bad("messages", "the last message must be the user's (or the system's): the answer is the assistant's "
+                  "next turn")
     return out
 
 

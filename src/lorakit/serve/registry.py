@@ -1,9 +1,10 @@
 """The served model and its adapters by name: loaded at start (--adapter NAME=DIR), loaded and unloaded at run time
-(only from under --adapter-root, safetensors only).
+(only from under --adapter-root, safetensors only;
+confine.py copies them out of the root first).
 
     served = load_served(cfg)                 # base model + tokenizer + every --adapter, on cfg.device
-    served.load("imdb", "imdb-run", root)     # POST /v1/load_lora_adapter (path relative to root, or inside it)
-    served.unload("imdb")
+    served.add("imdb", private_copy)          # POST /v1/load_lora_adapter (confine.confined_copy's directory)
+    served.remove("imdb")
     served.resolve("sst2")                    # the adapter name for a request's `model` (None: the base model)
 
 Adapters live side by side on one model (lorakit's named adapters, `load_adapter(model, path, name=...)`); a batch
@@ -85,14 +86,18 @@ class Served:
 
     def add(self, name: str, directory: str | Path) -> Adapter:
         """Load the adapter in `directory` (a `lorakit train` output or an adapter directory) under `name`."""
-        from lorakit import adapter_names, delete_adapter, load_adapter
+        from lorakit import adapter_config, adapter_names, delete_adapter, load_adapter
 
         if name in self.adapters or name == self.base_name:
             raise UserError(f"an adapter named {name!r} is already loaded; unload it first or choose another name")
         art = adapter_dir(directory)
         adapter = self.describe(art)
+        check_finite(art)
         try:
             load_adapter(self.model, art, name=name)
+            if adapter_config(self.model, name).use_dora:  # mixed batches take plain LoRA only: every batch would fail
+                raise UserError(f"{art} is a DoRA adapter; lorakit serve mixes plain LoRA adapters in one batch only: "
+                                "serve its merged model (lorakit merge) as --model instead")
         except Exception:
             if name in adapter_names(self.model):  # half loaded (tensors of another base model): taken out again
                 delete_adapter(self.model, name)
@@ -104,12 +109,17 @@ class Served:
     def describe(self, art: Path) -> Adapter:
         """An Adapter for the directory `art`; a UserError when its task does not fit the served model."""
         record = read_record(art)
-        config = record.get("config") or {}
-        max_length = config.get("max_length", DEFAULT_MAX_LENGTH)
+        config = {} if record.get("config") is None else record["config"]
+        max_length = config.get("max_length", DEFAULT_MAX_LENGTH) if isinstance(config, dict) else None
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise UserError(f"{art}: its run record's config.max_length must be a positive integer (tokens per "
+                            "text); the record is damaged")
         if record.get("quantization"):
             raise UserError(f"{art} was trained over a quantized base (QLoRA); lorakit serve serves adapters of a "
                             "full-precision base: serve its merged model (lorakit merge) as --model instead")
         task = record.get("task")
+        if task is not None and not isinstance(task, str):
+            raise UserError(f"{art}: its run record's task must be a task name; the record is damaged")
         if task is None:
             return Adapter(art, self.spec.id2label, max_length)
         spec = get_task(task)
@@ -128,6 +138,19 @@ class Served:
         del self.adapters[name]
 
 
+def check_finite(art: Path) -> None:
+    """A UserError when the adapter's weights hold NaN or infinity: in a mixed batch the masked low-rank product
+    (0 x NaN = NaN) would reach the other adapters' rows too."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(art / WEIGHTS_NAME), framework="pt") as f:
+        for key in f.keys():
+            tensor = f.get_tensor(key)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise UserError(f"{art}: the adapter's weights hold NaN or infinite values; it is not served")
+
+
 def adapter_dir(directory: str | Path) -> Path:
     """The adapter directory of `directory` (itself or its adapter/): adapter_config.json plus safetensors weights."""
     try:
@@ -139,18 +162,6 @@ def adapter_dir(directory: str | Path) -> Path:
     if not (art / WEIGHTS_NAME).is_file():
         raise UserError(f"{art} has no {WEIGHTS_NAME}; adapters load from safetensors only (no pickle files)")
     return art
-
-
-def under_root(path: str, root: str | None) -> Path:
-    """`path` (relative to `root`, or absolute) if it lies inside `root` once symlinks are resolved, else a
-    UserError: run-time loading never reads outside --adapter-root."""
-    if root is None:
-        raise PermissionError("loading adapters at run time is off: start the server with --adapter-root DIR")
-    base = Path(root).resolve()
-    target = (base / path).resolve()
-    if target != base and base not in target.parents:
-        raise PermissionError(f"lora_path {path!r} is outside the adapter root; give a directory under {root}")
-    return target
 
 
 def served_task(cfg: ServeConfig, dirs: dict[str, str]) -> tuple[TaskSpec, str]:
