@@ -25,6 +25,7 @@ from pathlib import Path
 
 from lorakit.errors import UserError
 
+LOCK = ".lock"  # a directory's lock file (training/runlock.py), carried over when atomic_dir replaces it
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp-[^.]+|trash-[^.]+|old)$")
 
 
@@ -72,7 +73,8 @@ def atomic_dir(path: str | os.PathLike):
     """Yield an empty temporary directory next to `path`; on success it replaces `path`.
 
     The old version is renamed to `.NAME.old` before the new one is renamed in, and deleted after: a kill between
-    the renames leaves `.NAME.old`, which `recover` renames back."""
+    the renames leaves `.NAME.old`, which `recover` renames back. The old version's lock file (`.lock`, held by the
+    writing command: training/runlock.py) moves into the new one before the swap, so the directory stays locked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_one(path)
@@ -82,6 +84,8 @@ def atomic_dir(path: str | os.PathLike):
         fsync_tree(tmp)
         old = path.parent / f".{path.name}.old"
         if path.exists():
+            if (path / LOCK).is_file():
+                os.replace(path / LOCK, tmp / LOCK)
             os.replace(path, old)
             os.replace(tmp, path)
             _fsync_path(path.parent)
