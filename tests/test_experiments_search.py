@@ -304,3 +304,20 @@ def test_search_exits_1_when_every_trial_failed(tiny_inputs, tmp_path, capsys):
                    "--output", str(tmp_path / "s")])
     assert status == 1
     assert "every trial failed (2)" in capsys.readouterr().err
+
+
+def test_trial_processes_import_nothing_from_the_working_directory(tiny_inputs, tmp_path, monkeypatch):
+    """Issue 28 A: trials started as `python -m lorakit.experiments.jobs` put the working directory first on
+    sys.path, so a concurrent.py there ran in every trial."""
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "concurrent.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+    (here / "json.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("PYTHONPATH", f"{jobs.__file__.rsplit('/lorakit/', 1)[0]}{':'}")  # '' = the cwd too
+    cfg = TrainConfig(model=str(tiny_inputs / "model"), task="csv", train_file=str(tiny_inputs / "train.csv"),
+                      eval_file=str(tiny_inputs / "dev.csv"), batch_size=8, max_steps=1, max_length=32,
+                      output=str(tmp_path / "trial"))
+    result = jobs.run_job(cfg, tmp_path / "trial", threads=1)
+    assert sorted(p.name for p in here.iterdir()) == ["concurrent.py", "json.py"]
+    assert result["status"] == "complete", (tmp_path / "trial" / jobs.LOG).read_text()[-2000:]
