@@ -321,3 +321,42 @@ def test_trial_processes_import_nothing_from_the_working_directory(tiny_inputs, 
     result = jobs.run_job(cfg, tmp_path / "trial", threads=1)
     assert sorted(p.name for p in here.iterdir()) == ["concurrent.py", "json.py"]
     assert result["status"] == "complete", (tmp_path / "trial" / jobs.LOG).read_text()[-2000:]
+
+
+def _killed_at_once(cfg, directory, *args, **kwargs):
+    """search.launch's stand-in: a trial process that the kernel kills at once (SIGKILL, as the OOM killer)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["sh", "-c", "kill -9 $$"])
+
+
+def test_a_trial_killed_by_a_signal_is_rerun_by_the_next_search_and_the_search_fails(tiny_inputs, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """Issue 28 B: a trial whose process was killed (OOM killer, kill -9) was recorded as failed, never rerun, and
+    the search exited 0."""
+    monkeypatch.setattr(search, "launch", _killed_at_once)
+    out = tmp_path / "s"
+    argv = [*csv_argv(tiny_inputs, "search"), "--max-steps", "1", "--space", "lora_r=1,2", "--output", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "2 grid point(s) have no result yet (trial(s) [0, 1] killed by a signal)" in err
+    settings = search_cli.settings_from_args(search_cli.add_search_parser(
+        argparse.ArgumentParser().add_subparsers()).parse_args(argv[1:]))
+    again = search.Search(settings)
+    assert again.enqueue_grid() == 2  # the next search run runs both points again
+    assert len(search.missing_points(again.study, settings)) == 2
+
+
+def test_search_stopped_by_sigterm_exits_143_as_train(tiny_inputs, tmp_path, monkeypatch, capsys):
+    """Issue 28 E: search exited 130 on SIGTERM, train 143; both are now 128 + the signal."""
+    import os
+    import signal
+
+    monkeypatch.setattr(search.Search, "run", lambda self: os.kill(os.getpid(), signal.SIGTERM))
+    saved = signal.getsignal(signal.SIGTERM)
+    try:
+        status = main([*csv_argv(tiny_inputs, "search"), "--max-steps", "1", "--space", "lora_r=1",
+                       "--output", str(tmp_path / "s")])
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    assert status == 143
+    assert "interrupted; the same command continues" in capsys.readouterr().out
