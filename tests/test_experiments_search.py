@@ -300,10 +300,20 @@ def test_a_bare_postgresql_url_takes_the_installed_psycopg2(tmp_path, monkeypatc
 
 
 def test_search_exits_1_when_every_trial_failed(tiny_inputs, tmp_path, capsys):
-    status = main([*csv_argv(tiny_inputs, "search"), "--max-steps", "1", "--space", "lora_r=0,-1",
-                   "--output", str(tmp_path / "s")])
+    status = main([*csv_argv(tiny_inputs, "search"), "--max-steps", "1", "--space",
+                   f"model={tmp_path / 'none-1'},{tmp_path / 'none-2'}", "--output", str(tmp_path / "s")])
     assert status == 1
     assert "every trial failed (2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("space, expected", [
+    ("lora_r=0,-1", "--space lora_r=0: LoraConfig: r must be a positive integer"),
+    ("lora_dropout=0.1,1.5", "--space lora_dropout=1.5: LoraConfig: dropout must be in [0, 1)")])
+def test_a_bad_space_value_is_one_line_before_the_study_is_written(tiny_inputs, tmp_path, capsys, space, expected):
+    """Issue 28 D: `--space lora_r=0,-1` was found only after the study was written, in every trial."""
+    assert main([*csv_argv(tiny_inputs, "search"), "--space", space, "--output", str(tmp_path / "s")]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_trial_processes_import_nothing_from_the_working_directory(tiny_inputs, tmp_path, monkeypatch):

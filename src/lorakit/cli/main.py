@@ -12,9 +12,10 @@
 Every command but demo takes `--config file.yaml`: keys are the long flag names (`lr: 1.0e-3`, `lora_r: 16`,
 `target_modules: all-linear`); flags given on the command line override it. A run's own config.yaml is such a
 file. eval / merge / predict start from the settings recorded with the trained model, then the file, then flags.
-Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1; SIGTERM / Ctrl-C
-during train write a checkpoint and exit 143 / 130 with the command that resumes; `search` exits 1 when every trial
-failed.
+Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1; a command stopped
+by a signal exits 128 + the signal (SIGTERM 143, Ctrl-C 130): train after writing a checkpoint, with the command that
+resumes, search with the same command to continue; `search` exits 1 when every trial failed or a grid point has no
+result (a trial killed by a signal: run it again).
 Run `lorakit <command> --help` for every flag. The flags (generated from TrainConfig) and the settings precedence are in
 flags.py, the other commands' parsers in parsers.py; merge, search and compare add their own (merge.py, search.py,
 compare.py).

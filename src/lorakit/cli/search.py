@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from lorakit.io.atomic import check_output_dir
 from lorakit.cli.flags import given_train_values, command_parser
-from lorakit.experiments.search_space import DEFAULT_STUDY, SAMPLERS, parse_space
+from lorakit.experiments.search_space import DEFAULT_STUDY, SAMPLERS, check_space, parse_space
 from lorakit.training.config import TrainConfig
 
 if TYPE_CHECKING:  # optuna (search, search_report) is imported when the command runs, not for `lorakit --help`
@@ -130,6 +130,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_output_dir(settings.output)
     TrainConfig.from_dict({**settings.base, "output": None})  # a bad base setting fails here, not in every trial
+    check_space(settings.base, settings.space, settings.sampler)  # and a bad value before the study is written
     interrupted = None
     try:
         study, ran = run_search(settings)
