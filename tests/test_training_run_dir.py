@@ -152,3 +152,10 @@ def test_merge_takes_the_run_lock_of_its_output(reference_run, tmp_path, capsys)
     (merged / ".lock").unlink()
     assert main(["merge", "--adapter", str(reference_run), "--output", str(merged)]) == 0  # replaces its own kind
     assert not (merged / ".lock").exists()
+    killed = tmp_path / "killed"  # a merge killed after taking its lock leaves the lock alone: taken over
+    killed.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (killed / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "command": "merge"}))
+    assert main(["merge", "--adapter", str(reference_run), "--output", str(killed)]) == 0
+    assert (killed / "lorakit.json").is_file() and not (killed / ".lock").exists()
