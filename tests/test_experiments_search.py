@@ -353,7 +353,10 @@ def test_a_trial_killed_by_a_signal_is_rerun_by_the_next_search_and_the_search_f
         argparse.ArgumentParser().add_subparsers()).parse_args(argv[1:]))
     again = search.Search(settings)
     assert again.enqueue_grid() == 2  # the next search run runs both points again
+    waiting = again.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.system_attrs["fixed_params"]["lora_r"] for t in waiting) == [1, 2]
     assert len(search.missing_points(again.study, settings)) == 2
+    assert again.enqueue_grid() == 0  # enqueued once
 
 
 def test_search_stopped_by_sigterm_exits_143_as_train(tiny_inputs, tmp_path, monkeypatch, capsys):

@@ -130,11 +130,13 @@ class Search:
 
     def enqueue_grid(self) -> int:
         """Enqueue the combinations the study does not hold yet; returns how many were added."""
-        held = {_params_key(t.system_attrs.get("fixed_params", {})) for t in self.study.get_trials(deepcopy=False)
+        trials = self.study.get_trials(deepcopy=False)
+        held = {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials
                 if t.user_attrs.get("orphaned") != t.number}  # a point whose process died (not retried) runs again
+        orphaned = {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials} - held
         new = [p for p in grid_points(self.s.space) if _params_key(p) not in held]
-        for point in new:
-            self.study.enqueue_trial(json.loads(json.dumps(point)), skip_if_exists=True)
+        for point in new:  # skip_if_exists would see the orphaned trial; two processes' copies: _duplicate_of
+            self.study.enqueue_trial(json.loads(json.dumps(point)), skip_if_exists=_params_key(point) not in orphaned)
         return len(new)
 
     def recover_orphans(self) -> None:
