@@ -41,8 +41,7 @@ def launch(cfg: TrainConfig, directory: Path, threads: int, cuda_device: str | N
     `cuda_device` visible), output to <directory>/train.log, the outcome to <directory>/result.json."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / RESULT).unlink(missing_ok=True)
-    # new_run: the directory holds job.json and train.log, written here, beside the run
-    job = {"config": {**cfg.to_dict(), "new_run": True}, "threads": threads, "prune": prune}
+    job = {"config": cfg.to_dict(), "threads": threads, "prune": prune}
     write_text_atomic(directory / JOB, json.dumps(job, indent=2) + "\n")
     # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on a CPU shared with other jobs the
     # spinning made 2-thread steps 4-20x slower than 1-thread ones (measured on 2 busy cores), and costs little alone
@@ -101,7 +100,8 @@ def job_main(job_file: str) -> None:
     pruned = trial_pruned() if job["prune"] else ()  # `except ()` catches nothing
     result = {"start": now()}
     try:
-        cfg = TrainConfig.from_dict(job["config"])
+        # new_run: the directory holds job.json and train.log, written by launch(), beside the run
+        cfg = TrainConfig.from_dict({**job["config"], "new_run": True})
         metrics = train(cfg, on_evaluate=pruning_reporter(job["prune"]) if job["prune"] else None)
         result.update(status="complete", metrics=metrics)
     except pruned as err:
