@@ -339,3 +339,38 @@ def test_a_head_of_other_labels_is_named_as_such(tiny_inputs, reference_run, tmp
     with pytest.raises(ValueError, match="rank 2 differs from the rank 4") as err:
         load_adapter(tiny_classifier(), two_labels)
     assert "different base model" not in str(err.value)
+
+
+# --- issue 28 D: values that reached the run before being refused --------------------------------------------------
+
+ISSUE_28 = flag_cases("""
+--lora-r 100000       | --lora-r 100000 is larger than layer bert.encoder.layer.0.attention.self.query allows (32 -> 32: r <= min(in, out) = 32)
+--lora-alpha 1e308    | alpha must be at most 3.4e+38 (the scaling alpha/r is applied in float32), got alpha=1e+308
+--text-column label   | column 'label' is both a text column and the label column
+""")
+
+
+@pytest.mark.parametrize("extra, expected", ISSUE_28, ids=[" ".join(f) for f, _ in ISSUE_28])
+def test_train_refuses_before_writing(bad_inputs, tmp_path, capsys, extra, expected):
+    """Issue 28 D: --lora-r 100000 allocated until the OOM killer; --lora-alpha 1e308 gave a traceback after
+    config.yaml, log.jsonl and versions.json were written; --text-column label trained on the labels."""
+    out = tmp_path / "run"
+    assert main([*csv_argv(bad_inputs), "--max-steps", "1", "--max-length", "32", "--output", str(out), *extra]) == 2
+    check_line(capsys, expected)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "latin-1"])
+def test_a_config_file_in_another_encoding(bad_inputs, tmp_path, capsys, encoding):
+    """Issue 28 D: a UTF-16 YAML config gave a bare codec error; a byte-order mark is read, other bytes named."""
+    config = tmp_path / "run.yaml"
+    config.write_bytes(("lora_r: 7\n# café\n" if encoding != "latin-1" else "lora_r: 0\n# café\n").encode(encoding))
+    out = tmp_path / "run"
+    status = main([*csv_argv(bad_inputs), "--max-steps", "1", "--eval-file", str(bad_inputs / "dev.csv"),
+                   "--max-length", "16", "--config", str(config), "--output", str(out)])
+    if encoding == "latin-1":
+        assert status == 2
+        check_line(capsys, f"--config {config} is not UTF-8 text (byte 15: invalid continuation byte); save it as UTF-8")
+        assert not out.exists()
+    else:
+        assert status == 0 and "lora_r: 7" in (out / "config.yaml").read_text()

@@ -300,7 +300,76 @@ def test_a_bare_postgresql_url_takes_the_installed_psycopg2(tmp_path, monkeypatc
 
 
 def test_search_exits_1_when_every_trial_failed(tiny_inputs, tmp_path, capsys):
-    status = main([*csv_argv(tiny_inputs, "search"), "--max-steps", "1", "--space", "lora_r=0,-1",
-                   "--output", str(tmp_path / "s")])
+    status = main([*csv_argv(tiny_inputs, "search"), "--max-steps", "1", "--space",
+                   f"model={tmp_path / 'none-1'},{tmp_path / 'none-2'}", "--output", str(tmp_path / "s")])
     assert status == 1
     assert "every trial failed (2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("space, expected", [
+    ("lora_r=0,-1", "--space lora_r=0: LoraConfig: r must be a positive integer"),
+    ("lora_dropout=0.1,1.5", "--space lora_dropout=1.5: LoraConfig: dropout must be in [0, 1)")])
+def test_a_bad_space_value_is_one_line_before_the_study_is_written(tiny_inputs, tmp_path, capsys, space, expected):
+    """Issue 28 D: `--space lora_r=0,-1` was found only after the study was written, in every trial."""
+    assert main([*csv_argv(tiny_inputs, "search"), "--space", space, "--output", str(tmp_path / "s")]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_trial_processes_import_nothing_from_the_working_directory(tiny_inputs, tmp_path, monkeypatch):
+    """Issue 28 A: trials started as `python -m lorakit.experiments.jobs` put the working directory first on
+    sys.path, so a concurrent.py there ran in every trial."""
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "concurrent.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+    (here / "json.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("PYTHONPATH", f"{jobs.__file__.rsplit('/lorakit/', 1)[0]}{':'}")  # '' = the cwd too
+    cfg = TrainConfig(model=str(tiny_inputs / "model"), task="csv", train_file=str(tiny_inputs / "train.csv"),
+                      eval_file=str(tiny_inputs / "dev.csv"), batch_size=8, max_steps=1, max_length=32,
+                      output=str(tmp_path / "trial"))
+    result = jobs.run_job(cfg, tmp_path / "trial", threads=1)
+    assert sorted(p.name for p in here.iterdir()) == ["concurrent.py", "json.py"]
+    assert result["status"] == "complete", (tmp_path / "trial" / jobs.LOG).read_text()[-2000:]
+
+
+def _killed_at_once(cfg, directory, *args, **kwargs):
+    """search.launch's stand-in: a trial process that the kernel kills at once (SIGKILL, as the OOM killer)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["sh", "-c", "kill -9 $$"])
+
+
+def test_a_trial_killed_by_a_signal_is_rerun_by_the_next_search_and_the_search_fails(tiny_inputs, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """Issue 28 B: a trial whose process was killed (OOM killer, kill -9) was recorded as failed, never rerun, and
+    the search exited 0."""
+    monkeypatch.setattr(search, "launch", _killed_at_once)
+    out = tmp_path / "s"
+    argv = [*csv_argv(tiny_inputs, "search"), "--max-steps", "1", "--space", "lora_r=1,2", "--output", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "2 grid point(s) have no result yet (trial(s) [0, 1] killed by a signal)" in err
+    settings = search_cli.settings_from_args(search_cli.add_search_parser(
+        argparse.ArgumentParser().add_subparsers()).parse_args(argv[1:]))
+    again = search.Search(settings)
+    assert again.enqueue_grid() == 2  # the next search run runs both points again
+    waiting = again.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.system_attrs["fixed_params"]["lora_r"] for t in waiting) == [1, 2]
+    assert len(search.missing_points(again.study, settings)) == 2
+    assert again.enqueue_grid() == 0  # enqueued once
+
+
+def test_search_stopped_by_sigterm_exits_143_as_train(tiny_inputs, tmp_path, monkeypatch, capsys):
+    """Issue 28 E: search exited 130 on SIGTERM, train 143; both are now 128 + the signal."""
+    import os
+    import signal
+
+    monkeypatch.setattr(search.Search, "run", lambda self: os.kill(os.getpid(), signal.SIGTERM))
+    saved = signal.getsignal(signal.SIGTERM)
+    try:
+        status = main([*csv_argv(tiny_inputs, "search"), "--max-steps", "1", "--space", "lora_r=1",
+                       "--output", str(tmp_path / "s")])
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    assert status == 143
+    assert "interrupted; the same command continues" in capsys.readouterr().out

@@ -88,3 +88,51 @@ def test_recover_never_restores_a_temporary_of_a_temporary(tmp_path):
     (tmp_path / ".adapter.old").mkdir()  # a real interrupted replacement: restored
     recover(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_files_and_directories_get_the_users_umask(tmp_path, umask, file_mode, dir_mode):
+    """Issue 28 F: every file lorakit wrote was 0600 and every directory 0700 (mkstemp's and mkdtemp's modes kept
+    after the rename), so a service account could not read a run's adapter."""
+    import os
+    import stat
+
+    from lorakit.io.atomic import write_text_atomic
+
+    saved = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "a.json", "{}\n")
+        with atomic_dir(tmp_path / "adapter") as tmp:
+            (tmp / "w.bin").write_bytes(b"1")
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == dir_mode
+    assert stat.S_IMODE((tmp_path / "adapter" / "w.bin").stat().st_mode) == file_mode
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_space(tmp_path, monkeypatch):
+    """Issue 28 D: a full disk during train / merge / save gave a raw SafetensorError traceback."""
+    import errno
+    import os
+
+    from safetensors import SafetensorError
+
+    from lorakit.io.atomic import write_text_atomic
+
+    (tmp_path / "a.json").write_text("old\n")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", full)
+        with pytest.raises(UserError, match=rf"no space left on the device to write {tmp_path / 'a.json'}: it needs "
+                                            r"0\.0 MB, [\d.]+ MB are free; free some space"):
+            write_text_atomic(tmp_path / "a.json", "new " * 10 + "\n")
+    with pytest.raises(UserError, match=rf"to write {tmp_path / 'adapter'}: it needs more than 0\.0 MB"):
+        with atomic_dir(tmp_path / "adapter") as tmp:
+            (tmp / "half.safetensors").write_bytes(b"12")
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                  '"No space left on device" })')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"] and (tmp_path / "a.json").read_text() == "old\n"

@@ -24,3 +24,12 @@ def test_bad_label_columns_are_errors_listing_the_values(tmp_path, labels, messa
 def test_load_splits(bad_inputs, name, expected):
     with pytest.raises(ValueError, match=expected):
         load_splits("csv", train_file=bad_inputs / name)
+
+
+def test_a_class_id_written_as_a_whole_float_is_the_same_class(tmp_path):
+    """Issue 28 D: labels `1` and `1.0` in one column made three classes (0, 1, 1.0) of two."""
+    file = tmp_path / "train.csv"
+    file.write_text("text,label\na b,1\nc d,1.0\ne f,0\ng h,0.0\ni j,1\n")
+    data = load_splits("csv", train_file=file, eval_file=file)
+    assert data.spec.label_names == ("0", "1") and data.spec.num_labels == 2
+    assert list(data.train["label"]) == [1, 1, 0, 0, 1]

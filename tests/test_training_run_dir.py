@@ -12,7 +12,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from helpers import cli_env, csv_argv, error_line, tiny_config, tree
+from helpers import cli_env, csv_argv, error_line, tiny_config, tiny_flags, tree
 from lorakit.cli.main import main
 from lorakit.errors import UserError
 from lorakit.tasks import TaskError
@@ -85,3 +85,77 @@ def test_run_files_load_with_safetensors_only(reference_run):
             load_file(str(path))
         elif path.name == "log.jsonl":
             [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def user_directory(root):
+    """A directory of the user's own: a config.yaml and an adapter/ that are not lorakit's."""
+    root.mkdir()
+    (root / "config.yaml").write_text("mine: true\n")
+    (root / "adapter").mkdir()
+    (root / "adapter" / "notes.txt").write_text("keep me\n")
+    return root
+
+
+@pytest.mark.parametrize("flags", [[], ["--resume", "auto"]], ids=["fresh", "resume"])
+def test_train_refuses_a_user_directory_and_touches_nothing(tiny_inputs, tmp_path, capsys, flags):
+    """Issue 28 C: `train --output DIR` over a user's non-empty directory replaced their config.yaml and deleted
+    the files of their adapter/, exit 0."""
+    out = user_directory(tmp_path / "mine")
+    before = tree(out)
+    assert main(tiny_flags(tiny_inputs, out, *flags)) == 2
+    assert "is not a lorakit run directory" in error_line(capsys)
+    assert tree(out) == before and sorted(p.name for p in out.iterdir()) == ["adapter", "config.yaml"]
+
+
+def test_train_refuses_the_current_directory_and_an_empty_output(tiny_inputs, tmp_path, capsys, monkeypatch):
+    here = tmp_path / "checkout"
+    here.mkdir()
+    (here / "README.md").write_text("a checkout\n")
+    monkeypatch.chdir(here)
+    for output in (".", ""):
+        assert main(tiny_flags(tiny_inputs, output)) == 2
+        assert ("is not a lorakit run directory" if output else "--output is empty") in error_line(capsys)
+    assert sorted(p.name for p in here.iterdir()) == ["README.md"]
+    with pytest.raises(UserError, match="not a lorakit run"):
+        train(tiny_config(tiny_inputs, here))
+
+
+def test_new_run_starts_beside_user_files_but_replaces_none(tiny_inputs, tmp_path, capsys):
+    out = user_directory(tmp_path / "mine")
+    before = tree(out)
+    assert main(tiny_flags(tiny_inputs, out, "--new-run")) == 2  # config.yaml and adapter/ are the user's
+    assert "--new-run would replace adapter, config.yaml" in error_line(capsys)
+    assert tree(out) == before
+    (out / "config.yaml").unlink()
+    shutil.rmtree(out / "adapter")
+    (out / "notes.md").write_text("mine\n")
+    assert main(tiny_flags(tiny_inputs, out, "--new-run")) == 0
+    assert (out / "notes.md").read_text() == "mine\n" and (out / "adapter").is_dir()
+    assert main(tiny_flags(tiny_inputs, out, "--max-steps", "6", "--resume", "auto")) == 0  # now a run: resumable
+
+
+def test_merge_takes_the_run_lock_of_its_output(reference_run, tmp_path, capsys):
+    """Issue 28 C: two merges into one --output both exited 0, one silently replacing the other."""
+    merged = tmp_path / "merged"
+    assert main(["merge", "--adapter", str(reference_run), "--output", str(merged)]) == 0
+    assert not (merged / ".lock").exists()
+    before = tree(merged)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (merged / ".lock").write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "command": "merge"}))
+    try:
+        assert main(["merge", "--adapter", str(reference_run), "--output", str(merged)]) == 2
+    finally:
+        live.kill()
+        live.wait()
+    assert f"in use by lorakit merge process {live.pid}" in error_line(capsys)
+    assert {k: v for k, v in tree(merged).items() if k != ".lock"} == before
+    (merged / ".lock").unlink()
+    assert main(["merge", "--adapter", str(reference_run), "--output", str(merged)]) == 0  # replaces its own kind
+    assert not (merged / ".lock").exists()
+    killed = tmp_path / "killed"  # a merge killed after taking its lock leaves the lock alone: taken over
+    killed.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (killed / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "command": "merge"}))
+    assert main(["merge", "--adapter", str(reference_run), "--output", str(killed)]) == 0
+    assert (killed / "lorakit.json").is_file() and not (killed / ".lock").exists()

@@ -39,6 +39,7 @@ def is_family_init(init: str) -> bool:
     niter = init.removeprefix("pissa_niter_")
     return init in FAMILY_INITS or (niter != init and niter.isdigit())
 BIASES = ("none", "all", "lora_only")
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: a LoRA scaling beyond it overflows
 ADAPTER_DTYPES = ("float32", "int8")
 QUANT_KINDS = ("nf4", "fp4", "int8")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -147,6 +148,9 @@ class LoraConfig(JsonMixin):
             raise ValueError(f"LoraConfig: r must be a positive integer, got r={self.r!r}")
         if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
             raise ValueError(f"LoraConfig: alpha must be > 0, got alpha={self.alpha!r}")
+        if self.alpha > FLOAT32_MAX:  # 1e308 overflowed in the first forward pass, a traceback after the run began
+            raise ValueError(f"LoraConfig: alpha must be at most {FLOAT32_MAX:.3g} (the scaling alpha/r is applied "
+                             f"in float32), got alpha={self.alpha!r} (--lora-alpha)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoraConfig: dropout must be in [0, 1), got dropout={self.dropout!r}")
         if self.init not in INITS and not is_family_init(self.init):

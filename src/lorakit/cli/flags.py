@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lorakit.config import FAMILY_INITS, INITS, TOGGLE_NAMES, is_family_init
 from lorakit.errors import UserError
+from lorakit.io.atomic import read_user_text
 from lorakit.training.config import LORA_SETTINGS, TrainConfig
 
 RAW = argparse.RawDescriptionHelpFormatter
@@ -194,7 +195,7 @@ def read_config_file(args: argparse.Namespace) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_user_text(path, "--config")) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"--config {path} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -12,9 +12,10 @@
 Every command but demo takes `--config file.yaml`: keys are the long flag names (`lr: 1.0e-3`, `lora_r: 16`,
 `target_modules: all-linear`); flags given on the command line override it. A run's own config.yaml is such a
 file. eval / merge / predict start from the settings recorded with the trained model, then the file, then flags.
-Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1; SIGTERM / Ctrl-C
-during train write a checkpoint and exit 143 / 130 with the command that resumes; `search` exits 1 when every trial
-failed.
+Bad input exits with status 2 and one line naming the problem; a diverging run exits with status 1; a command stopped
+by a signal exits 128 + the signal (SIGTERM 143, Ctrl-C 130): train after writing a checkpoint, with the command that
+resumes, search with the same command to continue; `search` exits 1 when every trial failed or a grid point has no
+result (a trial killed by a signal: run it again).
 Run `lorakit <command> --help` for every flag. The flags (generated from TrainConfig) and the settings precedence are in
 flags.py, the other commands' parsers in parsers.py; merge, search and compare add their own (merge.py, search.py,
 compare.py).
@@ -44,10 +45,12 @@ from lorakit.training.config import TrainConfig
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lorakit.errors import RunInterrupted
-    from lorakit.training.launch import env_rank
-    from lorakit.training.runlock import run_lock
+    from lorakit.training.launch import env_rank, is_main_process
+    from lorakit.training.runlock import check_run_output, run_lock
 
     cfg = train_config_from_args(args)  # bad settings exit 2 before anything is written
+    if is_main_process():
+        check_run_output(cfg.output, cfg.new_run)  # never over a user's files (runlock.py)
     with run_lock(cfg.output) as lock:  # the run's one lock, before torch is imported: of two runs, the first runs
         use_threads(args)
         try:
@@ -176,6 +179,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from lorakit.io.atomic import atomic_dir
     from lorakit.training.methods import RECORD, merged_model
+    from lorakit.training.runlock import run_lock
     from lorakit.cli.merge import check_merge_output, combine_settings, combining, write_combination
 
     if not args.output:
@@ -184,18 +188,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     settings = combine_settings(args) if combine else None  # bad flags fail before any model is loaded
     check_merge_output(args.output, adapter=combine and not args.unload)
     first = argparse.Namespace(**{**vars(args), "adapter": adapters[0] if adapters else None})
-    cfg, spec, _, model, tokenizer = _inference_setup(first)
-    if combine:
-        written = write_combination(args, adapters, *settings, (cfg, spec, model, tokenizer))
-        print(f"lorakit merge: wrote {written} to {args.output}")
-        return 0
-    merged = merged_model(model)
-    with atomic_dir(args.output) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        record = {"method": "merged", "base_model": cfg.model, "task": spec.name, "quantization": None,
-                  "config": cfg.to_dict()}
-        (tmp / RECORD).write_text(json.dumps(record, indent=2))
+    with run_lock(args.output, command="merge"):  # two merges into one --output: the second exits 2
+        cfg, spec, _, model, tokenizer = _inference_setup(first)
+        if combine:
+            written = write_combination(args, adapters, *settings, (cfg, spec, model, tokenizer))
+            print(f"lorakit merge: wrote {written} to {args.output}")
+            return 0
+        merged = merged_model(model)
+        with atomic_dir(args.output) as tmp:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            record = {"method": "merged", "base_model": cfg.model, "task": spec.name, "quantization": None,
+                      "config": cfg.to_dict()}
+            (tmp / RECORD).write_text(json.dumps(record, indent=2))
     print(f"lorakit merge: wrote a plain transformers model to {args.output} "
           "(AutoModelForSequenceClassification.from_pretrained reads it)")
     return 0
@@ -203,9 +208,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from lorakit.export.gguf_export import export_gguf
+    from lorakit.training.runlock import run_lock
 
-    path = export_gguf(args.adapter, args.gguf, model=args.model, out_type=args.gguf_type, lora_only=args.lora_only,
-                       base_gguf=args.base_gguf)
+    with run_lock(Path(args.gguf).parent, command="export"):  # one writer per directory, as train and merge
+        path = export_gguf(args.adapter, args.gguf, model=args.model, out_type=args.gguf_type,
+                           lora_only=args.lora_only, base_gguf=args.base_gguf)
     what = "LoRA adapter (llama-cli -m BASE.gguf --lora FILE)" if args.lora_only else f"merged model ({args.gguf_type})"
     print(f"lorakit export: wrote the {what} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

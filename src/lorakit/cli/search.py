@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from lorakit.io.atomic import check_output_dir
 from lorakit.cli.flags import given_train_values, command_parser
-from lorakit.experiments.search_space import DEFAULT_STUDY, SAMPLERS, parse_space
+from lorakit.experiments.search_space import DEFAULT_STUDY, SAMPLERS, check_space, parse_space
 from lorakit.training.config import TrainConfig
 
 if TYPE_CHECKING:  # optuna (search, search_report) is imported when the command runs, not for `lorakit --help`
@@ -41,7 +41,9 @@ several machines: give every machine the same command with --storage postgresql:
 outputs in --output: results.csv, best.yaml, summary.md, heatmap.png, pareto.png, curves.png, trials/<number>/ (each
 trial's run directory and train.log).
 
-exit status: 0; 1 when every trial failed; 2 bad input; 130 interrupted (the same command continues)."""
+exit status: 0; 1 when every trial failed, or a grid point has no result (its trial killed by a signal, e.g. the
+OOM killer: the same command reruns it); 2 bad input; 128 + N stopped by signal N, as train: 130 Ctrl-C, 143
+SIGTERM (the same command continues)."""
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
@@ -97,8 +99,27 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
                           metric=args.metric, direction=direction, seed=args.search_seed)
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM (`kill PID`): stops the search like Ctrl-C (running trials failed and retried later); exit 143."""
+
+    signum = signal.SIGTERM
+
+
 def _interrupt_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # `kill PID` stops the search like Ctrl-C: running trials are failed and retried later
+    raise _Stopped
+
+
+def _missing_line(study, settings: SearchSettings) -> str | None:
+    """The error line while grid points have no outcome (a trial killed by a signal, the OOM killer's), else None."""
+    from lorakit.experiments.search import missing_points
+
+    missing = missing_points(study, settings)
+    if not missing:
+        return None
+    killed = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("orphaned") == t.number
+              and "killed by" in t.user_attrs.get("error", "")]
+    return (f"lorakit search: error: {len(missing)} grid point(s) have no result yet"
+            f"{f' (trial(s) {killed} killed by a signal)' if killed else ''}; run the same command again to run them")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -109,11 +130,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_output_dir(settings.output)
     TrainConfig.from_dict({**settings.base, "output": None})  # a bad base setting fails here, not in every trial
-    interrupted = False
+    check_space(settings.base, settings.space, settings.sampler)  # and a bad value before the study is written
+    interrupted = None
     try:
         study, ran = run_search(settings)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (_Stopped): exit 128 + the signal, as train
+        interrupted = getattr(stop, "signum", signal.SIGINT)
         _, study = open_study(settings)
         ran = None
     paths = write_reports(study, settings)
@@ -129,7 +151,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     for key, path in paths.items():
         print(f"  {key:8s} {path}")
     if interrupted:
-        return 130
+        return 128 + interrupted
+    missing = _missing_line(study, settings)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 1
     if rows and not any(row["status"] in ("complete", "pruned") for row in rows):
         print(f"lorakit search: error: every trial failed ({len(rows)}); see the error column of "
               f"{paths.get('results', settings.output / 'results.csv')} and trials/<number>/train.log", file=sys.stderr)

@@ -4,7 +4,8 @@ trials and `lorakit compare`'s methods.
     result = run_job(cfg, Path("runs/compare/lora"), threads=cpu_count())  # {status, metrics?, error?, start, end}
     process = launch(cfg, directory, threads, cuda_device="0")            # or start it, then collect() the result
 
-The process is `python -m lorakit.experiments.jobs <directory>/job.json`: it trains the job's config (reporting each evaluation
+The process is `python -P -m lorakit.experiments.jobs <directory>/job.json` (-P: the working directory is not put
+on sys.path, so no file there is imported): it trains the job's config (reporting each evaluation
 to the Optuna trial with --prune) and writes result.json; its output goes to train.log, both in <directory>.
 """
 from __future__ import annotations
@@ -48,8 +49,11 @@ def launch(cfg: TrainConfig, directory: Path, threads: int, cuda_device: str | N
            "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if cuda_device is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda_device
+    if env.get("PYTHONPATH"):  # an empty entry is the working directory: dropped, as -P drops the implicit one
+        env["PYTHONPATH"] = os.pathsep.join(p for p in env["PYTHONPATH"].split(os.pathsep) if p)
     with open(directory / LOG, "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "lorakit.experiments.jobs", str(directory / JOB)],
+        # -P: nothing is imported from the working directory (a concurrent.py there would run in every trial)
+        return subprocess.Popen([sys.executable, "-P", "-m", "lorakit.experiments.jobs", str(directory / JOB)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
@@ -96,7 +100,8 @@ def job_main(job_file: str) -> None:
     pruned = trial_pruned() if job["prune"] else ()  # `except ()` catches nothing
     result = {"start": now()}
     try:
-        cfg = TrainConfig.from_dict(job["config"])
+        # new_run: the directory holds job.json and train.log, written by launch(), beside the run
+        cfg = TrainConfig.from_dict({**job["config"], "new_run": True})
         metrics = train(cfg, on_evaluate=pruning_reporter(job["prune"]) if job["prune"] else None)
         result.update(status="complete", metrics=metrics)
     except pruned as err:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -113,6 +114,7 @@ class Search:
         self.slots = self._slots()
         self.running: dict[int, _Running] = {}  # slot -> trial
         self.ran = 0
+        self.killed: list[int] = []  # trials whose process a signal killed: rerun by the next search run
 
     def _slots(self) -> list[tuple[int, str | None]]:
         """(torch threads, CUDA_VISIBLE_DEVICES) per worker slot: cores split evenly; one GPU each, round robin."""
@@ -128,11 +130,13 @@ class Search:
 
     def enqueue_grid(self) -> int:
         """Enqueue the combinations the study does not hold yet; returns how many were added."""
-        held = {_params_key(t.system_attrs.get("fixed_params", {})) for t in self.study.get_trials(deepcopy=False)
+        trials = self.study.get_trials(deepcopy=False)
+        held = {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials
                 if t.user_attrs.get("orphaned") != t.number}  # a point whose process died (not retried) runs again
+        orphaned = {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials} - held
         new = [p for p in grid_points(self.s.space) if _params_key(p) not in held]
-        for point in new:
-            self.study.enqueue_trial(json.loads(json.dumps(point)), skip_if_exists=True)
+        for point in new:  # skip_if_exists would see the orphaned trial; two processes' copies: _duplicate_of
+            self.study.enqueue_trial(json.loads(json.dumps(point)), skip_if_exists=_params_key(point) not in orphaned)
         return len(new)
 
     def recover_orphans(self) -> None:
@@ -259,7 +263,10 @@ class Search:
         return True
 
     def _finish(self, job: _Running) -> None:
-        result = collect(job.directory, job.process.returncode if job.process is not None else -9)
+        returncode = job.process.returncode if job.process is not None else 0
+        if returncode < 0 and not (job.directory / RESULT).is_file():
+            return self._killed(job, -returncode)
+        result = collect(job.directory, returncode)
         trial, status = job.trial, result["status"]
         start, end = result.get("start", job.launched), result.get("end", now())
         trial.set_user_attr("start", start)
@@ -288,6 +295,19 @@ class Search:
             self.study.tell(trial, state=TrialState.FAIL)
             print(f"trial {trial.number} failed: {result['error']}")
 
+    def _killed(self, job: _Running, signum: int) -> None:
+        """A trial process killed by a signal (the OOM killer, kill -9): failed and marked `orphaned` like a trial
+        of a dead search, so the next search run enqueues its point again (enqueue_grid); not rerun now, where
+        the same kill would likely come again. The search exits non-zero while its point is missing."""
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+        error = f"the training process was killed by {name} (out of memory?); the next search run reruns it"
+        job.trial.set_user_attr("error", error)
+        job.trial.set_user_attr("orphaned", job.trial.number)
+        self.study.tell(job.trial, state=TrialState.FAIL)
+        self.killed.append(job.trial.number)
+        self.ran += 1
+        print(f"trial {job.trial.number} killed: {error} (see {job.directory / LOG})")
+
     def _interrupt(self) -> None:
         """Ctrl-C: stop the running trials, fail them and enqueue a retry of each for the next run."""
         for job in self.running.values():
@@ -295,6 +315,18 @@ class Search:
             job.process.wait()
             self._fail_and_retry(job.trial)  # left out of the results: the retry replaces it
         self.running.clear()
+
+
+def missing_points(study: optuna.Study, s: SearchSettings) -> list[dict]:
+    """The grid points without an outcome in the study: no trial complete, pruned, running (in some process) or
+    failed by its own error; a point whose trial was killed, or that waits, is missing ([] for random / tpe)."""
+    if s.sampler != "grid":
+        return []
+    trials = study.get_trials(deepcopy=False)
+    dropped = superseded_trials(trials)
+    done = {_params_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.number not in dropped
+            and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)}
+    return [p for p in grid_points(s.space) if _params_key(json.loads(json.dumps(p))) not in done]
 
 
 def run_search(s: SearchSettings) -> tuple[optuna.Study, int]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from lorakit.config import TOGGLE_NAMES
+from lorakit.io.atomic import read_user_text
 from lorakit.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def parse_space(flags: list[str] | None = None, file: str | Path | None = None) 
         path = Path(file)
         if not path.is_file():
             raise FileNotFoundError(f"--space-file {path}: no such file")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_user_text(path, "--space-file")) or {}
         if not isinstance(data, dict) or not isinstance(data.get("space"), dict):
             raise ValueError(f"--space-file {path} must hold a mapping `space:` of NAME: [values]")
         for name, spec in data["space"].items():
@@ -153,3 +154,21 @@ def trial_config(base: dict, params: dict, output: str | Path) -> TrainConfig:
         values["target_modules"] = toggled_targets(values.get("target_modules"), toggles)
     values.update(output=str(output), resume=None)
     return TrainConfig.from_dict(values)
+
+
+def check_space(base: dict, space: dict[str, tuple | Range], sampler: str) -> None:
+    """Every value of the space makes a valid trial config with the base (for a grid, every combination too), or
+    a ValueError naming the value: checked before the study is written, not found in the trials."""
+    for name, values in space.items():
+        for value in (values.low, values.high) if isinstance(values, Range) else values:
+            try:
+                trial_config(base, {name: value}, "check")
+            except ValueError as err:
+                raise ValueError(f"--space {name}={value}: {err}") from None
+    if sampler != "grid":
+        return
+    for point in grid_points(space):
+        try:
+            trial_config(base, point, "check")
+        except ValueError as err:
+            raise ValueError(f"--space: the combination {point} is invalid: {err}") from None

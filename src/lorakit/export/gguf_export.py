@@ -32,6 +32,8 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from lorakit.io.atomic import initial_mode, is_no_space, no_space_error
+
 if TYPE_CHECKING:  # imported where used: `lorakit --help` stays light
     import numpy as np
     import torch
@@ -108,10 +110,15 @@ def write_atomic(writer_fn, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.fchmod(fd, initial_mode())  # the user's umask, not mkstemp's 0600 (kept after the rename)
     os.close(fd)
     try:
         writer_fn(Path(tmp))
         os.replace(tmp, path)
+    except Exception as err:
+        if is_no_space(err):
+            raise no_space_error(path, Path(tmp).stat().st_size, so_far=True) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -6,6 +6,7 @@
     remove_dir(path)                        # rename to a hidden trash name first, then delete
     recover(directory)                      # at start: put back an interrupted replacement, drop temporaries
     read_json(path), read_safetensors(path) # a damaged file is a UserError naming it
+    read_user_text(path, "--config")        # UTF-8, or text with a byte-order mark (UTF-16 from Windows editors)
 
 Every temporary name is hidden and says what it is: `.NAME.tmp-XXXX` (being written), `.NAME.old` (the previous
 version, moved aside while the new one is renamed in), `.NAME.trash-XXXX` (being deleted). A kill at any moment
@@ -15,7 +16,9 @@ behaves like a kill.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
+import errno
 import json
 import os
 import re
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from lorakit.errors import UserError
 
+LOCK = ".lock"  # a directory's lock file (training/runlock.py), carried over when atomic_dir replaces it
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp-[^.]+|trash-[^.]+|old)$")
 
 
@@ -44,17 +48,61 @@ def fsync_tree(path: Path) -> None:
         _fsync_path(Path(root))
 
 
+def is_no_space(err: BaseException) -> bool:
+    """A full disk (or quota): OSError ENOSPC / EDQUOT, or a library's error that says so (SafetensorError)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(err) or "Disk quota exceeded" in str(err)
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def no_space_error(path: Path, needed: int, so_far: bool = False) -> UserError:
+    """One line for a write that a full disk stopped: the path, the space it needed (or had used when it
+    stopped), the space free; nothing half-written is left (the temporary is deleted)."""
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else Path(".")).free
+    except OSError:
+        free = 0
+    need = f"{'more than ' if so_far else ''}{needed / 1e6:.1f} MB"
+    return UserError(f"no space left on the device to write {path}: it needs {need}, {free / 1e6:.1f} MB are free; "
+                     "free some space (or choose another --output) and run the command again")
+
+
+def initial_mode(directory: bool = False) -> int:
+    """The mode a new file (0666) or directory (0777) gets under the process's umask, as open() and mkdir() give
+    (mkstemp and mkdtemp create them 0600 / 0700, which would stay after the rename)."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it (os.umask sets it, for a moment, for every thread)
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, initial_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if is_no_space(err):
+            raise no_space_error(path, len(data)) from None
         raise
     _fsync_path(path.parent)
 
@@ -72,16 +120,25 @@ def atomic_dir(path: str | os.PathLike):
     """Yield an empty temporary directory next to `path`; on success it replaces `path`.
 
     The old version is renamed to `.NAME.old` before the new one is renamed in, and deleted after: a kill between
-    the renames leaves `.NAME.old`, which `recover` renames back."""
+    the renames leaves `.NAME.old`, which `recover` renames back. The old version's lock file (`.lock`, held by the
+    writing command: training/runlock.py) moves into the new one before the swap, so the directory stays locked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_one(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        yield tmp
-        fsync_tree(tmp)
+        os.chmod(tmp, initial_mode(directory=True))
+        try:
+            yield tmp
+            fsync_tree(tmp)
+        except Exception as err:
+            if is_no_space(err):
+                raise no_space_error(path, _size(tmp), so_far=True) from None
+            raise
         old = path.parent / f".{path.name}.old"
         if path.exists():
+            if (path / LOCK).is_file():
+                os.replace(path / LOCK, tmp / LOCK)
             os.replace(path, old)
             os.replace(tmp, path)
             _fsync_path(path.parent)
@@ -172,6 +229,23 @@ def _check_writable(path: Path, flag: str, of: Path | None = None) -> None:
 
 # --- reading ------------------------------------------------------------------------------------------------
 
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # UTF-32 LE starts like UTF-16 LE
+
+
+def read_user_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A text file a user wrote (a --config YAML): UTF-8, or UTF-8 / UTF-16 / UTF-32 with their byte-order mark;
+    anything else is a UserError naming the file and the encoding expected."""
+    path = Path(path)
+    data = path.read_bytes()
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path} is not {encoding.upper().replace('-SIG', '')} text (byte {err.start}: "
+                        f"{err.reason}); save it as UTF-8") from None
+
+
 def read_json(path: str | os.PathLike, what: str = "file"):
     """json.loads of a file, or a UserError naming the file, the line and the fix."""
     path = Path(path)
@@ -207,7 +281,9 @@ def check_replaceable(path: str | os.PathLike, ours, what: str, flag: str, overw
     kind of directory (`ours(path)` is True), unless the caller passes overwrite=True. A file is never replaced."""
     path = Path(path)
     check_output_dir(path, flag)
-    if not path.exists() or overwrite or not any(path.iterdir()) or ours(path):
+    # a lock file (and temporaries) alone: what a writer killed before its first rename leaves; counts as empty
+    left = [p for p in path.iterdir() if p.name != LOCK and not _TEMPORARY.match(p.name)] if path.is_dir() else []
+    if not path.exists() or overwrite or not left or ours(path):
         return path
     raise UserError(f"{flag} {path} exists and is not {what}; lorakit replaces only an empty directory or "
                     f"{what}: choose a new directory (or pass overwrite=True to replace it)")

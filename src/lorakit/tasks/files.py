@@ -142,7 +142,12 @@ def _read_json(path: Path) -> Table:
 
 def check_columns(table: Table, wanted: tuple[str, ...] | list[str],
                   option: str = "--text-columns/--label-column") -> None:
-    """Raise TaskError if a wanted column is missing, listing the file's columns."""
+    """Raise TaskError if a wanted column is missing, listing the file's columns, or (text columns, then the
+    label column) a text column is the label column: the model would read its own labels."""
+    if len(wanted) > 1 and wanted[-1] in wanted[:-1]:
+        raise TaskError(f"{table.path}: column {wanted[-1]!r} is both a text column and the label column, so the "
+                        "model would train on its labels; give the text with --text-column and the labels with "
+                        "--label-column, two different columns")
     for name in wanted:
         if name not in table.columns:
             raise TaskError(
@@ -204,11 +209,18 @@ FILE_TASK = TaskSpec(
 
 
 def _is_int(value: Any) -> bool:
+    """An integer class id: 1, "1", and the same number written as a whole float (1.0, "1.0": one class with 1)."""
     if isinstance(value, bool):
         return False
-    if isinstance(value, int):
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
         return True
-    return isinstance(value, str) and value.strip().lstrip("-").isdigit()
+    return _is_number(value) and math.isfinite(float(value)) and float(value).is_integer()
+
+
+def _class_id(value: Any) -> int:
+    """The integer of an _is_int value ("1.0" -> 1; digits exactly, however long)."""
+    text = str(value).strip()
+    return int(text) if text.lstrip("-").isdigit() else int(float(value))
 
 
 def _is_number(value: Any) -> bool:
@@ -236,7 +248,7 @@ def infer_label_spec(table: Table, label_column: str, text_columns: tuple[str, .
         return replace(spec, num_labels=1, label_names=None, metric_names=("pearson", "spearman"),
                        main_metric="pearson")
     if all(_is_int(v) for v in values):
-        classes = [str(v) for v in sorted({int(v) for v in values})]
+        classes = [str(v) for v in sorted({_class_id(v) for v in values})]
     else:
         classes = sorted({str(v).strip() for v in values})
     if len(classes) < 2:
@@ -270,7 +282,7 @@ def check_label_values(table: Table, label_column: str, regression: bool | None)
     odd = [i for i in range(len(values)) if not _is_number(values[i])]
     if integers and odd:  # (integers mixed with fractions are scores: regression)
         unexpected = sorted({str(values[i]) for i in odd})[:10]
-        raise TaskError(f"{where} mixes integer class ids {sorted({int(values[i]) for i in integers})[:10]} with "
+        raise TaskError(f"{where} mixes integer class ids {sorted({_class_id(values[i]) for i in integers})[:10]} with "
                         f"other values {unexpected} ({_lines_of(table, odd)}); make every label one kind (class "
                         "ids or names): fix or remove those rows")
 
@@ -282,7 +294,7 @@ def file_task_mapper(spec: TaskSpec) -> Callable[[Any, str], int | float]:
     index = {name: i for i, name in enumerate(spec.label_names)}
 
     def to_label(value: Any, where: str) -> int:
-        key = str(int(value)) if _is_int(value) else str(value).strip()
+        key = str(_class_id(value)) if _is_int(value) else str(value).strip()
         if key not in index:
             raise TaskError(
                 f"{where}: label {value!r} is not in the label set learned from the train file {list(index)}")

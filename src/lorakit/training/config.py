@@ -159,6 +159,9 @@ class TrainConfig(JsonMixin):
                          "1/N per process) instead of a whole copy per process (DDP); LoRA methods")
     output: str | None = setting(None, "evaluation, checkpoints, output", "output directory",
                                  default_text="runs/<task>-<method>", metavar="DIR")
+    new_run: bool = setting(False, "evaluation, checkpoints, output", "start a run in a non-empty --output that is "
+                            "not a lorakit run (refused by default); its files are left alone, and a name the run "
+                            "writes that is taken there is refused")
     resume: str | None = setting(None, "evaluation, checkpoints, output", (
         "a checkpoint directory (<output>/checkpoints/step-*), or 'auto': the newest one under --output; every "
         "setting comes from the run's config.yaml, flags given override"), metavar="CHECKPOINT")
@@ -180,6 +183,8 @@ class TrainConfig(JsonMixin):
             object.__setattr__(self, "lr", DEFAULT_LR[self.method])
         if self.output is None:
             object.__setattr__(self, "output", f"runs/{self.task}-{self.method}")
+        if not str(self.output).strip():
+            raise ValueError("--output is empty; give the run's directory (e.g. --output runs/my-run)")
         positive = {"max_length": self.max_length, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "eval_batch_size": self.eval_batch_size, "epochs": self.epochs}
         for name, value in positive.items():

@@ -37,7 +37,8 @@ from lorakit.io.atomic import atomic_dir, read_json, read_safetensors
 from lorakit.config import TASK_HEADS, QuantConfig
 from lorakit.state import adapter_state
 from lorakit.errors import UserError
-from lorakit.inject.inject import add_lora, lora_layers, merge_and_unload
+from lorakit.inject.inject import add_lora, lora_layers, merge_and_unload, resolve_targets
+from lorakit.inject.targets import pattern_value
 from lorakit.io.loftq_base import loftq_quantized_base
 from lorakit.layers.lora import LORA_LAYERS
 from lorakit.init.family import apply_loftq
@@ -157,6 +158,8 @@ def train_in_full(model: nn.Module, names: tuple[str, ...]) -> None:
 def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Freeze, quantize or inject LoRA in place so exactly the parameters of cfg.method train."""
     lora = cfg.lora_config()
+    if cfg.uses_lora and not cfg.init_adapter:
+        check_rank(model, lora)
     if uses_loftq(cfg):  # LoftQ quantizes W0 against B·A: LoRA first, on the full-precision model (run.py loads it so)
         add_lora(model, lora)
         apply_loftq(model, cfg.quant_config())
@@ -179,6 +182,31 @@ def setup_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         model.requires_grad_(False)
         train_in_full(model, head_modules(model, cfg.method))
     return model
+
+
+def layer_sizes(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) of a layer LoRA adapts: nn.Linear and QuantLinear, GPT-2's Conv1D (weight in x out), Embedding."""
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features), int(module.out_features)
+    weight = getattr(module, "weight", None)
+    if weight is not None and weight.dim() == 2:  # Conv1D stores (in, out)
+        return tuple(weight.shape) if type(module).__name__ == "Conv1D" else tuple(weight.shape[::-1])
+    return None
+
+
+def check_rank(model: nn.Module, lora) -> None:
+    """r <= min(in, out) of every adapted layer, before any LoRA weight is allocated: a larger rank adds no
+    expressiveness (B·A has rank min(in, out) at most; PEFT allows it) and --lora-r 100000 allocated until the OOM
+    killer came. UserError naming the layer, r and the limit."""
+    paths, _ = resolve_targets(model, lora)
+    for path in paths:
+        sizes = layer_sizes(model.get_submodule(path))
+        r = pattern_value(path, lora.rank_pattern, lora.r)
+        if sizes is not None and r > min(sizes):
+            raise UserError(f"--lora-r {r} is larger than layer {path} allows ({sizes[0]} -> {sizes[1]}: r <= "
+                            f"min(in, out) = {min(sizes)}); choose --lora-r {min(sizes)} or less")
 
 
 def uses_loftq(cfg: TrainConfig) -> bool:

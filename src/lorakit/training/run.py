@@ -52,7 +52,8 @@ from lorakit.training.fsdp import gather_adapter, is_sharded, local_model_bytes,
 from lorakit.models.limits import check_max_length
 from lorakit.training.methods import load_base, save_artifact, setup_method, uses_loftq
 from lorakit.training.resume import adopt_best, note_changed_settings, resume_path, still_stopped
-from lorakit.training.runlock import RunLock, run_lock
+from lorakit.training.launch import is_main_process
+from lorakit.training.runlock import RunLock, check_run_output, run_lock
 from lorakit.training.signals import stop_requests
 from lorakit.training.step import build_optimizer, linear_schedule, optimizer_step
 from lorakit.training.model_card import write_model_card
@@ -117,6 +118,8 @@ def train(cfg: TrainConfig, on_evaluate: Callable[[TrainState], None] | None = N
     torch); without it train holds the lock itself (one run per output directory, runlock.py).
     """
     check_reporters(cfg.report_to)
+    if lock is None and is_main_process():  # `lorakit train` checked before taking its lock
+        check_run_output(cfg.output, cfg.new_run)
     with run_lock(cfg.output, lock):
         set_seed(cfg.seed)
         device, started_group = distributed.setup(resolve_device(cfg.device))

@@ -11,6 +11,14 @@ A run takes its lock once: whoever starts it (`lorakit train`, before torch is i
 together the first one runs; else train() itself) holds it and passes it down. A second lock on a directory this
 process holds is refused like any other; a lock file that names this process but is not held here was left by a
 dead process whose pid this one reuses, and is taken over.
+
+    check_run_output("runs/x", new_run=False)   # before anything is written: UserError unless runs/x is new,
+                                                # empty, or a run of lorakit's (resumed or rerun in place)
+
+`train` writes only into a directory that is missing, empty, or one of its runs (recognisable by its own files:
+versions.json naming lorakit, or a start cut short that left only RUN_FILES). `new_run=True` (--new-run) starts
+a run in another non-empty directory, provided none of the names a run writes (RUN_FILES) is taken there: the
+user's files are never overwritten or deleted.
 """
 from __future__ import annotations
 
@@ -23,11 +31,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lorakit.io.atomic import check_output_dir
+from lorakit.io.atomic import LOCK, check_output_dir
 from lorakit.errors import UserError
 from lorakit.training.launch import is_main_process
 
-LOCK = ".lock"
+# every name a run writes in its output directory (training/checkpoint.py, methods.py, summary.py, the reporters)
+RUN_FILES = (LOCK, "log.jsonl", "config.yaml", "versions.json", "metrics.json", "checkpoints", "adapter", "weights",
+             "model", "generations_before.jsonl", "generations_after.jsonl", "tensorboard", "wandb")
 _HELD: set[Path] = set()  # the directories whose lock this process holds
 
 
@@ -39,6 +49,35 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory of lorakit's: its versions.json names lorakit, or (a run starting, or a start cut short) it
+    holds nothing but the lock or log.jsonl, the other files a run writes first, and lorakit's temporaries."""
+    try:
+        if "lorakit" in json.loads((path / "versions.json").read_text(encoding="utf-8")):
+            return True
+    except (OSError, ValueError, TypeError):
+        pass
+    names = {entry.name for entry in path.iterdir()}
+    hidden = {n for n in names if n.startswith(".") and ".tmp-" in n}
+    return bool(names & {LOCK, "log.jsonl"}) and names - hidden <= {LOCK, "log.jsonl", "config.yaml", "versions.json"}
+
+
+def check_run_output(output: str | os.PathLike, new_run: bool = False) -> Path:
+    """`train --output`: a missing or empty directory, or one of lorakit's runs; with new_run, any directory where
+    no name a run writes is taken. UserError (one line, exit 2) otherwise, before anything is written."""
+    path = check_output_dir(output)
+    if not path.is_dir() or not any(path.iterdir()) or is_run_dir(path):
+        return path
+    if not new_run:
+        raise UserError(f"--output {path} is not empty and is not a lorakit run directory; choose a new or empty "
+                        "directory, or pass --new-run to start a run there beside its files (none is replaced)")
+    taken = sorted(name for name in RUN_FILES if (path / name).exists() or (path / name).is_symlink())
+    if taken:
+        raise UserError(f"--output {path}: --new-run would replace {', '.join(taken)}, which lorakit did not write "
+                        "there; choose a new or empty directory")
+    return path
 
 
 class RunLock:
@@ -115,9 +154,12 @@ class RunLock:
 
 
 @contextmanager
-def run_lock(directory: str | os.PathLike, held: RunLock | None = None) -> Iterator[RunLock | None]:
+def run_lock(directory: str | os.PathLike, held: RunLock | None = None,
+             command: str = "train") -> Iterator[RunLock | None]:
     """The lock of `directory` for the block: `held`, the caller's, when given (the caller releases it), else one
-    taken here and released on the way out. None on a launcher's other processes: global rank 0 holds it for all."""
+    taken here and released on the way out. None on a launcher's other processes: global rank 0 holds it for all.
+    `lorakit merge` takes the lock of its --output and `lorakit export` that of its file's directory (command:
+    what a refused second writer is told holds it)."""
     if held is not None:
         if not held.held or held.directory != Path(directory):
             raise ValueError(f"run_lock({str(directory)!r}): the lock given is that of {held.directory}, "
@@ -126,5 +168,5 @@ def run_lock(directory: str | os.PathLike, held: RunLock | None = None) -> Itera
     elif not is_main_process():
         yield None
     else:
-        with RunLock(directory) as lock:
+        with RunLock(directory, command) as lock:
             yield lock
