@@ -60,7 +60,7 @@ def peft_run(data_dir: str, seed: int, threads: int) -> dict:
     from lorakit.training.evaluation import Evaluator, kind_of
     from lorakit.training.methods import load_base
     from lorakit.tasks import LengthGroupedBatchSampler, PaddingCollator, load_splits, sequence_lengths
-    from lorakit.training.run import set_seed
+    from lorakit.training.placement import set_seed
     from lorakit.training.config import TrainConfig
     from lorakit.training.step import build_optimizer, linear_schedule, optimizer_step
 

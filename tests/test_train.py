@@ -18,7 +18,8 @@ from lorakit.cli.main import main
 from lorakit.training.methods import load_artifact, setup_method
 from lorakit.quant.linear import QuantLinear
 from lorakit.tasks import get_task
-from lorakit.training.run import TrainingDiverged, enable_gradient_checkpointing, train
+from lorakit.training.placement import enable_gradient_checkpointing
+from lorakit.training.run import TrainingDiverged, train
 from lorakit.training.config import DEFAULT_LR, TrainConfig, resolve_device, resolve_precision
 from lorakit.training.step import accumulate_gradients, build_optimizer, linear_schedule
 from helpers import WORDS, randomize_lora_b, step_losses, tiny_classifier, tiny_config, tiny_llama_config

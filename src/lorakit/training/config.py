@@ -153,7 +153,7 @@ class TrainConfig(JsonMixin):
     # run
     seed: int = setting(42, "runtime", "seed of data order, subsets, initialisation, dropout")
     device: str = setting("auto", "runtime", "auto | cpu | cuda | cuda:N | mps")
-    # training/fsdp.py; run.wrap_model. One process (no launcher): no effect
+    # training/fsdp.py; placement.wrap_model. One process (no launcher): no effect
     fsdp: bool = setting(False, "runtime", "under torchrun / accelerate launch: shard the model across the processes "
                          "(FSDP2, one unit per transformer block; frozen base, QLoRA codes and LoRA weights each held "
                          "1/N per process) instead of a whole copy per process (DDP); LoRA methods")

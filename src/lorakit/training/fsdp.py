@@ -15,7 +15,7 @@ The 0-dimensional double-quantization offset stays a buffer (fully_shard rejects
 Tested on CPU with gloo (tests/test_training_fsdp.py): 2 ranks follow the single-process loss curve with the same global
 batch and hold about half of the parameter bytes each.
 
-`torchrun --nproc-per-node N -m lorakit train ... --fsdp` runs the training loop so (run.wrap_model): the loop's
+`torchrun --nproc-per-node N -m lorakit train ... --fsdp` runs the training loop so (placement.wrap_model): the loop's
 collectives stay in step on every rank (gradient accumulation without sync, evaluation with as many forward passes
 on each rank, generation with synced_gpus), and checkpoints and the adapter are gathered into full tensors on every
 rank (full_tensor, a collective) and written by rank 0; loading a checkpoint back keeps each rank's shard
