@@ -190,9 +190,23 @@ def test_a_row_whose_sampling_is_not_finite_fails_alone(server, monkeypatch):
     batch_with(server, {**OK, "temperature": 1.25, "seed": 1}, 500)
 
 
-def test_an_adapter_with_nan_weights_is_refused_at_load(server, dirs):
-    scaled_adapter(dirs, "nan", float("nan"))  # 0 x NaN in a mixed batch's masked product would reach other rows
-    openai_error(post(server, "/v1/load_lora_adapter", {"lora_name": "nan", "lora_path": "nan"}), 400)
+@pytest.mark.parametrize("name, value", [("nan", float("nan")), ("huge", 3e38)])
+def test_an_adapter_with_nan_or_overflowing_weights_is_refused_at_load(server, dirs, name, value):
+    scaled_adapter(dirs, name, value)  # 0 x NaN (or x inf) in a mixed batch's masked product would reach other rows
+    openai_error(post(server, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": name}), 400)
+
+
+@pytest.mark.parametrize("declared", [{"modules_to_save": ["model.norm"]}, {"bias": "all"}])
+def test_an_adapter_that_trains_a_shared_base_module_is_refused(server, dirs, declared):
+    """Declared, so the loader accepts it; but the first adapter on a model trains such modules in place, where
+    the base rows and the other tenants would compute with them."""
+    before = alone(server, OK)  # another tenant's answer
+    name = "shares-" + "-".join(declared)
+    random_adapter(dirs["base"], dirs["root"] / name, tf.AutoModelForCausalLM,
+                   LoraConfig(r=2, target_modules=["q_proj"], **declared), 6, "instruct")
+    error = openai_error(post(server, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": name}), 400)
+    assert "every client" in error["message"]
+    assert alone(server, OK) == before
 
 
 def test_a_dora_adapter_is_refused_at_load_not_failing_every_batch(server, dirs):

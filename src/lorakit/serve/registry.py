@@ -93,6 +93,7 @@ class Served:
         art = adapter_dir(directory)
         adapter = self.describe(art)
         check_finite(art)
+        check_shares_no_base_module(self.model, art)
         try:
             load_adapter(self.model, art, name=name)
             if adapter_config(self.model, name).use_dora:  # mixed batches take plain LoRA only: every batch would fail
@@ -138,9 +139,37 @@ class Served:
         del self.adapters[name]
 
 
+def check_shares_no_base_module(model, art: Path) -> None:
+    """A UserError when the adapter would train a module of the shared base in full: modules_to_save other than
+    the task head, or biases (bias "all" / "lora_only"). The first adapter on a model trains those in place, so
+    the base rows of every batch, and the other tenants' adapters, would compute with its copy."""
+    from lorakit.config import path_matches
+    from lorakit.inject.inject import default_modules_to_save
+    from lorakit.io.atomic import read_json
+
+    config = read_json(art / CONFIG_NAME, "adapter config")
+    if not isinstance(config, dict):
+        return  # load_adapter refuses it in one line
+    if config.get("bias", "none") != "none":
+        raise UserError(f"{art}: the adapter trains the base model's biases (bias={config['bias']!r}), which every "
+                        "client of this server shares; serve its merged model (lorakit merge) as --model instead")
+    heads = set(default_modules_to_save(model))
+    paths = [p for p, _ in model.named_modules() if p]
+    shared = [n for n in config.get("modules_to_save") or () if isinstance(n, str) and n not in heads
+              and any(path_matches(p, n) for p in paths)]
+    if shared:
+        raise UserError(f"{art}: the adapter trains {shared} of the base model in full (modules_to_save), which "
+                        "every client of this server shares; serve its merged model (lorakit merge) as --model")
+
+
+# Trained LoRA weights are O(1); beyond this, a product in a mixed batch may overflow to inf, and the masked
+# low-rank product (0 x inf = NaN) would reach the other adapters' rows.
+MAX_WEIGHT = 1e4
+
+
 def check_finite(art: Path) -> None:
-    """A UserError when the adapter's weights hold NaN or infinity: in a mixed batch the masked low-rank product
-    (0 x NaN = NaN) would reach the other adapters' rows too."""
+    """A UserError when the adapter's weights hold NaN, infinity or magnitudes beyond MAX_WEIGHT: in a mixed batch
+    the masked low-rank product (0 x NaN = NaN) would reach the other adapters' rows too."""
     import torch
     from safetensors import safe_open
 
@@ -149,6 +178,9 @@ def check_finite(art: Path) -> None:
             tensor = f.get_tensor(key)
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise UserError(f"{art}: the adapter's weights hold NaN or infinite values; it is not served")
+            if tensor.is_floating_point() and tensor.numel() and float(tensor.abs().max()) > MAX_WEIGHT:
+                raise UserError(f"{art}: the adapter's tensor {key} holds values beyond {MAX_WEIGHT:g} in magnitude, "
+                                "which could overflow in a batch shared with other clients; it is not served")
 
 
 def adapter_dir(directory: str | Path) -> Path:
