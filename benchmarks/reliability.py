@@ -258,14 +258,18 @@ def search_campaign(inputs: Path, work: Path, kills: int, rng: random.Random) ->
         shutil.rmtree(output)  # finished before the kill: start over, so each kill interrupts the study
     subprocess.run(search_argv(inputs, output), env=env(), check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
-    outcome = search_outcome(output)
-    figures["points"] = len(expected)
-    figures["lost"] = sum(1 for k in expected if k not in outcome["complete"])
-    figures["run_twice"] = sum(len(v) - 1 for v in outcome["complete"].values()) + \
-        sum(n - 1 for n in outcome["finished_directories"].values() if n > 1)
-    figures["identical"] = sum(1 for k, v in expected.items() if outcome["complete"].get(k) == [v])
-    figures["expected"] = expected
+    figures.update(trial_figures(output, expected), expected=expected)
     return figures
+
+
+def trial_figures(output: Path, expected: dict) -> dict:
+    """A finished search against the uninterrupted one's objectives: points, lost, run twice, identical."""
+    outcome = search_outcome(output)
+    return {"points": len(expected),
+            "lost": sum(1 for k in expected if k not in outcome["complete"]),
+            "run_twice": sum(len(v) - 1 for v in outcome["complete"].values())
+            + sum(n - 1 for n in outcome["finished_directories"].values() if n > 1),
+            "identical": sum(1 for k, v in expected.items() if outcome["complete"].get(k) == [v])}
 
 
 # --- search: its trial processes killed -----------------------------------------------------------------------
@@ -300,13 +304,7 @@ def search_trial_campaign(inputs: Path, work: Path, kills: int, expected: dict, 
             break
         if status == 0:
             shutil.rmtree(output)  # finished before any kill: start over
-    outcome = search_outcome(output)
-    figures["points"] = len(expected)
-    figures["lost"] = sum(1 for k in expected if k not in outcome["complete"])
-    figures["run_twice"] = sum(len(v) - 1 for v in outcome["complete"].values()) + \
-        sum(n - 1 for n in outcome["finished_directories"].values() if n > 1)
-    figures["identical"] = sum(1 for k, v in expected.items() if outcome["complete"].get(k) == [v])
-    figures["final_status"] = status
+    figures.update(trial_figures(output, expected), final_status=status)
     return figures
 
 
