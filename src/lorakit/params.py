@@ -48,11 +48,17 @@ class ParameterReport:
         return "\n".join(lines)
 
     def summary(self) -> str:
-        return f"trainable params: {self.trainable:,} || all params: {self.total:,} || trainable%: {self.percent:.4f}"
+        return count_line(self.trainable, self.total)
 
     def __str__(self) -> str:
         """The summary line, as PEFT's print_trainable_parameters prints it."""
         return self.summary()
+
+
+def count_line(trainable: int, total: int) -> str:
+    """PEFT's print_trainable_parameters line."""
+    percent = 100.0 * trainable / total if total else 0.0
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {percent:.4f}"
 
 
 def parameter_report(model: nn.Module) -> ParameterReport:

@@ -31,6 +31,7 @@ from lorakit.inject.inject import (add_lora, disable_lora, merge_and_unload, mer
 from lorakit.io.peft_format import load_adapter, save_adapter
 from lorakit.layers.lora import lora_layers
 from lorakit.peft.config import LoraConfig
+from lorakit.params import count_line
 from lorakit.peft.counts import parameter_counts
 from lorakit.peft.hub import WEIGHTS_NAME, adapter_dir, read_config
 
@@ -253,7 +254,7 @@ class PeftModel(PreTrainedModel):
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+        print(count_line(trainable, total))
 
     # --- forward, generate -------------------------------------------------------------------------------------------
 
